@@ -1,0 +1,60 @@
+"""The ``fedkper-monai`` command: one entry point, each subcommand registered by the layer it belongs to."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from fedkper_monai.errors import FedKPerError
+
+__all__ = ["build_parser", "main"]
+
+# (module, function) pairs: each function adds its subcommand(s) to the subparsers object and
+# sets ``func`` on them. Modules are imported here, but must import heavy libraries lazily.
+_REGISTRARS: tuple[tuple[str, str], ...] = (
+    ("fedkper_monai.data.cli", "add_prepare_parser"),
+    ("fedkper_monai.flare.cli", "add_simulate_parser"),
+    ("fedkper_monai.flare.cli", "add_compare_parser"),
+    ("fedkper_monai.report.cli", "add_report_parser"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every subcommand that is importable."""
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="fedkper-monai",
+        description="FedKPer for medical imaging with MONAI and NVIDIA FLARE.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name, function_name in _REGISTRARS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            # Only tolerate the registrar module itself being absent, never a broken dependency.
+            if not (module_name == error.name or module_name.startswith(f"{error.name}.")):
+                raise
+            continue
+        register: Callable[[argparse._SubParsersAction], None] = getattr(module, function_name)
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except FedKPerError as error:
+        print(f"fedkper-monai {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
