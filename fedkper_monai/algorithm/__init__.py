@@ -1,0 +1,27 @@
+"""FedKPer's algorithm layer: pure torch/numpy, no files, no datasets, no FLARE, no logging.
+
+- :mod:`.loss`: :class:`KnowledgePersonalizationLoss` (FedKPer), :class:`NotTrueDistillationLoss`
+  (FedNTD) and :func:`proximal_term` (FedProx).
+- :mod:`.weighting`: :func:`label_diversity`, :func:`fedkper_score`, :func:`aggregation_weights`.
+- :mod:`.averaging`: :class:`WeightedAverager`, the server's streaming weighted average.
+- :mod:`.forgetting`: :class:`FlipTracker` / :class:`FlipResult` (flips, NFR, per-class forgetting)
+  and :func:`backward_transfer`.
+"""
+
+from .averaging import WeightedAverager
+from .forgetting import FlipResult, FlipTracker, backward_transfer
+from .loss import KnowledgePersonalizationLoss, NotTrueDistillationLoss, proximal_term
+from .weighting import aggregation_weights, fedkper_score, label_diversity
+
+__all__ = [
+    "KnowledgePersonalizationLoss",
+    "NotTrueDistillationLoss",
+    "proximal_term",
+    "label_diversity",
+    "fedkper_score",
+    "aggregation_weights",
+    "WeightedAverager",
+    "FlipTracker",
+    "FlipResult",
+    "backward_transfer",
+]
