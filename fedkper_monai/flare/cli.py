@@ -1,0 +1,76 @@
+"""``fedkper-monai simulate``, ``allow`` and ``compare``: the FLARE-side commands."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_simulate_parser", "add_compare_parser"]
+
+_SIMULATE_EXAMPLE = """example:
+  fedkper-monai simulate jobs/fedkper_demo -w /tmp/fedkper_ws -n 4 -t 2
+  fedkper-monai simulate jobs/fedkper_medmnist -w /tmp/ws -n 20 -t 2 --data-root data/retina --rounds 50
+"""
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from fedkper_monai.flare.simulate import SimulationOverrides, simulate
+
+    overrides = SimulationOverrides(
+        rounds=args.rounds,
+        data_root=args.data_root,
+        sample_fraction=args.sample_fraction,
+        local_epochs=args.local_epochs,
+        seed=args.seed,
+    )
+    return simulate(args.job, args.workspace, args.n_clients, args.threads, overrides)
+
+
+def _allow(args: argparse.Namespace) -> int:
+    from fedkper_monai.flare.workspace import allow_package
+
+    print(f"allowed 'fedkper_monai.' in {allow_package(args.site_dir)}")
+    return 0
+
+
+def add_simulate_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``simulate`` and ``allow``."""
+    parser = subparsers.add_parser(
+        "simulate",
+        help="run a job in FLARE's simulator",
+        description="Allow fedkper_monai components in the workspace, then run FLARE's simulator on JOB.",
+        epilog=_SIMULATE_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("job", help="job folder, e.g. jobs/fedkper_demo")
+    parser.add_argument("-w", "--workspace", required=True, help="simulator workspace folder")
+    parser.add_argument("-n", "--n-clients", type=int, required=True, help="number of sites (site-1 ... site-N)")
+    parser.add_argument("-t", "--threads", type=int, default=1, help="sites run in parallel")
+    parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    parser.add_argument("--data-root", help="folder made by `fedkper-monai prepare` (sets data and network size)")
+    parser.add_argument("--sample-fraction", type=float, help="override the share of sites trained per round")
+    parser.add_argument("--local-epochs", type=int, help="override local epochs")
+    parser.add_argument("--seed", type=int, help="override the seed (sampling, initialization, shuffling)")
+    parser.set_defaults(func=_simulate)
+
+    allow = subparsers.add_parser(
+        "allow",
+        help="let a FLARE site or simulator workspace build fedkper_monai components",
+        description="Add the 'fedkper_monai.' prefix to SITE_DIR/local/resources.json's class_allow_list "
+        "(keeping FLARE's default list; never '*').",
+        epilog="example:\n  fedkper-monai allow /opt/nvflare/hospital-a   # a provisioned site's startup kit\n"
+        "  fedkper-monai allow /tmp/fedkper_ws            # a simulator workspace",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    allow.add_argument("site_dir", help="site startup-kit folder or simulator workspace")
+    allow.set_defaults(func=_allow)
+
+
+def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``compare`` (runs several algorithms on the same partition); implemented in compare.py."""
+    try:
+        from fedkper_monai.flare.compare import add_parser
+    except ModuleNotFoundError as error:
+        if error.name != "fedkper_monai.flare.compare":
+            raise
+        return
+    add_parser(subparsers)

@@ -1,0 +1,102 @@
+"""Server-side evaluation of the global model on the global test list, with its forgetting metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from nvflare.apis.fl_component import FLComponent
+
+from fedkper_monai.algorithm import FlipTracker
+from fedkper_monai.errors import FedKPerError
+from fedkper_monai.flare.sitedata import check_network_matches, resolve_data_root
+from fedkper_monai.flare.weights import to_torch
+
+__all__ = ["GlobalEvaluator"]
+
+
+class GlobalEvaluator(FLComponent):
+    """Evaluates each new global model on ``<data_root>/<datalist>`` (its ``"test"`` list).
+
+    In simulation the server shares the sites' data root, so ``global_test.json`` made by
+    ``fedkper-monai prepare`` is found there; at a real deployment the server may hold a test set of its
+    own, or none (then global accuracy is reported as null).
+
+    Args:
+        data_root: folder of the global test datalist; default ``$FEDKPER_DATA_ROOT``.
+        demo: use the built-in demo data when no data root is configured.
+        datalist: file name of the global test datalist inside the data root.
+        network: ``build_network`` arguments, as in the learner.
+        transforms: transform config name or path, as in the learner.
+        batch_size: evaluation batch size.
+        device: ``auto``, ``cpu`` or ``cuda``.
+    """
+
+    def __init__(
+        self,
+        network: dict,
+        data_root: str | None = None,
+        demo: bool = False,
+        datalist: str = "global_test.json",
+        transforms: str = "classification_2d",
+        batch_size: int = 256,
+        device: str = "auto",
+        cache: str = "memory",
+    ) -> None:
+        super().__init__()
+        self.network_spec = dict(network)
+        self.data_root = data_root
+        self.demo = demo
+        self.datalist_name = datalist
+        self.transforms_name = transforms
+        self.batch_size = batch_size
+        self.device_preference = device
+        self.cache = cache
+        self._ready = False
+        self._available = False
+
+    def _setup(self) -> None:
+        from fedkper_monai.data import build_transforms, load_datalist, make_dataset, make_loader
+        from fedkper_monai.training import build_network, select_device
+
+        self._ready = True
+        try:
+            root = resolve_data_root(self.data_root, demo=self.demo)
+        except FedKPerError as error:
+            self.logger.warning(f"no global test set: {error}")
+            return
+        path = root / self.datalist_name
+        if not path.exists():
+            self.logger.warning(f"no global test set at {path}: global accuracy will be null")
+            return
+        datalist = load_datalist(path)
+        check_network_matches(self.network_spec, datalist.num_classes, path)
+        transform = build_transforms(self.transforms_name, image_size=self.network_spec.get("image_size"), augment=False)
+        dataset = make_dataset(datalist.test, transform, cache=self.cache)
+        self.loader = make_loader(dataset, batch_size=self.batch_size, shuffle=False)
+        self.device = select_device(self.device_preference)
+        self.model = build_network(**self.network_spec).to(self.device)
+        self.num_classes = datalist.num_classes
+        self.tracker = FlipTracker(self.num_classes)
+        self.source = Path(path)
+        self._available = True
+
+    def evaluate(self, params: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
+        """Accuracy, balanced accuracy, NFR and per-class forgetting of ``params``; None without a test set."""
+        from fedkper_monai.training import evaluate
+
+        if not self._ready:
+            self._setup()
+        if not self._available:
+            return None
+        self.model.load_state_dict(to_torch(params))
+        result = evaluate(self.model, self.loader, device=self.device, num_classes=self.num_classes)
+        flips = self.tracker.update(result.ids, result.correct, result.labels)
+        return {
+            "accuracy": result.accuracy,
+            "balanced_accuracy": result.balanced_accuracy,
+            "nfr": flips.nfr,
+            "per_class_forgetting": list(flips.per_class_forgetting),
+            "num_samples": result.num_samples,
+        }

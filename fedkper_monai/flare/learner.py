@@ -1,0 +1,272 @@
+"""The FLARE site: a ``ModelLearner`` that runs one local objective on this site's MONAI data.
+
+It translates FLARE's ``FLModel`` into calls of :mod:`fedkper_monai.training` and
+:mod:`fedkper_monai.algorithm`; the math lives there.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.abstract.model_learner import ModelLearner
+
+from fedkper_monai.algorithm import FlipTracker, fedkper_score
+from fedkper_monai.flare.sitedata import check_network_matches, resolve_data_root
+from fedkper_monai.flare.weights import payload_bytes, to_numpy, to_torch
+from fedkper_monai.io import atomic_write_bytes, atomic_write_json
+
+__all__ = ["FedKPerLearner", "GLOBAL_VERSION_KEY"]
+
+# Meta key set by the controller: how many aggregations produced the model in this task.
+GLOBAL_VERSION_KEY = "global_version"
+STATE_FILE = "fedkper_site_state.json"
+CHECKPOINT_FILE = "personalized_model.pt"
+
+
+class FedKPerLearner(ModelLearner):
+    """One FL site: evaluates the global model, trains the personalized model, reports score and metrics.
+
+    Args:
+        data_root: folder holding ``<site-name>.json``; default ``$FEDKPER_DATA_ROOT`` (see
+            :func:`fedkper_monai.flare.sitedata.resolve_data_root`).
+        demo: use the built-in demo data when no data root is configured.
+        algorithm: local objective: ``fedkper``, ``fedavg``, ``fedprox`` or ``fedntd``.
+        algorithm_args: keyword arguments of the strategy (e.g. ``{"mu": 0.01}`` for FedProx).
+        network: ``build_network`` arguments (name, spatial_dims, in_channels, num_classes, image_size).
+        transforms: transform config name or path (``transforms/``), read with MONAI's ConfigParser.
+        augment: switch on the config's random augmentation for training.
+        batch_size, local_epochs, optimizer, lr, momentum, weight_decay: local training (DESIGN §1).
+        lr_gamma: learning-rate decay per round (StepLR over rounds).
+        cache: dataset caching, ``none``, ``memory`` or ``disk``.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        amp: mixed precision on CUDA.
+        seed: seed of this site's shuffling and initialization.
+        analytic_sender_id: id of a FLARE ``TBWriter`` component for TensorBoard scalars (optional).
+    """
+
+    def __init__(
+        self,
+        data_root: str | None = None,
+        demo: bool = False,
+        algorithm: str = "fedkper",
+        algorithm_args: dict | None = None,
+        network: dict | None = None,
+        transforms: str = "classification_2d",
+        augment: bool = False,
+        batch_size: int = 12,
+        local_epochs: int = 5,
+        optimizer: str = "sgd",
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-5,
+        lr_gamma: float = 0.99,
+        cache: str = "memory",
+        num_workers: int = 0,
+        device: str = "auto",
+        amp: bool = True,
+        seed: int = 0,
+        analytic_sender_id: str = "log_writer",
+    ) -> None:
+        with warnings.catch_warnings():
+            # FLARE marks ModelLearner deprecated in favour of its Client API, but supports it; our jobs use it.
+            warnings.simplefilter("ignore")
+            super().__init__()
+        self.data_root = data_root
+        self.demo = demo
+        self.algorithm = algorithm
+        self.algorithm_args = dict(algorithm_args or {})
+        self.network_spec = dict(network or {})
+        self.transforms_name = transforms
+        self.augment = augment
+        self.batch_size = batch_size
+        self.local_epochs = local_epochs
+        self.optimizer_name = optimizer
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.lr_gamma = lr_gamma
+        self.cache = cache
+        self.num_workers = num_workers
+        self.device_preference = device
+        self.amp = amp
+        self.seed = seed
+        self.analytic_sender_id = analytic_sender_id
+        self._eval_cache: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ setup
+    def initialize(self) -> None:
+        from fedkper_monai.data import build_transforms, class_counts, is_deterministic, load_datalist, make_dataset, make_loader
+        from fedkper_monai.training import build_network, make_strategy, select_device
+
+        root = resolve_data_root(self.data_root, demo=self.demo)
+        datalist = load_datalist(root / f"{self.site_name}.json")
+        if not datalist.training:
+            raise ValueError(f"{datalist.path}: site {self.site_name} has no training samples")
+        if not datalist.test:
+            raise ValueError(f"{datalist.path}: site {self.site_name} has no local test samples")
+        check_network_matches(self.network_spec, datalist.num_classes, datalist.path)
+        self.num_classes = datalist.num_classes
+        self.class_counts = class_counts(datalist.training, datalist.num_classes)
+        self.device = select_device(self.device_preference)
+        torch.manual_seed(self.seed)
+
+        image_size = self.network_spec.get("image_size")
+        train_transform = build_transforms(self.transforms_name, image_size=image_size, augment=self.augment)
+        eval_transform = build_transforms(self.transforms_name, image_size=image_size, augment=False)
+        # Teacher logits can be computed once per round only when the same sample always looks the same.
+        self.cache_teacher_logits = is_deterministic(train_transform)
+        train_set = make_dataset(datalist.training, train_transform, cache=self.cache)
+        self.train_loader = make_loader(train_set, batch_size=self.batch_size, shuffle=True, seed=self.seed, num_workers=self.num_workers)
+        train_eval_set = train_set if not self.augment else make_dataset(datalist.training, eval_transform, cache=self.cache)
+        self.train_eval_loader = make_loader(train_eval_set, batch_size=max(self.batch_size, 64), shuffle=False, num_workers=self.num_workers)
+        test_set = make_dataset(datalist.test, eval_transform, cache=self.cache)
+        self.test_loader = make_loader(test_set, batch_size=max(self.batch_size, 64), shuffle=False, num_workers=self.num_workers)
+        self.num_train = len(datalist.training)
+        self.local_test_size = len(datalist.test)
+
+        self.model = build_network(**self.network_spec).to(self.device)
+        self.global_model = copy.deepcopy(self.model)
+        self.strategy = make_strategy(self.algorithm, **self.algorithm_args)
+        self.trackers = {"personalized": FlipTracker(self.num_classes), "global_on_local": FlipTracker(self.num_classes)}
+        self._load_state()
+        self.writer = self.get_component(self.analytic_sender_id) if self.analytic_sender_id else None
+        self.info(
+            f"{self.site_name}: {self.num_train} training / {self.local_test_size} local test samples from "
+            f"{datalist.path}; class counts {self.class_counts}; algorithm {self.algorithm}; device {self.device}"
+        )
+
+    # ------------------------------------------------------------------ state on disk
+    def _state_path(self) -> Path:
+        return Path(self.job_root) / STATE_FILE
+
+    def _load_state(self) -> None:
+        """Restore flip memories (and the personalized model) so that a restarted site continues."""
+        path = self._state_path()
+        if path.exists():
+            state = json.loads(path.read_text())
+            for role, tracker in self.trackers.items():
+                tracker.load_state_dict(state["trackers"][role])
+            self.info(f"restored flip memories from {path}")
+        checkpoint = Path(self.job_root) / CHECKPOINT_FILE
+        if checkpoint.exists():
+            self.model.load_state_dict(torch.load(checkpoint, map_location=self.device, weights_only=True))
+
+    def _save_state(self, save_model: bool) -> None:
+        if save_model:
+            buffer = io.BytesIO()
+            torch.save(self.model.state_dict(), buffer)
+            atomic_write_bytes(Path(self.job_root) / CHECKPOINT_FILE, buffer.getvalue())
+        atomic_write_json(self._state_path(), {"trackers": {r: t.state_dict() for r, t in self.trackers.items()}})
+
+    # ------------------------------------------------------------------ tasks
+    def _evaluate_global(self, model: FLModel) -> dict[str, Any]:
+        """Global model on the local test split, with its flips; once per global model version."""
+        from fedkper_monai.training import evaluate
+
+        version = (model.meta or {}).get(GLOBAL_VERSION_KEY)
+        if version is None:
+            # Another controller: FLARE's pre-train validation and the train task of one round share it.
+            version = ("round", model.current_round)
+        if self._eval_cache.get("version") == version:
+            return self._eval_cache["metrics"]
+        self.global_model.load_state_dict(to_torch(model.params))
+        result = evaluate(self.global_model, self.test_loader, device=self.device, num_classes=self.num_classes, amp=self.amp)
+        flips = self.trackers["global_on_local"].update(result.ids, result.correct, result.labels)
+        metrics = {
+            "global_on_local_acc": result.accuracy,
+            "global_on_local_balanced_acc": result.balanced_accuracy,
+            "nfr_global_on_local": flips.nfr,
+            "local_test_size": self.local_test_size,
+        }
+        self._eval_cache = {"version": version, "metrics": metrics}
+        self._save_state(save_model=False)
+        return metrics
+
+    def validate(self, model: FLModel) -> FLModel | str:
+        """Global-on-local accuracy and its NFR (also run by FLARE before each train task)."""
+        if not model.params:
+            return ReturnCode.BAD_TASK_DATA
+        return FLModel(metrics=self._evaluate_global(model))
+
+    def train(self, model: FLModel) -> FLModel | str:
+        from fedkper_monai.training import evaluate, make_optimizer, round_learning_rate, train_local
+
+        if not model.params:
+            return ReturnCode.BAD_TASK_DATA
+        round_index = int(model.current_round or 0)
+        metrics = dict(self._evaluate_global(model))
+        self.model.load_state_dict(to_torch(model.params))
+        # global_model now holds the received weights: the frozen teacher / proximal anchor of this round.
+        self.global_model.load_state_dict(to_torch(model.params))
+        self.global_model.eval()
+        for parameter in self.global_model.parameters():
+            parameter.requires_grad_(False)
+        self.strategy.begin_round(self.model, self.global_model)
+        lr = round_learning_rate(self.lr, self.lr_gamma, round_index)
+        optimizer = make_optimizer(
+            self.model, name=self.optimizer_name, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+        started = time.perf_counter()
+        trained = train_local(
+            self.model,
+            self.train_loader,
+            self.strategy,
+            epochs=self.local_epochs,
+            optimizer=optimizer,
+            device=self.device,
+            teacher=self.global_model if self.strategy.uses_teacher else None,
+            cache_teacher_logits=self.cache_teacher_logits,
+            amp=self.amp,
+        )
+        train_seconds = time.perf_counter() - started
+        if self.is_aborted():
+            return ReturnCode.TASK_ABORTED
+        personalized = evaluate(self.model, self.test_loader, device=self.device, num_classes=self.num_classes, amp=self.amp)
+        flips = self.trackers["personalized"].update(personalized.ids, personalized.correct, personalized.labels)
+        train_acc = evaluate(self.model, self.train_eval_loader, device=self.device, num_classes=self.num_classes, amp=self.amp).accuracy
+        score = fedkper_score(train_acc, self.class_counts, self.num_classes)
+        self._save_state(save_model=True)
+        params = to_numpy(self.model.state_dict())
+        metrics.update(
+            {
+                "personalized_acc": personalized.accuracy,
+                "personalized_balanced_acc": personalized.balanced_accuracy,
+                "nfr_personalized": flips.nfr,
+                "train_acc": train_acc,
+                "score": score,
+                "num_samples": self.num_train,
+                "train_loss": trained.mean_loss,
+                "train_seconds": train_seconds,
+                "lr": lr,
+                "bytes_received": payload_bytes(params),
+                **{f"strategy_{key}": value for key, value in trained.stats.items()},
+            }
+        )
+        self._log_scalars(metrics, round_index)
+        self.info(
+            f"{self.site_name} round {round_index}: global-on-local {metrics['global_on_local_acc']:.3f}, "
+            f"personalized {personalized.accuracy:.3f}, train acc {train_acc:.3f}, score {score:.4f}"
+        )
+        return FLModel(
+            params_type=ParamsType.FULL,
+            params=params,
+            metrics=metrics,
+            meta={"score": float(score), "num_samples": int(self.num_train)},
+        )
+
+    def _log_scalars(self, metrics: dict[str, Any], round_index: int) -> None:
+        if self.writer is None:
+            return
+        for key in ("personalized_acc", "global_on_local_acc", "nfr_personalized", "train_acc", "score", "train_loss"):
+            value = metrics.get(key)
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(key, float(value), global_step=round_index)

@@ -1,0 +1,193 @@
+"""The run's ``metrics.jsonl``: one header line, one line per site result, one line per round.
+
+Schema (the report reads it; see README "Metrics"):
+
+- header: ``{"run": {algorithm, job, seed, num_rounds, num_sites, sample_fraction, num_classes,
+  class_names, network, started}}``
+- site line (``round`` and ``site``): ``task`` ("train" or "validate"), ``personalized_acc``,
+  ``personalized_balanced_acc``, ``global_on_local_acc``, ``nfr_personalized``, ``nfr_global_on_local``,
+  ``train_acc``, ``score``, ``weight`` (the weight the aggregator really used), ``num_samples``,
+  ``local_test_size``, ``train_seconds``, ``bytes_received``; a "validate" line carries only the
+  global-on-local fields.
+- round line (``round``, no ``site``): ``global_acc``, ``global_balanced_acc``, ``global_nfr``,
+  ``global_per_class_forgetting``, ``bwt``, ``mean_personalized_acc``, ``worst_personalized_acc``,
+  ``balanced_personalized_acc``, ``mean_nfr_personalized``, ``mean_nfr_global_on_local``,
+  ``sampled_sites``, ``aggregated_sites``, ``dropped_sites``, ``single_site_round``, ``seconds``,
+  ``bytes_sent``, ``bytes_received``.
+
+This module is plain Python (no FLARE): :class:`RunBook` keeps the cross-round state (each site's latest
+personalized accuracy, its global-on-local accuracy right after it was last sampled) and builds the lines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from fedkper_monai.algorithm import backward_transfer
+
+__all__ = ["RunBook", "MetricsFile", "SITE_TRAIN_FIELDS", "ROUND_FIELDS"]
+
+SITE_TRAIN_FIELDS = (
+    "personalized_acc",
+    "personalized_balanced_acc",
+    "global_on_local_acc",
+    "nfr_personalized",
+    "nfr_global_on_local",
+    "train_acc",
+    "score",
+    "num_samples",
+    "local_test_size",
+    "train_seconds",
+)
+ROUND_FIELDS = (
+    "global_acc",
+    "global_balanced_acc",
+    "global_nfr",
+    "global_per_class_forgetting",
+    "bwt",
+    "mean_personalized_acc",
+    "worst_personalized_acc",
+    "balanced_personalized_acc",
+    "mean_nfr_personalized",
+    "mean_nfr_global_on_local",
+    "sampled_sites",
+    "aggregated_sites",
+    "dropped_sites",
+    "single_site_round",
+    "seconds",
+    "bytes_sent",
+    "bytes_received",
+)
+# An aggregate is "carried by one site" when one weight is at least this share.
+_SINGLE_SITE_SHARE = 0.99
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN: missing or non-finite numbers are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(values) / len(values) if values else None
+
+
+class MetricsFile:
+    """Append-only JSON-lines file; each line is written with one ``write`` call and flushed."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        clean = {key: _finite_or_none(value) for key, value in record.items()}
+        line = json.dumps(clean, sort_keys=False) + "\n"
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+class RunBook:
+    """Cross-round bookkeeping for the round lines (personalized summary and BwT).
+
+    - ``personalized``: each site's latest personalized accuracies (from its last train task).
+    - ``after_last_sampled``: each site's global-on-local accuracy measured at the first validation at
+      or after the round in which it was last sampled (exact when validation runs every round).
+    """
+
+    def __init__(self) -> None:
+        self.personalized: dict[str, dict[str, float]] = {}
+        self.after_last_sampled: dict[str, float] = {}
+        self._awaiting_post_round_accuracy: set[str] = set()
+
+    def site_train_line(self, round_index: int, site: str, metrics: Mapping[str, Any], weight: float) -> dict[str, Any]:
+        """The metrics line of one site's train result; also records its personalized accuracy."""
+        line: dict[str, Any] = {"round": round_index, "site": site, "task": "train"}
+        line.update({field: metrics.get(field) for field in SITE_TRAIN_FIELDS})
+        line["weight"] = float(weight)
+        line["bytes_received"] = metrics.get("bytes_received")
+        if metrics.get("personalized_acc") is not None:
+            self.personalized[site] = {
+                "acc": float(metrics["personalized_acc"]),
+                "balanced": float(metrics.get("personalized_balanced_acc", float("nan"))),
+                "nfr": float(metrics.get("nfr_personalized", float("nan"))),
+            }
+        return line
+
+    def mark_sampled(self, sites: Iterable[str]) -> None:
+        """These sites were sampled this round: their next validation sets their BwT reference."""
+        self._awaiting_post_round_accuracy.update(sites)
+
+    def site_validate_line(self, round_index: int, site: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """The metrics line of one site's global-on-local validation."""
+        accuracy = metrics.get("global_on_local_acc")
+        return {
+            "round": round_index,
+            "site": site,
+            "task": "validate",
+            "global_on_local_acc": accuracy,
+            "nfr_global_on_local": metrics.get("nfr_global_on_local"),
+            "local_test_size": metrics.get("local_test_size"),
+        }
+
+    def backward_transfer(self, current: Mapping[str, float]) -> float | None:
+        """BwT over sites sampled before; ``current`` is this validation's global-on-local accuracy per site.
+
+        Sites sampled this round get their reference set to ``current`` (so they contribute 0 now).
+        Returns None when no site has a reference yet.
+        """
+        for site in list(self._awaiting_post_round_accuracy):
+            if site in current:
+                self.after_last_sampled[site] = float(current[site])
+                self._awaiting_post_round_accuracy.discard(site)
+        references = {site: acc for site, acc in self.after_last_sampled.items() if site in current}
+        if not references:
+            return None
+        return backward_transfer(dict(current), references)
+
+    def round_line(
+        self,
+        round_index: int,
+        *,
+        global_eval: Mapping[str, Any] | None,
+        bwt: float | None,
+        site_nfr_global_on_local: Iterable[float],
+        sampled: list[str],
+        weights: Mapping[str, float],
+        dropped: Mapping[str, str],
+        seconds: float,
+        bytes_sent: int,
+        bytes_received: int,
+    ) -> dict[str, Any]:
+        """The round's summary line; personalized figures are over every site trained so far."""
+        accs = [entry["acc"] for entry in self.personalized.values()]
+        aggregated = [site for site, weight in weights.items() if site not in dropped]
+        top_share = max((weights[s] for s in aggregated), default=0.0)
+        global_eval = global_eval or {}
+        return {
+            "round": round_index,
+            "global_acc": global_eval.get("accuracy"),
+            "global_balanced_acc": global_eval.get("balanced_accuracy"),
+            "global_nfr": global_eval.get("nfr"),
+            "global_per_class_forgetting": global_eval.get("per_class_forgetting"),
+            "bwt": bwt,
+            "mean_personalized_acc": _mean(accs),
+            "worst_personalized_acc": min(accs) if accs else None,
+            "balanced_personalized_acc": _mean(e["balanced"] for e in self.personalized.values()),
+            "mean_nfr_personalized": _mean(e["nfr"] for e in self.personalized.values()),
+            "mean_nfr_global_on_local": _mean(site_nfr_global_on_local),
+            "sampled_sites": list(sampled),
+            "aggregated_sites": aggregated,
+            "dropped_sites": dict(dropped),
+            "single_site_round": bool(aggregated) and top_share >= _SINGLE_SITE_SHARE,
+            "seconds": seconds,
+            "bytes_sent": int(bytes_sent),
+            "bytes_received": int(bytes_received),
+        }

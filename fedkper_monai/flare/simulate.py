@@ -1,0 +1,163 @@
+"""Run a job of ``jobs/`` in FLARE's simulator with command-line overrides, then summarize its metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedkper_monai.errors import FedKPerError
+from fedkper_monai.flare.controller import METRICS_FILE
+from fedkper_monai.flare.jobspec import load_job, save_job_configs
+from fedkper_monai.flare.workspace import allow_package
+
+__all__ = ["SimulationOverrides", "prepare_job", "run_simulator", "simulate", "find_metrics", "read_round_lines", "format_summary"]
+
+
+@dataclass
+class SimulationOverrides:
+    """Settings a user changes per run without editing the job folder (``None`` keeps the job's value)."""
+
+    rounds: int | None = None
+    data_root: str | None = None
+    sample_fraction: float | None = None
+    local_epochs: int | None = None
+    seed: int | None = None
+
+
+def _component(config: dict, component_id: str) -> dict:
+    for component in config.get("components", []):
+        if component.get("id") == component_id:
+            return component
+    raise FedKPerError(f"job config has no component {component_id!r}")
+
+
+def _network_from_data(data_root: Path, network: dict, transforms: str) -> dict:
+    """The job's network spec with classes, size and input channels taken from the prepared data."""
+    from fedkper_monai.data import build_transforms, load_datalist
+
+    first = data_root / "site-1.json"
+    if not first.exists():
+        raise FedKPerError(f"{first}: not found; --data-root must hold the output of `fedkper-monai prepare`")
+    datalist = load_datalist(first)
+    updated = dict(network)
+    updated["num_classes"] = datalist.num_classes
+    updated["spatial_dims"] = datalist.spatial_dims
+    if datalist.image_size:
+        updated["image_size"] = list(datalist.image_size)
+    transform = build_transforms(transforms, image_size=updated.get("image_size"), augment=False)
+    sample = transform(dict(datalist.training[0]))
+    updated["in_channels"] = int(sample["image"].shape[0])
+    return updated
+
+
+def prepare_job(job: str | Path, workspace: str | Path, overrides: SimulationOverrides) -> Path:
+    """Copy ``job`` into ``workspace/jobs/`` with ``overrides`` applied; allow our package in ``workspace``.
+
+    Returns the folder of the prepared job. The job in ``jobs/`` is never modified.
+    """
+    job = Path(job)
+    meta, server, client = load_job(job)
+    controller = server["workflows"][0]["args"]
+    learner = _component(client, "learner")["args"]
+    evaluator = _component(server, "global_evaluator")["args"]
+    persistor = _component(server, "persistor")["args"]
+    if overrides.rounds is not None:
+        controller["num_rounds"] = overrides.rounds
+    if overrides.sample_fraction is not None:
+        controller["sample_fraction"] = overrides.sample_fraction
+    if overrides.local_epochs is not None:
+        learner["local_epochs"] = overrides.local_epochs
+    if overrides.seed is not None:
+        for args in (controller, learner, persistor):
+            args["seed"] = overrides.seed
+    if overrides.data_root is not None:
+        root = Path(overrides.data_root).resolve()
+        network = _network_from_data(root, learner["network"], learner.get("transforms", "classification_2d"))
+        for args in (learner, evaluator):
+            args["data_root"] = str(root)
+            args["demo"] = False
+        for args in (learner, evaluator, persistor):
+            args["network"] = network
+    elif learner.get("demo") and not learner.get("data_root"):
+        from fedkper_monai.data.demo import ensure_demo_data
+        from fedkper_monai.flare.sitedata import default_demo_root
+
+        # Generate once here rather than in racing site processes.
+        ensure_demo_data(default_demo_root())
+    workspace = Path(workspace).resolve()
+    target = workspace / "jobs" / meta.get("name", job.name)
+    if target.exists():
+        shutil.rmtree(target)
+    save_job_configs(target, meta, server, client)
+    allow_package(workspace)
+    return target
+
+
+def run_simulator(job_folder: Path, workspace: Path, n_clients: int, threads: int, log_config: str | None = "concise") -> int:
+    """Run ``nvflare simulator`` in a child process; returns its exit code."""
+    command = [sys.executable, "-m", "nvflare.cli", "simulator", str(job_folder), "-w", str(workspace), "-n", str(n_clients), "-t", str(threads)]
+    if log_config:
+        command += ["-l", log_config]
+    environment = dict(os.environ)
+    environment.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    return subprocess.call(command, env=environment)
+
+
+def find_metrics(workspace: str | Path) -> Path:
+    """The server's ``metrics.jsonl`` inside a simulator workspace."""
+    found = sorted(Path(workspace).glob(f"server/**/{METRICS_FILE}"))
+    if not found:
+        raise FedKPerError(f"{workspace}: no server/**/{METRICS_FILE}; see {workspace}/server/simulate_job/log.txt")
+    return found[-1]
+
+
+def read_round_lines(metrics_path: Path) -> list[dict[str, Any]]:
+    """Round lines (those with ``round`` and no ``site``) of a metrics file, in order."""
+    lines = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    return [line for line in lines if "round" in line and "site" not in line]
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "  -  "
+
+
+def format_summary(round_lines: list[dict[str, Any]]) -> str:
+    """A fixed-width table of the round lines."""
+    header = f"{'round':>5}  {'global':>7}  {'pers.mean':>9}  {'pers.worst':>10}  {'global NFR':>10}  {'BwT':>7}  {'sec':>6}"
+    rows = [header]
+    for line in round_lines:
+        rows.append(
+            f"{line['round']:>5}  {_fmt(line.get('global_acc')):>7}  {_fmt(line.get('mean_personalized_acc')):>9}  "
+            f"{_fmt(line.get('worst_personalized_acc')):>10}  {_fmt(line.get('global_nfr')):>10}  "
+            f"{_fmt(line.get('bwt')):>7}  {line.get('seconds', 0.0):>6.1f}"
+        )
+    return "\n".join(rows)
+
+
+def simulate(job: str | Path, workspace: str | Path, n_clients: int, threads: int, overrides: SimulationOverrides) -> int:
+    """Prepare, run and summarize one simulation; returns the exit code (nonzero if rounds are missing)."""
+    workspace = Path(workspace).resolve()
+    prepared = prepare_job(job, workspace, overrides)
+    expected_rounds = load_job(prepared)[1]["workflows"][0]["args"]["num_rounds"]
+    code = run_simulator(prepared, workspace, n_clients, threads)
+    try:
+        metrics_path = find_metrics(workspace)
+    except FedKPerError as error:
+        print(f"simulation failed (exit code {code}): {error}", file=sys.stderr)
+        return code or 1
+    rounds = read_round_lines(metrics_path)
+    print(format_summary(rounds))
+    print(f"metrics:      {metrics_path}")
+    print(f"global model: {metrics_path.parent / 'global_model.pt'}")
+    print(f"personalized: {workspace}/site-*/simulate_job/personalized_model.pt")
+    print(f"tensorboard:  tensorboard --logdir {metrics_path.parent / 'tb_events'}")
+    if len(rounds) != expected_rounds:
+        print(f"simulation incomplete: {len(rounds)} of {expected_rounds} rounds in {metrics_path}", file=sys.stderr)
+        return code or 1
+    return code

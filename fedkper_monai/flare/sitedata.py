@@ -1,0 +1,53 @@
+"""Where a FLARE participant finds its data: site-local settings, never paths baked into a job."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fedkper_monai.errors import FedKPerError
+
+__all__ = ["DATA_ROOT_ENV", "DEMO_ROOT_ENV", "default_demo_root", "resolve_data_root", "check_network_matches"]
+
+DATA_ROOT_ENV = "FEDKPER_DATA_ROOT"
+DEMO_ROOT_ENV = "FEDKPER_DEMO_ROOT"
+
+
+def default_demo_root() -> Path:
+    """Folder of the built-in demo data: ``$FEDKPER_DEMO_ROOT`` or ``~/.cache/fedkper_monai/demo``."""
+    configured = os.environ.get(DEMO_ROOT_ENV)
+    return Path(configured) if configured else Path.home() / ".cache" / "fedkper_monai" / "demo"
+
+
+def resolve_data_root(data_root: str | None, *, demo: bool = False) -> Path:
+    """The data root of this participant.
+
+    Order: the job argument ``data_root``; else ``$FEDKPER_DATA_ROOT`` (set per site by its operator);
+    else, for the demo job only, the built-in demo data (generated on first use, shared by all sites).
+
+    Raises:
+        FedKPerError: no data root is configured and the job is not the demo.
+    """
+    if data_root:
+        return Path(os.path.expanduser(os.path.expandvars(data_root)))
+    configured = os.environ.get(DATA_ROOT_ENV)
+    if configured:
+        return Path(configured)
+    if demo:
+        from fedkper_monai.data.demo import ensure_demo_data
+
+        return ensure_demo_data(default_demo_root())
+    raise FedKPerError(
+        f"no data root: set the job argument data_root or the environment variable {DATA_ROOT_ENV} "
+        "to the folder that holds <site-name>.json (made by `fedkper-monai prepare`)"
+    )
+
+
+def check_network_matches(network: dict, num_classes: int, source: str | os.PathLike) -> None:
+    """The job's network must have as many outputs as the datalist has classes."""
+    if int(network.get("num_classes", -1)) != int(num_classes):
+        raise FedKPerError(
+            f"{source}: num_classes {num_classes} differs from the job's network num_classes "
+            f"{network.get('num_classes')}: edit the job's network args or run `fedkper-monai simulate "
+            "--data-root`, which sets them from the datalist"
+        )

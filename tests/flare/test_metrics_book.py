@@ -1,0 +1,56 @@
+"""RunBook: the round line's personalized summary and backward transfer (DESIGN §2), by hand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedkper_monai.flare.metrics import ROUND_FIELDS, MetricsFile, RunBook
+
+
+def _train_metrics(acc: float, balanced: float, nfr: float) -> dict:
+    return {"personalized_acc": acc, "personalized_balanced_acc": balanced, "nfr_personalized": nfr, "score": 0.5}
+
+
+def test_personalized_summary_uses_each_sites_latest_result():
+    book = RunBook()
+    book.site_train_line(0, "site-1", _train_metrics(0.5, 0.4, 0.1), weight=1.0)
+    book.site_train_line(1, "site-2", _train_metrics(0.9, 0.8, 0.0), weight=0.7)
+    line = book.site_train_line(2, "site-1", _train_metrics(0.7, 0.6, 0.2), weight=0.3)
+    assert line["weight"] == 0.3 and line["task"] == "train" and line["site"] == "site-1"
+    round_line = book.round_line(
+        2, global_eval=None, bwt=None, site_nfr_global_on_local=[0.1, 0.3], sampled=["site-1"],
+        weights={"site-1": 1.0}, dropped={}, seconds=1.5, bytes_sent=10, bytes_received=5,
+    )
+    assert round_line["mean_personalized_acc"] == pytest.approx(0.8)
+    assert round_line["worst_personalized_acc"] == pytest.approx(0.7)
+    assert round_line["balanced_personalized_acc"] == pytest.approx(0.7)
+    assert round_line["mean_nfr_personalized"] == pytest.approx(0.1)
+    assert round_line["mean_nfr_global_on_local"] == pytest.approx(0.2)
+    assert round_line["single_site_round"] is True
+    assert set(ROUND_FIELDS) <= set(round_line)
+
+
+def test_backward_transfer_against_accuracy_right_after_last_sampling():
+    book = RunBook()
+    book.mark_sampled(["site-1"])
+    # Right after round 0: site-1's reference becomes 0.6; it contributes 0 now.
+    assert book.backward_transfer({"site-1": 0.6, "site-2": 0.5}) == pytest.approx(0.0)
+    book.mark_sampled(["site-2"])
+    # Round 1: site-2's reference is 0.8 (0 now); site-1 dropped from 0.6 to 0.4.
+    assert book.backward_transfer({"site-1": 0.4, "site-2": 0.8}) == pytest.approx((-0.2 + 0.0) / 2)
+    # Round 2, nobody sampled: site-1 0.6 -> 0.5, site-2 0.8 -> 0.9.
+    assert book.backward_transfer({"site-1": 0.5, "site-2": 0.9}) == pytest.approx((-0.1 + 0.1) / 2)
+
+
+def test_no_reference_yet_gives_none():
+    assert RunBook().backward_transfer({"site-1": 0.5}) is None
+
+
+def test_metrics_file_writes_null_for_nan(tmp_path):
+    metrics = MetricsFile(tmp_path / "m.jsonl")
+    metrics.append({"round": 0, "global_acc": float("nan")})
+    metrics.append({"round": 1, "global_acc": 0.5})
+    lines = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert lines == [{"round": 0, "global_acc": None}, {"round": 1, "global_acc": 0.5}]

@@ -1,0 +1,88 @@
+"""The allow-list step, the committed job folders and the seeded site sampling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
+from nvflare.apis.fl_exception import UnsafeComponentError
+from nvflare.app_common.widgets.component_path_authorizer import ComponentPathAuthorizer
+
+from fedkper_monai.errors import DataError
+from fedkper_monai.flare.controller import sample_sites
+from fedkper_monai.flare.jobspec import STANDARD_JOBS, job_configs, load_job
+from fedkper_monai.flare.workspace import allow_package
+
+JOBS = Path(__file__).resolve().parents[2] / "jobs"
+
+
+def _component_paths(config: dict) -> list[str]:
+    found = []
+    for section in ("workflows", "components"):
+        found += [entry["path"] for entry in config.get(section, [])]
+    found += [entry["executor"]["path"] for entry in config.get("executors", [])]
+    return found
+
+
+def test_allow_package_keeps_the_default_list_and_is_idempotent(tmp_path):
+    path = allow_package(tmp_path)
+    allow_package(tmp_path)
+    allow_list = json.loads(path.read_text())["class_allow_list"]
+    assert allow_list.count("fedkper_monai.") == 1
+    assert "*" not in allow_list
+    assert set(DEFAULT_CLASS_ALLOW_LIST) <= set(allow_list)
+
+
+def test_allow_package_starts_from_a_site_default_file(tmp_path):
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "resources.json.default").write_text(json.dumps({"format_version": 2, "class_allow_list": ["nvflare.app_common."]}))
+    resources = json.loads(allow_package(tmp_path).read_text())
+    assert resources["class_allow_list"] == ["nvflare.app_common.", "fedkper_monai."]
+
+
+def test_allow_package_refuses_a_disabled_list(tmp_path):
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "resources.json").write_text(json.dumps({"class_allow_list": ["*"]}))
+    with pytest.raises(DataError, match="class_allow_list"):
+        allow_package(tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(STANDARD_JOBS))
+def test_committed_jobs_match_their_spec_and_pass_flare_authorization(name, tmp_path):
+    committed = load_job(JOBS / name)
+    assert committed == job_configs(STANDARD_JOBS[name]), f"jobs/{name} drifted: run python -m fedkper_monai.flare.jobspec jobs"
+    assert not (JOBS / name / "app" / "custom").exists(), "jobs carry no custom code (no BYOC)"
+    resources_file = allow_package(tmp_path)
+
+    class SiteWorkspace:  # the two methods FLARE's authorizer asks of a site workspace
+        def get_resources_file_path(self) -> str:
+            return str(resources_file)
+
+        def get_root_dir(self) -> str:
+            return str(tmp_path)
+
+    authorizer = ComponentPathAuthorizer()
+    for config in committed[1:]:
+        for path in _component_paths(config):
+            # FLARE's own check: raises UnsafeComponentError for a class the site does not allow.
+            authorizer.authorize_component_config({"path": path}, workspace=SiteWorkspace())
+    with pytest.raises(UnsafeComponentError):
+        authorizer.authorize_component_config({"path": "evil.module.Class"}, workspace=SiteWorkspace())
+
+
+def test_sample_sites_is_seeded_per_round_and_independent_of_order():
+    sites = [f"site-{i}" for i in range(1, 21)]
+    first = sample_sites(sites, 0.1, seed=3, round_index=7)
+    assert len(first) == 2 and first == sorted(first)
+    assert sample_sites(list(reversed(sites)), 0.1, seed=3, round_index=7) == first
+    rounds = {tuple(sample_sites(sites, 0.1, seed=3, round_index=r)) for r in range(30)}
+    assert len(rounds) > 10, "different rounds sample different sites"
+    other_seed = [sample_sites(sites, 0.1, seed=4, round_index=r) for r in range(30)]
+    assert other_seed != [sample_sites(sites, 0.1, seed=3, round_index=r) for r in range(30)]
+    assert sample_sites(sites[:3], 0.1, seed=0, round_index=0, minimum=1) != []
+    with pytest.raises(ValueError):
+        sample_sites(sites, 0.0, seed=0, round_index=0)
