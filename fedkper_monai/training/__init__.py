@@ -1,0 +1,53 @@
+"""Local training, independent of FLARE: networks, local objectives (strategies) and one train/eval loop.
+
+Typical round at a site::
+
+    device = select_device()
+    teacher = frozen_copy(model) if strategy.needs_global_model else None   # after loading w_g into model
+    optimizer = make_optimizer(model, lr=round_learning_rate(0.01, 0.99, round_index))
+    result = train_local(model, train_loader, strategy, epochs=5, optimizer=optimizer, device=device,
+                         teacher=teacher)
+    train_accuracy = evaluate(model, train_eval_loader, device=device, num_classes=C).accuracy
+"""
+
+from fedkper_monai.training.loop import (
+    EvalResult,
+    TrainResult,
+    evaluate,
+    frozen_copy,
+    make_optimizer,
+    round_learning_rate,
+    select_device,
+    train_local,
+)
+from fedkper_monai.training.networks import NETWORK_NAMES, ReferenceCNN, build_network
+from fedkper_monai.training.strategies import (
+    STRATEGY_NAMES,
+    FedAvgStrategy,
+    FedKPerStrategy,
+    FedNTDStrategy,
+    FedProxStrategy,
+    LocalStrategy,
+    make_strategy,
+)
+
+__all__ = [
+    "NETWORK_NAMES",
+    "ReferenceCNN",
+    "build_network",
+    "STRATEGY_NAMES",
+    "LocalStrategy",
+    "FedAvgStrategy",
+    "FedProxStrategy",
+    "FedNTDStrategy",
+    "FedKPerStrategy",
+    "make_strategy",
+    "select_device",
+    "make_optimizer",
+    "round_learning_rate",
+    "frozen_copy",
+    "TrainResult",
+    "train_local",
+    "EvalResult",
+    "evaluate",
+]
