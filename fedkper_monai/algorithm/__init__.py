@@ -11,7 +11,7 @@
 from .averaging import WeightedAverager
 from .forgetting import FlipResult, FlipTracker, backward_transfer
 from .loss import KnowledgePersonalizationLoss, NotTrueDistillationLoss, proximal_term
-from .weighting import aggregation_weights, fedkper_score, label_diversity
+from .weighting import aggregation_weights, fedkper_score, label_diversity, scores_usable
 
 __all__ = [
     "KnowledgePersonalizationLoss",
@@ -20,6 +20,7 @@ __all__ = [
     "label_diversity",
     "fedkper_score",
     "aggregation_weights",
+    "scores_usable",
     "WeightedAverager",
     "FlipTracker",
     "FlipResult",

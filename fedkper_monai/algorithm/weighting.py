@@ -144,6 +144,16 @@ def aggregation_weights(scores: Sequence[float], num_samples: Sequence[float]) -
     finite = np.isfinite(score_arr)
     if np.any(score_arr[finite] < 0):
         raise ValueError(f"scores must be non-negative, got {score_arr.tolist()}")
-    if np.all(finite) and score_arr.sum() > 0:
+    if scores_usable(score_arr):
         return (score_arr / score_arr.sum()).tolist()
     return (count_arr / count_arr.sum()).tolist()
+
+
+def scores_usable(scores: Sequence[float]) -> bool:
+    """Whether :func:`aggregation_weights` weights by these scores: all finite and a positive sum.
+
+    Otherwise it falls back to sample counts (FedAvg). A streaming aggregator asks this at the end
+    of a round to pick between its score-weighted and sample-weighted running sums.
+    """
+    score_arr = np.asarray(list(scores), dtype=np.float64)
+    return bool(score_arr.size) and bool(np.all(np.isfinite(score_arr))) and float(score_arr.sum()) > 0

@@ -9,13 +9,15 @@ import numpy as np
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
 
-from fedkper_monai.algorithm import WeightedAverager, aggregation_weights
+from fedkper_monai.algorithm import WeightedAverager, aggregation_weights, scores_usable
 
 __all__ = ["FedKPerAggregator", "SCORE_KEY", "NUM_SAMPLES_KEY", "validate_update"]
 
 SCORE_KEY = "score"
 NUM_SAMPLES_KEY = "num_samples"
 _WEIGHTINGS = ("score", "samples")
+# accuracy 1 on a perfectly class-balanced site scores 1 * (1 + eps): allow that eps (fedkper_score's default).
+_MAX_SCORE = 1.0 + 1e-6
 
 
 def validate_update(
@@ -51,7 +53,7 @@ def validate_update(
         return f"num_samples must be a positive integer, got {num_samples!r}"
     if not isinstance(score, (int, float, np.floating, np.integer)) or isinstance(score, bool):
         return f"score must be a number, got {score!r}"
-    if not math.isnan(float(score)) and not 0.0 <= float(score) <= 1.0:
+    if not math.isnan(float(score)) and not 0.0 <= float(score) <= _MAX_SCORE:
         return f"score {float(score)!r} is outside [0, 1]"
     return None
 
@@ -124,7 +126,7 @@ class FedKPerAggregator(ModelAggregator):
             raise RuntimeError(f"no valid update to aggregate (dropped: {self._dropped})")
         scores = self._scores if self.weighting == "score" else [float("nan")] * len(self._scores)
         weights = aggregation_weights(scores, self._num_samples)
-        by_score = self.weighting == "score" and all(math.isfinite(s) for s in scores) and sum(scores) > 0
+        by_score = self.weighting == "score" and scores_usable(scores)
         averaged = (self._by_score if by_score else self._by_samples).result()
         self.last_weights = {site: float(weight) for site, weight in zip(self._sites, weights)}
         self.last_weights.update({site: 0.0 for site in self._dropped})

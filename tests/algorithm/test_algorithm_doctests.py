@@ -22,7 +22,7 @@ def test_public_api():
     assert sorted(algorithm.__all__) == sorted(
         [
             "KnowledgePersonalizationLoss", "NotTrueDistillationLoss", "proximal_term", "label_diversity",
-            "fedkper_score", "aggregation_weights", "WeightedAverager", "FlipTracker", "FlipResult",
+            "fedkper_score", "aggregation_weights", "scores_usable", "WeightedAverager", "FlipTracker", "FlipResult",
             "backward_transfer",
         ]
     )

@@ -103,3 +103,12 @@ class TestAggregationWeights:
             aggregation_weights([0.1, 0.2], [10])
         with pytest.raises(ValueError, match="scores must be non-negative"):
             aggregation_weights([-0.1, 0.2], [10, 10])
+
+
+def test_scores_usable_matches_the_aggregation_rule():
+    from fedkper_monai.algorithm import scores_usable
+
+    assert scores_usable([0.2, 0.0])
+    assert not scores_usable([0.0, 0.0])
+    assert not scores_usable([float("nan"), 0.5])
+    assert not scores_usable([])
