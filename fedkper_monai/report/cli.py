@@ -1,0 +1,50 @@
+"""``fedkper-monai report RUN_DIR... --out R``: compare finished runs in one Markdown report with plots."""
+
+from __future__ import annotations
+
+import argparse
+
+from fedkper_monai.errors import FedKPerError
+
+__all__ = ["add_report_parser"]
+
+_EXAMPLE = """\
+example:
+  fedkper-monai report runs/fedkper runs/fedavg runs/fedprox --out reports/retinamnist
+  fedkper-monai report runs_seed*/* --out reports/all_seeds --overwrite
+
+Each RUN_DIR is one run: a folder holding exactly one metrics.jsonl at any depth (a FLARE
+simulator workspace such as RUN_DIR/server/simulate_job/app_server/metrics.jsonl works as is).
+Writes R/report.md, R/summary.csv (one row per run), the PNG plots and, when one algorithm has
+several runs (seeds), R/summary_by_algorithm.csv with mean and std per algorithm.
+"""
+
+
+def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``report`` subcommand to the top-level ``fedkper-monai`` parser."""
+    parser = subparsers.add_parser(
+        "report",
+        help="compare runs: report.md, summary.csv and plots from their metrics.jsonl",
+        description="Compare finished runs (one algorithm each) from their metrics.jsonl files: a summary "
+                    "table, curves over rounds, the global-vs-personalized trade-off, per-site accuracy and "
+                    "per-class forgetting.",
+        epilog=_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a run folder (one metrics.jsonl at any depth)")
+    parser.add_argument("--out", "-o", required=True, metavar="R", help="the report folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace R if it exists and is not empty")
+    parser.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    # Heavy imports (matplotlib) only when the command runs, not when the CLI is built.
+    from fedkper_monai.report.writer import write_report
+
+    try:
+        report_path = write_report(args.run_dirs, args.out, overwrite=args.overwrite)
+    except FileExistsError as error:
+        raise FedKPerError(str(error)) from None
+    files = sorted(path.name for path in report_path.parent.iterdir())
+    print(f"wrote {report_path} ({len(args.run_dirs)} run(s)); files in {report_path.parent}: {', '.join(files)}")
+    return 0
