@@ -1,0 +1,258 @@
+"""From datalist entries to MONAI batches: transform configs, datasets with caching, seeded loaders."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.transforms import Compose, Randomizable, RandomizableTransform
+
+from fedkper_monai.errors import DataError
+
+__all__ = [
+    "TRANSFORMS_DIR_ENV",
+    "build_transforms",
+    "is_deterministic",
+    "make_dataset",
+    "make_loader",
+    "resolve_transforms_config",
+]
+
+#: Environment variable naming a folder of transform configs, searched first.
+TRANSFORMS_DIR_ENV = "FEDKPER_TRANSFORMS_DIR"
+
+
+def _config_dirs() -> list[Path]:
+    """Where a config name is looked up, in order."""
+    dirs = []
+    if os.environ.get(TRANSFORMS_DIR_ENV):
+        dirs.append(Path(os.environ[TRANSFORMS_DIR_ENV]).expanduser())
+    dirs.append(Path(__file__).resolve().parents[2] / "transforms")  # repo checkout / editable install
+    dirs.append(Path(sys.prefix) / "share" / "fedkper_monai" / "transforms")  # setup.cfg data_files
+    return dirs
+
+
+def resolve_transforms_config(name_or_path: str | os.PathLike) -> Path:
+    """Find a transform config: an existing path, or a name such as ``"classification_2d"``.
+
+    A name is looked up as ``<name>.json`` in ``$FEDKPER_TRANSFORMS_DIR``, then in the repository's
+    ``transforms/`` beside the package, then in ``<sys.prefix>/share/fedkper_monai/transforms``.
+
+    Raises:
+        DataError: not found; the message lists every place searched.
+    """
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_file():
+        return candidate.absolute()
+    name = str(name_or_path)
+    looked = []
+    if not (candidate.suffix == ".json" and len(candidate.parts) > 1):
+        filename = name if name.endswith(".json") else f"{name}.json"
+        for folder in _config_dirs():
+            path = folder / filename
+            looked.append(str(path))
+            if path.is_file():
+                return path
+    raise DataError(
+        name,
+        "transform config not found; looked at: " + ", ".join([str(candidate.absolute())] + looked),
+        field="transforms",
+    )
+
+
+def build_transforms(
+    config: str | os.PathLike = "classification_2d",
+    *,
+    image_size: Sequence[int] | None = None,
+    augment: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+) -> Compose:
+    """Build the MONAI pipeline of a bundle-syntax transform config.
+
+    Top-level settings (``image_size``, ``augment``, ``channels``, ``intensity_range``, ...) are set before
+    parsing, so references such as ``@image_size`` see them.
+
+    Args:
+        config: a config name (see :func:`resolve_transforms_config`) or path.
+        image_size: the task's spatial size (for example a datalist's ``image_size``); None keeps the config's.
+        augment: switch on the config's random augmentation (training only).
+        overrides: more top-level settings, for example ``{"channels": 3, "intensity_range": [0, 255]}``.
+
+    Returns:
+        a ``monai.transforms.Compose`` mapping ``{"image": path, "label": int, "id": str}`` to
+        ``{"image": float32 (C, *image_size), "label": int64 scalar, "id": str}``.
+
+    Example:
+        >>> pipeline = build_transforms("classification_2d", image_size=[28, 28])
+    """
+    from monai.bundle import ConfigParser
+
+    path = resolve_transforms_config(config)
+    parser = ConfigParser()
+    try:
+        parser.read_config(str(path))
+    except Exception as error:  # malformed JSON: name the file
+        raise DataError(path, f"cannot read transform config: {error}") from None
+    settings: dict[str, Any] = {"augment": bool(augment)}
+    if image_size is not None:
+        settings["image_size"] = [int(s) for s in image_size]
+    settings.update(overrides or {})
+    for key, value in settings.items():
+        parser[key] = value
+    try:
+        pipeline = parser.get_parsed_content("preprocessing", instantiate=True)
+    except KeyError as error:
+        raise DataError(path, f"missing entry {error}", field="preprocessing") from None
+    if not isinstance(pipeline, Compose):
+        raise DataError(path, f"must build a monai.transforms.Compose, got {type(pipeline).__name__}", field="preprocessing")
+    return pipeline
+
+
+def _flatten(transform: Callable) -> list[Callable]:
+    """All leaf transforms of a (nested) Compose."""
+    children = getattr(transform, "transforms", None)
+    if isinstance(transform, Compose) or (isinstance(children, (list, tuple)) and children):
+        out: list[Callable] = []
+        for child in children or ():
+            out.extend(_flatten(child))
+        return out
+    return [transform]
+
+
+def is_deterministic(transform: Callable) -> bool:
+    """False when any transform in the pipeline is random and active (a ``Randomizable`` with ``prob > 0``)."""
+    for leaf in _flatten(transform):
+        if isinstance(leaf, Randomizable):
+            probability = getattr(leaf, "prob", 1.0) if isinstance(leaf, RandomizableTransform) else 1.0
+            if probability > 0:
+                return False
+    return True
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def _load_error(entry: Any, error: BaseException) -> DataError:
+    """A DataError naming the image and the sample id that failed to load or transform."""
+    image = entry.get("image", "<no image>") if isinstance(entry, Mapping) else str(entry)
+    sample_id = entry.get("id") if isinstance(entry, Mapping) else None
+    cause = _root_cause(error)
+    return DataError(
+        str(image), f"cannot load or transform image: {type(cause).__name__}: {cause}", field=f"id={sample_id}"
+    )
+
+
+class _NamedErrorDataset(Dataset):
+    """monai ``Dataset`` whose failures name the image file and sample id."""
+
+    def _transform(self, index: int):
+        try:
+            return super()._transform(index)
+        except Exception as error:
+            raise _load_error(self.data[index], error) from error
+
+
+class _NamedErrorCacheDataset(CacheDataset):
+    """monai ``CacheDataset`` whose failures (while caching or after) name the image file and sample id."""
+
+    def _load_cache_item(self, idx: int):
+        try:
+            return super()._load_cache_item(idx)
+        except Exception as error:
+            raise _load_error(self.data[idx], error) from error
+
+    def _transform(self, index: int):
+        try:
+            return super()._transform(index)
+        except DataError:
+            raise
+        except Exception as error:
+            raise _load_error(self.data[index], error) from error
+
+
+class _NamedErrorPersistentDataset(PersistentDataset):
+    """monai ``PersistentDataset`` whose failures name the image file and sample id."""
+
+    def _transform(self, index: int):
+        try:
+            return super()._transform(index)
+        except Exception as error:
+            raise _load_error(self.data[index], error) from error
+
+
+def make_dataset(
+    entries: Sequence[Mapping[str, Any]],
+    transform: Callable,
+    *,
+    cache: str = "memory",
+    cache_dir: str | os.PathLike | None = None,
+    num_workers: int = 0,
+) -> torch.utils.data.Dataset:
+    """A MONAI dataset over datalist entries.
+
+    Args:
+        entries: ``{"image", "label", "id"}`` dicts (a :class:`Datalist` list).
+        transform: the pipeline from :func:`build_transforms`.
+        cache: ``"none"`` (``monai.data.Dataset``: decode every epoch), ``"memory"`` (``CacheDataset``: the
+            deterministic prefix is computed once, random transforms run after the cache on every access) or
+            ``"disk"`` (``PersistentDataset`` under ``cache_dir``: survives restarts).
+        cache_dir: folder for ``"disk"``.
+        num_workers: threads used to fill the memory cache.
+
+    Raises:
+        DataError: when an image cannot be loaded (naming the file and the sample id).
+    """
+    data = [dict(entry) for entry in entries]
+    if cache == "none":
+        return _NamedErrorDataset(data, transform=transform)
+    if cache == "memory":
+        # A fully deterministic pipeline never alters the cached item, so no defensive copy is needed.
+        return _NamedErrorCacheDataset(
+            data,
+            transform=transform,
+            cache_rate=1.0,
+            num_workers=num_workers or 0,
+            progress=False,
+            copy_cache=not is_deterministic(transform),
+        )
+    if cache == "disk":
+        if cache_dir is None:
+            raise ValueError('cache="disk" needs cache_dir')
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        return _NamedErrorPersistentDataset(data, transform=transform, cache_dir=cache_dir)
+    raise ValueError(f'cache must be "none", "memory" or "disk", got {cache!r}')
+
+
+def make_loader(
+    dataset: torch.utils.data.Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int | None = None,
+    num_workers: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A ``monai.data.DataLoader`` whose shuffling (and random transforms) follow ``seed``.
+
+    A batch is ``{"image": float (B, C, *spatial), "label": int64 (B,), "id": list[str]}``. With the same
+    seed, the sequence of epochs is the same in every run.
+    """
+    generator = None
+    if seed is not None:
+        generator = torch.Generator()
+        generator.manual_seed(int(seed))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        generator=generator,
+    )
