@@ -9,17 +9,20 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE, AnalyticsDataType, LogWriterName
+from nvflare.apis.utils.analytix_utils import create_analytic_dxo, send_analytic_dxo
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedkper_monai.flare.aggregator import FedKPerAggregator
-from fedkper_monai.flare.learner import GLOBAL_VERSION_KEY
+from fedkper_monai.flare.learner import GLOBAL_VERSION_KEY, SITE_METRICS_KEY
 from fedkper_monai.flare.metrics import MetricsFile, RunBook
 from fedkper_monai.flare.weights import payload_bytes
 
 __all__ = ["FedKPerController", "sample_sites", "METRICS_FILE"]
 
 METRICS_FILE = "metrics.jsonl"
+_TENSORBOARD_KEYS = ("global_acc", "mean_personalized_acc", "worst_personalized_acc", "global_nfr", "bwt", "seconds")
 
 
 def sample_sites(sites: Sequence[str], fraction: float, seed: int, round_index: int, minimum: int = 1) -> list[str]:
@@ -54,7 +57,7 @@ class FedKPerController(ModelController):
         algorithm: name written into the metrics header (for reports).
         aggregator_id: id of the :class:`FedKPerAggregator` component.
         evaluator_id: id of a :class:`GlobalEvaluator` component ("" for none).
-        tb_writer_id: id of a FLARE ``TBWriter`` component for TensorBoard round scalars ("" for none).
+        tensorboard: send round scalars as FLARE analytics events (recorded by a ``TBAnalyticsReceiver``).
         persistor_id: id of the persistor component.
         train_timeout: seconds to wait for a site's train result (0 waits forever).
     """
@@ -69,7 +72,7 @@ class FedKPerController(ModelController):
         algorithm: str = "fedkper",
         aggregator_id: str = "aggregator",
         evaluator_id: str = "global_evaluator",
-        tb_writer_id: str = "tb_writer",
+        tensorboard: bool = True,
         persistor_id: str = "persistor",
         train_timeout: int = 0,
     ) -> None:
@@ -84,7 +87,7 @@ class FedKPerController(ModelController):
         self.algorithm = algorithm
         self.aggregator_id = aggregator_id
         self.evaluator_id = evaluator_id
-        self.tb_writer_id = tb_writer_id
+        self.tensorboard = bool(tensorboard)
         self.train_timeout = int(train_timeout)
 
     def _component(self, component_id: str) -> Any:
@@ -96,7 +99,6 @@ class FedKPerController(ModelController):
             self.panic(f"component {self.aggregator_id!r} must be a FedKPerAggregator, got {type(aggregator)}")
             return
         evaluator = self._component(self.evaluator_id)
-        tb_writer = self._component(self.tb_writer_id)
         model = self.load_model()
         if model is None:
             return
@@ -117,7 +119,7 @@ class FedKPerController(ModelController):
 
             def on_result(result: FLModel) -> bool:
                 site = str(result.meta.get("client_name"))
-                site_metrics[site] = dict(result.metrics or {})
+                site_metrics[site] = dict(result.meta.get(SITE_METRICS_KEY) or result.metrics or {})
                 site_metrics[site]["bytes_received"] = payload_bytes(result.params or {})
                 accepted = aggregator.accept_model(result)
                 result.params = None  # streaming: the update is in the running sums now
@@ -172,7 +174,7 @@ class FedKPerController(ModelController):
                 bytes_received=sum(m["bytes_received"] for m in site_metrics.values()),
             )
             metrics.append(line)
-            self._log_round(line, tb_writer)
+            self._log_round(line)
         self.info(f"finished {self.num_rounds} rounds; metrics in {metrics.path}")
 
     def _as_task_model(self, params: dict, round_index: int, version: int) -> FLModel:
@@ -195,21 +197,29 @@ class FedKPerController(ModelController):
             "sites": sites,
             "sample_fraction": self.sample_fraction,
             "num_classes": persistor_network.get("num_classes"),
-            "class_names": getattr(evaluator, "class_names", None),
+            "class_names": evaluator.class_names if evaluator is not None else None,
             "network": persistor_network.get("name"),
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
 
-    def _log_round(self, line: dict[str, Any], tb_writer: Any) -> None:
+    def _log_round(self, line: dict[str, Any]) -> None:
         summary = ", ".join(
             f"{key} {line[key]:.3f}"
             for key in ("global_acc", "mean_personalized_acc", "worst_personalized_acc", "global_nfr", "bwt")
             if isinstance(line.get(key), float)
         )
         self.info(f"round {line['round']}: {summary}; {line['seconds']:.1f} s")
-        if tb_writer is None:
+        if not self.tensorboard:
             return
-        for key in ("global_acc", "mean_personalized_acc", "worst_personalized_acc", "global_nfr", "bwt", "seconds"):
+        # FLARE's experiment tracking: a local analytics event that the server's TBAnalyticsReceiver records.
+        for key in _TENSORBOARD_KEYS:
             value = line.get(key)
             if isinstance(value, (int, float)) and math.isfinite(value):
-                tb_writer.add_scalar(f"global/{key}", float(value), global_step=line["round"])
+                dxo = create_analytic_dxo(
+                    tag=f"global/{key}",
+                    value=float(value),
+                    data_type=AnalyticsDataType.SCALAR,
+                    writer=LogWriterName.TORCH_TB,
+                    global_step=int(line["round"]),
+                )
+                send_analytic_dxo(self, dxo=dxo, fl_ctx=self.fl_ctx, event_type=ANALYTIC_EVENT_TYPE)

@@ -55,6 +55,14 @@ class GlobalEvaluator(FLComponent):
         self.cache = cache
         self._ready = False
         self._available = False
+        self._class_names: list[str] | None = None
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """Class names of the global test list (None without one)."""
+        if not self._ready:
+            self._setup()
+        return self._class_names
 
     def _setup(self) -> None:
         from fedkper_monai.data import build_transforms, load_datalist, make_dataset, make_loader
@@ -78,6 +86,7 @@ class GlobalEvaluator(FLComponent):
         self.device = select_device(self.device_preference)
         self.model = build_network(**self.network_spec).to(self.device)
         self.num_classes = datalist.num_classes
+        self._class_names = list(datalist.class_names)
         self.tracker = FlipTracker(self.num_classes)
         self.source = Path(path)
         self._available = True

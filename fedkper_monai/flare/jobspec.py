@@ -78,7 +78,6 @@ def job_configs(settings: JobSettings) -> tuple[dict, dict, dict]:
             {"id": "persistor", "path": f"{_PKG}.persistor.NetworkPersistor", "args": {"network": settings.network, "seed": settings.seed}},
             {"id": "aggregator", "path": f"{_PKG}.aggregator.FedKPerAggregator", "args": {"weighting": settings.weighting}},
             {"id": "global_evaluator", "path": f"{_PKG}.evaluator.GlobalEvaluator", "args": {"network": settings.network, **data}},
-            {"id": "tb_writer", "path": "nvflare.app_opt.tracking.tb.tb_writer.TBWriter", "args": {}},
             {
                 "id": "tb_receiver",
                 "path": "nvflare.app_opt.tracking.tb.tb_receiver.TBAnalyticsReceiver",
@@ -157,12 +156,12 @@ _MEDMNIST = dict(num_rounds=200, sample_fraction=0.1, min_clients=2)
 STANDARD_JOBS: dict[str, JobSettings] = {
     "fedkper_demo": JobSettings(
         name="fedkper_demo",
-        network={"name": "reference_cnn", "spatial_dims": 2, "in_channels": 1, "num_classes": 6, "image_size": [28, 28]},
+        network={"name": "reference_cnn", "spatial_dims": 2, "in_channels": 1, "num_classes": 8, "image_size": [28, 28]},
         num_rounds=5,
         sample_fraction=0.5,
         min_clients=2,
-        local_epochs=2,
-        batch_size=32,
+        local_epochs=5,
+        batch_size=16,
         lr=0.05,
         demo=True,
     ),

@@ -24,10 +24,13 @@ from fedkper_monai.flare.sitedata import check_network_matches, resolve_data_roo
 from fedkper_monai.flare.weights import payload_bytes, to_numpy, to_torch
 from fedkper_monai.io import atomic_write_bytes, atomic_write_json
 
-__all__ = ["FedKPerLearner", "GLOBAL_VERSION_KEY"]
+__all__ = ["FedKPerLearner", "GLOBAL_VERSION_KEY", "SITE_METRICS_KEY"]
 
 # Meta key set by the controller: how many aggregations produced the model in this task.
 GLOBAL_VERSION_KEY = "global_version"
+# Meta key of a train result's metrics. FLModel.metrics of a result that also carries weights is
+# overwritten by FLARE's ModelLearnerExecutor with its pre-train validation metrics, so ours travel here.
+SITE_METRICS_KEY = "site_metrics"
 STATE_FILE = "fedkper_site_state.json"
 CHECKPOINT_FILE = "personalized_model.pt"
 
@@ -204,13 +207,12 @@ class FedKPerLearner(ModelLearner):
             return ReturnCode.BAD_TASK_DATA
         round_index = int(model.current_round or 0)
         metrics = dict(self._evaluate_global(model))
-        self.model.load_state_dict(to_torch(model.params))
-        # global_model now holds the received weights: the frozen teacher / proximal anchor of this round.
-        self.global_model.load_state_dict(to_torch(model.params))
+        received = to_torch(model.params)
+        self.model.load_state_dict(received)
+        # The received weights, frozen: this round's teacher (FedKPer, FedNTD) or proximal anchor (FedProx).
+        self.global_model.load_state_dict(received)
         self.global_model.eval()
-        for parameter in self.global_model.parameters():
-            parameter.requires_grad_(False)
-        self.strategy.begin_round(self.model, self.global_model)
+        self.global_model.requires_grad_(False)
         lr = round_learning_rate(self.lr, self.lr_gamma, round_index)
         optimizer = make_optimizer(
             self.model, name=self.optimizer_name, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay
@@ -223,7 +225,7 @@ class FedKPerLearner(ModelLearner):
             epochs=self.local_epochs,
             optimizer=optimizer,
             device=self.device,
-            teacher=self.global_model if self.strategy.uses_teacher else None,
+            teacher=self.global_model if self.strategy.needs_global_model else None,
             cache_teacher_logits=self.cache_teacher_logits,
             amp=self.amp,
         )
@@ -259,8 +261,7 @@ class FedKPerLearner(ModelLearner):
         return FLModel(
             params_type=ParamsType.FULL,
             params=params,
-            metrics=metrics,
-            meta={"score": float(score), "num_samples": int(self.num_train)},
+            meta={"score": float(score), "num_samples": int(self.num_train), SITE_METRICS_KEY: metrics},
         )
 
     def _log_scalars(self, metrics: dict[str, Any], round_index: int) -> None:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,11 @@ def _network_from_data(data_root: Path, network: dict, transforms: str) -> dict:
     return updated
 
 
-def prepare_job(job: str | Path, workspace: str | Path, overrides: SimulationOverrides) -> Path:
-    """Copy ``job`` into ``workspace/jobs/`` with ``overrides`` applied; allow our package in ``workspace``.
+def prepare_job(job: str | Path, workspace: str | Path, overrides: SimulationOverrides, job_dir: str | Path) -> Path:
+    """Copy ``job`` into ``job_dir`` with ``overrides`` applied; allow our package in ``workspace``.
 
-    Returns the folder of the prepared job. The job in ``jobs/`` is never modified.
+    Returns the folder of the prepared job. The job in ``jobs/`` is never modified. (``job_dir`` lies
+    outside the workspace: the simulator empties its workspace, except ``local/`` and ``startup/``.)
     """
     job = Path(job)
     meta, server, client = load_job(job)
@@ -90,12 +92,11 @@ def prepare_job(job: str | Path, workspace: str | Path, overrides: SimulationOve
 
         # Generate once here rather than in racing site processes.
         ensure_demo_data(default_demo_root())
-    workspace = Path(workspace).resolve()
-    target = workspace / "jobs" / meta.get("name", job.name)
+    target = Path(job_dir) / meta.get("name", job.name)
     if target.exists():
         shutil.rmtree(target)
     save_job_configs(target, meta, server, client)
-    allow_package(workspace)
+    allow_package(Path(workspace).resolve())
     return target
 
 
@@ -143,9 +144,10 @@ def format_summary(round_lines: list[dict[str, Any]]) -> str:
 def simulate(job: str | Path, workspace: str | Path, n_clients: int, threads: int, overrides: SimulationOverrides) -> int:
     """Prepare, run and summarize one simulation; returns the exit code (nonzero if rounds are missing)."""
     workspace = Path(workspace).resolve()
-    prepared = prepare_job(job, workspace, overrides)
-    expected_rounds = load_job(prepared)[1]["workflows"][0]["args"]["num_rounds"]
-    code = run_simulator(prepared, workspace, n_clients, threads)
+    with tempfile.TemporaryDirectory(prefix="fedkper_job_") as job_dir:
+        prepared = prepare_job(job, workspace, overrides, job_dir)
+        expected_rounds = load_job(prepared)[1]["workflows"][0]["args"]["num_rounds"]
+        code = run_simulator(prepared, workspace, n_clients, threads)
     try:
         metrics_path = find_metrics(workspace)
     except FedKPerError as error:
