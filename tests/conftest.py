@@ -17,16 +17,16 @@ def shared_file(relative: str) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def retinamnist_npz() -> Path:
     return shared_file("medmnist/retinamnist.npz")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def brain_tumor_28_npz() -> Path:
     return shared_file("brain_tumor_mri/brain_tumor_mri_28.npz")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def pneumoniamnist_npz() -> Path:
     return shared_file("medmnist/pneumoniamnist.npz")

@@ -42,7 +42,8 @@ class FedKPerLearner(ModelLearner):
         data_root: folder holding ``<site-name>.json``; default ``$FEDKPER_DATA_ROOT`` (see
             :func:`fedkper_monai.flare.sitedata.resolve_data_root`).
         demo: use the built-in demo data when no data root is configured.
-        algorithm: local objective: ``fedkper``, ``fedavg``, ``fedprox`` or ``fedntd``.
+        algorithm: local objective: ``fedkper``, ``fedavg``, ``fedprox``, ``fedntd``, ``ditto`` or ``local``
+            (see :mod:`fedkper_monai.training.strategies`).
         algorithm_args: keyword arguments of the strategy (e.g. ``{"mu": 0.01}`` for FedProx).
         network: ``build_network`` arguments (name, spatial_dims, in_channels, num_classes, image_size).
         transforms: transform config name or path (``transforms/``), read with MONAI's ConfigParser.
@@ -139,6 +140,9 @@ class FedKPerLearner(ModelLearner):
         self.model = build_network(**self.network_spec).to(self.device)
         self.global_model = copy.deepcopy(self.model)
         self.strategy = make_strategy(self.algorithm, **self.algorithm_args)
+        # Ditto uploads a separately trained copy of the global model; others upload self.model.
+        self.upload_model = copy.deepcopy(self.model) if self.strategy.personal_model else None
+        self._has_own_model = False
         self.trackers = {"personalized": FlipTracker(self.num_classes), "global_on_local": FlipTracker(self.num_classes)}
         self._load_state()
         self.writer = self.get_component(self.analytic_sender_id) if self.analytic_sender_id else None
@@ -162,6 +166,7 @@ class FedKPerLearner(ModelLearner):
         checkpoint = Path(self.job_root) / CHECKPOINT_FILE
         if checkpoint.exists():
             self.model.load_state_dict(torch.load(checkpoint, map_location=self.device, weights_only=True))
+            self._has_own_model = True
 
     def _save_state(self, save_model: bool) -> None:
         if save_model:
@@ -201,34 +206,29 @@ class FedKPerLearner(ModelLearner):
         return FLModel(metrics=self._evaluate_global(model))
 
     def train(self, model: FLModel) -> FLModel | str:
-        from fedkper_monai.training import evaluate, make_optimizer, round_learning_rate, train_local
+        from fedkper_monai.training import FedAvgStrategy, evaluate, round_learning_rate
 
         if not model.params:
             return ReturnCode.BAD_TASK_DATA
         round_index = int(model.current_round or 0)
         metrics = dict(self._evaluate_global(model))
         received = to_torch(model.params)
-        self.model.load_state_dict(received)
-        # The received weights, frozen: this round's teacher (FedKPer, FedNTD) or proximal anchor (FedProx).
+        # The received weights, frozen: this round's teacher (FedKPer, FedNTD) or proximal anchor (FedProx, Ditto).
         self.global_model.load_state_dict(received)
         self.global_model.eval()
         self.global_model.requires_grad_(False)
+        # Local-only and Ditto keep their own model across rounds; everyone starts from the global initialization.
+        keeps_own_model = not self.strategy.federated or self.strategy.personal_model
+        if not keeps_own_model or not self._has_own_model:
+            self.model.load_state_dict(received)
         lr = round_learning_rate(self.lr, self.lr_gamma, round_index)
-        optimizer = make_optimizer(
-            self.model, name=self.optimizer_name, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay
-        )
         started = time.perf_counter()
-        trained = train_local(
-            self.model,
-            self.train_loader,
-            self.strategy,
-            epochs=self.local_epochs,
-            optimizer=optimizer,
-            device=self.device,
-            teacher=self.global_model if self.strategy.needs_global_model else None,
-            cache_teacher_logits=self.cache_teacher_logits,
-            amp=self.amp,
-        )
+        if self.strategy.personal_model:
+            # Ditto: the global update is the received model trained with plain cross-entropy.
+            self.upload_model.load_state_dict(received)
+            self._fit(self.upload_model, FedAvgStrategy(), lr)
+        trained = self._fit(self.model, self.strategy, lr)
+        self._has_own_model = True
         train_seconds = time.perf_counter() - started
         if self.is_aborted():
             return ReturnCode.TASK_ABORTED
@@ -237,7 +237,7 @@ class FedKPerLearner(ModelLearner):
         train_acc = evaluate(self.model, self.train_eval_loader, device=self.device, num_classes=self.num_classes, amp=self.amp).accuracy
         score = fedkper_score(train_acc, self.class_counts, self.num_classes)
         self._save_state(save_model=True)
-        params = to_numpy(self.model.state_dict())
+        params = to_numpy((self.upload_model if self.strategy.personal_model else self.model).state_dict())
         metrics.update(
             {
                 "personalized_acc": personalized.accuracy,
@@ -262,6 +262,23 @@ class FedKPerLearner(ModelLearner):
             params_type=ParamsType.FULL,
             params=params,
             meta={"score": float(score), "num_samples": int(self.num_train), SITE_METRICS_KEY: metrics},
+        )
+
+    def _fit(self, network: torch.nn.Module, strategy: Any, lr: float) -> Any:
+        """One round of local training of ``network`` with ``strategy`` (the shared loop)."""
+        from fedkper_monai.training import make_optimizer, train_local
+
+        optimizer = make_optimizer(network, name=self.optimizer_name, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        return train_local(
+            network,
+            self.train_loader,
+            strategy,
+            epochs=self.local_epochs,
+            optimizer=optimizer,
+            device=self.device,
+            teacher=self.global_model if strategy.needs_global_model else None,
+            cache_teacher_logits=self.cache_teacher_logits,
+            amp=self.amp,
         )
 
     def _log_scalars(self, metrics: dict[str, Any], round_index: int) -> None:

@@ -23,10 +23,12 @@ from fedkper_monai.training.loop import (
 from fedkper_monai.training.networks import NETWORK_NAMES, ReferenceCNN, build_network
 from fedkper_monai.training.strategies import (
     STRATEGY_NAMES,
+    DittoStrategy,
     FedAvgStrategy,
     FedKPerStrategy,
     FedNTDStrategy,
     FedProxStrategy,
+    LocalOnlyStrategy,
     LocalStrategy,
     make_strategy,
 )
@@ -41,6 +43,8 @@ __all__ = [
     "FedProxStrategy",
     "FedNTDStrategy",
     "FedKPerStrategy",
+    "DittoStrategy",
+    "LocalOnlyStrategy",
     "make_strategy",
     "select_device",
     "make_optimizer",

@@ -12,6 +12,10 @@ Flags tell the caller what a strategy needs:
 - ``uses_teacher``: the loss needs the frozen received global model's logits for each batch.
 - ``needs_global_model``: the frozen received global model must be passed to the loop (implied by
   ``uses_teacher``; FedProx can also snapshot the model itself, which equals the global model at round start).
+- ``federated``: the site starts each round from the received global weights. ``False`` (Local-only): the
+  site keeps training its own model and ignores them.
+- ``personal_model``: the site keeps a personalized model across rounds, trained with this strategy, and
+  uploads a separate copy of the received model trained with plain cross-entropy (Ditto).
 
 To add an objective: subclass :class:`LocalStrategy`, set ``name`` and the flags, implement :meth:`loss`
 (call :meth:`_record` for diagnostics) and register the class in ``_STRATEGIES``.
@@ -35,6 +39,8 @@ __all__ = [
     "FedProxStrategy",
     "FedNTDStrategy",
     "FedKPerStrategy",
+    "DittoStrategy",
+    "LocalOnlyStrategy",
     "STRATEGY_NAMES",
     "make_strategy",
 ]
@@ -50,6 +56,8 @@ class LocalStrategy:
     name: ClassVar[str] = "base"
     uses_teacher: ClassVar[bool] = False
     needs_global_model: ClassVar[bool] = False
+    federated: ClassVar[bool] = True
+    personal_model: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._sums: dict[str, float] = {}
@@ -193,13 +201,39 @@ class FedKPerStrategy(LocalStrategy):
         return loss
 
 
+class DittoStrategy(FedProxStrategy):
+    """Ditto (Li et al., ICML 2021): the site's personalized model ``v`` minimizes
+    ``CE(v) + mu / 2 * ||v - w_g||^2`` with ``w_g`` the round's received global weights; the global update is
+    trained separately with plain cross-entropy (the caller trains that copy with :class:`FedAvgStrategy`).
+
+    Args:
+        mu: the paper's lambda, the pull of the personalized model towards the global one (>= 0; 0 is
+            Local-only training of the personalized model). Default 0.1, inside the paper's tuned range.
+    """
+
+    name: ClassVar[str] = "ditto"
+    needs_global_model: ClassVar[bool] = True
+    personal_model: ClassVar[bool] = True
+
+    def __init__(self, mu: float = 0.1) -> None:
+        super().__init__(mu=mu)
+
+
+class LocalOnlyStrategy(FedAvgStrategy):
+    """Local-only training: cross-entropy on the site's own model, which never takes the global weights."""
+
+    name: ClassVar[str] = "local"
+    federated: ClassVar[bool] = False
+
+
 def _diagnostics(criterion: nn.Module, names: tuple[str, ...]) -> dict[str, float]:
     """The last-batch diagnostics a loss module exposes as float attributes (those it has)."""
     return {name: float(getattr(criterion, name)) for name in names if getattr(criterion, name, None) is not None}
 
 
 _STRATEGIES: Mapping[str, type[LocalStrategy]] = {
-    cls.name: cls for cls in (FedAvgStrategy, FedProxStrategy, FedNTDStrategy, FedKPerStrategy)
+    cls.name: cls
+    for cls in (FedAvgStrategy, FedProxStrategy, FedNTDStrategy, FedKPerStrategy, DittoStrategy, LocalOnlyStrategy)
 }
 
 STRATEGY_NAMES: tuple[str, ...] = tuple(_STRATEGIES)

@@ -138,7 +138,7 @@ def test_fedntd_distills_only_the_not_true_classes():
 
 
 def test_make_strategy_builds_every_name_with_parameters():
-    assert STRATEGY_NAMES == ("fedavg", "fedprox", "fedntd", "fedkper")
+    assert STRATEGY_NAMES == ("fedavg", "fedprox", "fedntd", "fedkper", "ditto", "local")
     for name in STRATEGY_NAMES:
         strategy = make_strategy(name)
         assert isinstance(strategy, LocalStrategy) and strategy.name == name
@@ -149,7 +149,7 @@ def test_make_strategy_builds_every_name_with_parameters():
 
 
 def test_make_strategy_rejects_unknown_name_and_parameter():
-    with pytest.raises(ValueError, match="unknown strategy 'scaffold'.*fedavg, fedprox, fedntd, fedkper"):
+    with pytest.raises(ValueError, match="unknown strategy 'scaffold'.*fedavg, fedprox, fedntd, fedkper, ditto, local"):
         make_strategy("scaffold")
     with pytest.raises(ValueError, match="'beta'.*'fedkper'.*valid parameters: tau, lambda_max"):
         make_strategy("fedkper", beta=1.0)
@@ -157,3 +157,27 @@ def test_make_strategy_rejects_unknown_name_and_parameter():
         make_strategy("fedavg", mu=0.1)
     with pytest.raises(ValueError, match="mu"):
         make_strategy("fedprox", mu=-1.0)
+
+
+def test_ditto_objective_by_hand():
+    """Ditto's personalized objective: CE(v) + mu/2 * ||v - w_g||^2, anchored to the received global model."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 3)
+    global_model = frozen_copy(model)
+    with torch.no_grad():
+        model.weight[0, 0] += 0.5  # v differs from w_g in one entry by 0.5 and in the bias by 0.2
+        model.bias[1] -= 0.2
+    strategy = make_strategy("ditto", mu=0.4)
+    assert strategy.personal_model and strategy.needs_global_model and strategy.federated
+    strategy.begin_round(model, global_model)
+    logits = model(torch.eye(3)[:2])
+    expected = cross_entropy_by_hand(logits.detach(), TARGETS) + 0.4 / 2 * (0.5**2 + 0.2**2)
+    assert strategy.loss(logits, TARGETS, None, model).item() == pytest.approx(expected, rel=1e-5)
+    assert make_strategy("ditto").mu == 0.1
+
+
+def test_local_only_is_cross_entropy_without_federation():
+    strategy = make_strategy("local")
+    assert not strategy.federated and not strategy.personal_model and not strategy.needs_global_model
+    strategy.begin_round(torch.nn.Linear(3, 3), None)
+    assert strategy.loss(LOGITS, TARGETS, None, None).item() == pytest.approx(cross_entropy_by_hand(LOGITS, TARGETS), rel=1e-6)
