@@ -10,7 +10,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_directory"]
+from fedkper_monai.errors import FedKPerError
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_directory", "OutputExistsError"]
+
+
+class OutputExistsError(FedKPerError, FileExistsError):
+    """An output folder already holds something and the caller did not ask to replace it."""
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -55,11 +61,11 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
         overwrite: replace an existing non-empty ``path``; otherwise it is an error.
 
     Raises:
-        FileExistsError: ``path`` exists, is not empty and ``overwrite`` is False.
+        OutputExistsError: ``path`` exists, is not empty and ``overwrite`` is False (a ``FileExistsError``).
     """
     target = Path(path)
     if target.exists() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"{target}: output folder exists and is not empty (use --overwrite to replace it)")
+        raise OutputExistsError(f"{target}: output folder exists and is not empty (use --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:

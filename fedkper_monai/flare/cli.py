@@ -25,6 +25,19 @@ def _simulate(args: argparse.Namespace) -> int:
     return simulate(args.job, args.workspace, args.n_clients, args.threads, overrides)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from fedkper_monai.flare.jobspec import save_job_configs
+    from fedkper_monai.flare.simulate import SimulationOverrides, configure_job
+    from fedkper_monai.io import atomic_directory
+
+    overrides = SimulationOverrides(rounds=args.rounds, sample_fraction=args.sample_fraction, local_epochs=args.local_epochs, seed=args.seed)
+    configs = configure_job(args.job, overrides, network_from=args.network_from)
+    with atomic_directory(args.out, overwrite=args.overwrite) as staging:
+        save_job_configs(staging, *configs)
+    print(f"wrote {args.out}: submit it with `nvflare job submit -j {args.out}`")
+    return 0
+
+
 def _allow(args: argparse.Namespace) -> int:
     from fedkper_monai.flare.workspace import allow_package
 
@@ -51,6 +64,25 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--local-epochs", type=int, help="override local epochs")
     parser.add_argument("--seed", type=int, help="override the seed (sampling, initialization, shuffling)")
     parser.set_defaults(func=_simulate)
+
+    export = subparsers.add_parser(
+        "export",
+        help="write a job folder for real FLARE sites, sized from a datalist",
+        description="Write JOB with overrides to OUT for `nvflare job submit`. No data path is written: each site "
+        "reads its own FEDKPER_DATA_ROOT (or FEDKPER_DATALIST).",
+        epilog="example:\n  fedkper-monai export jobs/fedkper_medmnist --network-from /data/fedkper/hospital-a.json "
+        "--rounds 100 --out build/fedkper_job\n  nvflare job submit -j build/fedkper_job",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("job", help="job folder, e.g. jobs/fedkper_medmnist")
+    export.add_argument("--out", required=True, help="folder to write the job into")
+    export.add_argument("--network-from", help="a datalist (or prepared folder) whose classes, size and channels set the network")
+    export.add_argument("--rounds", type=int, help="override the number of rounds")
+    export.add_argument("--sample-fraction", type=float, help="override the share of sites trained per round")
+    export.add_argument("--local-epochs", type=int, help="override local epochs")
+    export.add_argument("--seed", type=int, help="override the seed")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    export.set_defaults(func=_export)
 
     allow = subparsers.add_parser(
         "allow",

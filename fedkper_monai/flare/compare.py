@@ -388,11 +388,10 @@ def _status(run: CompareRun, overwrite: bool, conflicts: list[str]) -> str:
         done = json.loads(done_path.read_text())
     except (OSError, json.JSONDecodeError):
         return "redo"  # no (readable) marker: the run stopped before it finished
-    if _metrics_rounds(run.workspace) != run.rounds:
-        return "redo"  # marked done, but its metrics are incomplete or gone
     previous = done.get("settings") if isinstance(done, dict) else None
     if previous == run.settings:
-        return "done"
+        # Marked done, but with incomplete or missing metrics it is not a finished run.
+        return "done" if _metrics_rounds(run.workspace) == run.rounds else "redo"
     if overwrite:
         return "overwrite"
     previous = previous if isinstance(previous, dict) else {}
@@ -476,11 +475,14 @@ def run_compare(
     base_job: str | Path = _DEFAULT_BASE_JOB,
     overwrite: bool = False,
     quiet: bool = True,
+    retries: int = 1,
 ) -> tuple[list[CompareRun], list[CompareRun]]:
     """Plan (see :func:`plan_runs`) and run a comparison, one simulation after another.
 
     Each prepared job names its data root (centralized: ``out/centralized/data``, rebuilt before its run).
-    With ``quiet`` the simulator's console output goes to the run's ``simulator.log``.
+    With ``quiet`` the simulator's console output goes to the run's ``simulator.log``. A simulation that
+    ends without all its rounds is redone from scratch up to ``retries`` times (FLARE's simulator can lose a
+    site's result when it runs fewer threads than sites), then counted as failed and the next run starts.
 
     Returns:
         ``(runs, failed)``: every planned run and those whose simulation did not finish.
@@ -499,8 +501,12 @@ def run_compare(
         reason = {"redo": " (unfinished run, redone from scratch)", "overwrite": " (settings changed, overwriting)"}
         print(f"{prefix} running {run.rounds} rounds{reason.get(run.status, '')} -> {run.folder}", flush=True)
         started = time.perf_counter()
-        if _execute(run, root, out, threads, quiet):
-            print(f"{prefix} done in {time.perf_counter() - started:.0f} s", flush=True)
+        for attempt in range(retries + 1):
+            if attempt:
+                print(f"{prefix} retry {attempt} of {retries}, from scratch", flush=True)
+            if _execute(run, root, out, threads, quiet):
+                print(f"{prefix} done in {time.perf_counter() - started:.0f} s", flush=True)
+                break
         else:
             failed.append(run)
     return runs, failed
@@ -563,6 +569,14 @@ def _parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it, else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _run(args: argparse.Namespace) -> int:
     algorithms = parse_algorithms(args.algorithms)
     seeds = _parse_seeds(args.seeds) if args.seeds is not None else None
@@ -570,13 +584,14 @@ def _run(args: argparse.Namespace) -> int:
         args.data_root, algorithms, args.out, n_clients=args.n_clients, threads=args.threads, seeds=seeds,
         rounds=args.rounds, sample_fraction=args.sample_fraction, local_epochs=args.local_epochs,
         base_job=args.base_job, overwrite=args.overwrite, quiet=not args.show_simulator_output,
+        retries=args.retries,
     )
     print()
     print(format_table(runs, failed))
     print()
     failed_ids = {id(run) for run in failed}
-    folders = " ".join(os.path.relpath(run.folder) for run in runs if id(run) not in failed_ids)
-    report = f"{os.path.relpath(Path(args.out).resolve())}_report"
+    folders = " ".join(_shown(run.folder) for run in runs if id(run) not in failed_ids)
+    report = _shown(Path(args.out).resolve().with_name(Path(args.out).resolve().name + "_report"))
     if folders:
         print(f"next: fedkper-monai report {folders} --out {report}")
     if failed:
@@ -627,6 +642,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="RUNS", help="comparison folder")
     parser.add_argument("--base-job", default=_DEFAULT_BASE_JOB, help=f"job every algorithm derives from (default {_DEFAULT_BASE_JOB})")
     parser.add_argument("--overwrite", action="store_true", help="redo finished runs whose settings changed")
+    parser.add_argument("--retries", type=int, default=1,
+                        help="redo a simulation that ended without all its rounds up to this many times (default 1)")
     parser.add_argument("--show-simulator-output", action="store_true",
                         help="print the simulator's output instead of writing it to each run's simulator.log")
     parser.set_defaults(func=_run)

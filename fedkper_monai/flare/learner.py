@@ -20,7 +20,7 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.abstract.model_learner import ModelLearner
 
 from fedkper_monai.algorithm import FlipTracker, fedkper_score
-from fedkper_monai.flare.sitedata import check_network_matches, resolve_data_root
+from fedkper_monai.flare.sitedata import check_network_matches, site_datalist_path
 from fedkper_monai.flare.weights import payload_bytes, to_numpy, to_torch
 from fedkper_monai.io import atomic_write_bytes, atomic_write_json
 
@@ -39,8 +39,8 @@ class FedKPerLearner(ModelLearner):
     """One FL site: evaluates the global model, trains the personalized model, reports score and metrics.
 
     Args:
-        data_root: folder holding ``<site-name>.json``; default ``$FEDKPER_DATA_ROOT`` (see
-            :func:`fedkper_monai.flare.sitedata.resolve_data_root`).
+        data_root: folder holding ``<site-name>.json``; default ``$FEDKPER_DATA_ROOT``, or the file
+            ``$FEDKPER_DATALIST`` (see :func:`fedkper_monai.flare.sitedata.site_datalist_path`).
         demo: use the built-in demo data when no data root is configured.
         algorithm: local objective: ``fedkper``, ``fedavg``, ``fedprox``, ``fedntd``, ``ditto`` or ``local``
             (see :mod:`fedkper_monai.training.strategies`).
@@ -111,8 +111,7 @@ class FedKPerLearner(ModelLearner):
         from fedkper_monai.data import build_transforms, class_counts, is_deterministic, load_datalist, make_dataset, make_loader
         from fedkper_monai.training import build_network, make_strategy, select_device
 
-        root = resolve_data_root(self.data_root, demo=self.demo)
-        datalist = load_datalist(root / f"{self.site_name}.json")
+        datalist = load_datalist(site_datalist_path(self.site_name, self.data_root, demo=self.demo))
         if not datalist.training:
             raise ValueError(f"{datalist.path}: site {self.site_name} has no training samples")
         if not datalist.test:

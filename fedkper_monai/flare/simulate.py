@@ -17,7 +17,7 @@ from fedkper_monai.flare.controller import METRICS_FILE
 from fedkper_monai.flare.jobspec import load_job, save_job_configs
 from fedkper_monai.flare.workspace import allow_package
 
-__all__ = ["SimulationOverrides", "prepare_job", "run_simulator", "simulate", "find_metrics", "read_round_lines", "format_summary"]
+__all__ = ["SimulationOverrides", "configure_job", "prepare_job", "run_simulator", "simulate", "find_metrics", "read_round_lines", "format_summary"]
 
 
 @dataclass
@@ -38,13 +38,16 @@ def _component(config: dict, component_id: str) -> dict:
     raise FedKPerError(f"job config has no component {component_id!r}")
 
 
-def _network_from_data(data_root: Path, network: dict, transforms: str) -> dict:
-    """The job's network spec with classes, size and input channels taken from the prepared data."""
+def _network_from_data(source: Path, network: dict, transforms: str) -> dict:
+    """The job's network spec with classes, size and input channels taken from prepared data.
+
+    ``source`` is a datalist JSON, or a folder made by ``fedkper-monai prepare`` (its ``site-1.json``).
+    """
     from fedkper_monai.data import build_transforms, load_datalist
 
-    first = data_root / "site-1.json"
+    first = source / "site-1.json" if source.is_dir() else source
     if not first.exists():
-        raise FedKPerError(f"{first}: not found; --data-root must hold the output of `fedkper-monai prepare`")
+        raise FedKPerError(f"{first}: not found; give a datalist or a folder made by `fedkper-monai prepare`")
     datalist = load_datalist(first)
     updated = dict(network)
     updated["num_classes"] = datalist.num_classes
@@ -52,19 +55,19 @@ def _network_from_data(data_root: Path, network: dict, transforms: str) -> dict:
     if datalist.image_size:
         updated["image_size"] = list(datalist.image_size)
     transform = build_transforms(transforms, image_size=updated.get("image_size"), augment=False)
-    sample = transform(dict(datalist.training[0]))
+    sample = transform(dict(datalist.training[0] if datalist.training else datalist.test[0]))
     updated["in_channels"] = int(sample["image"].shape[0])
     return updated
 
 
-def prepare_job(job: str | Path, workspace: str | Path, overrides: SimulationOverrides, job_dir: str | Path) -> Path:
-    """Copy ``job`` into ``job_dir`` with ``overrides`` applied; allow our package in ``workspace``.
+def configure_job(job: str | Path, overrides: SimulationOverrides, *, network_from: str | Path | None = None) -> tuple[dict, dict, dict]:
+    """The three configs of ``job`` with ``overrides`` applied (the job folder is not modified).
 
-    Returns the folder of the prepared job. The job in ``jobs/`` is never modified. (``job_dir`` lies
-    outside the workspace: the simulator empties its workspace, except ``local/`` and ``startup/``.)
+    ``overrides.data_root`` is written into the learner and evaluator args (simulation: one machine);
+    for real sites leave it unset, so each site reads its own ``$FEDKPER_DATA_ROOT``. Either data root,
+    or ``network_from`` (a datalist or a prepared folder), sets the network's classes, size and channels.
     """
-    job = Path(job)
-    meta, server, client = load_job(job)
+    meta, server, client = load_job(Path(job))
     controller = server["workflows"][0]["args"]
     learner = _component(client, "learner")["args"]
     evaluator = _component(server, "global_evaluator")["args"]
@@ -80,19 +83,32 @@ def prepare_job(job: str | Path, workspace: str | Path, overrides: SimulationOve
             args["seed"] = overrides.seed
     if overrides.data_root is not None:
         root = Path(overrides.data_root).resolve()
-        network = _network_from_data(root, learner["network"], learner.get("transforms", "classification_2d"))
         for args in (learner, evaluator):
             args["data_root"] = str(root)
             args["demo"] = False
+        network_from = network_from or root
+    if network_from is not None:
+        network = _network_from_data(Path(network_from), learner["network"], learner.get("transforms", "classification_2d"))
         for args in (learner, evaluator, persistor):
             args["network"] = network
-    elif learner.get("demo") and not learner.get("data_root"):
+    return meta, server, client
+
+
+def prepare_job(job: str | Path, workspace: str | Path, overrides: SimulationOverrides, job_dir: str | Path) -> Path:
+    """Write ``job`` with ``overrides`` applied under ``job_dir``; allow our package in ``workspace``.
+
+    Returns the folder of the prepared job. The job in ``jobs/`` is never modified. (``job_dir`` lies
+    outside the workspace: the simulator empties its workspace, except ``local/`` and ``startup/``.)
+    """
+    meta, server, client = configure_job(job, overrides)
+    learner = _component(client, "learner")["args"]
+    if learner.get("demo") and not learner.get("data_root"):
         from fedkper_monai.data.demo import ensure_demo_data
         from fedkper_monai.flare.sitedata import default_demo_root
 
         # Generate once here rather than in racing site processes.
         ensure_demo_data(default_demo_root())
-    target = Path(job_dir) / meta.get("name", job.name)
+    target = Path(job_dir) / meta.get("name", Path(job).name)
     if target.exists():
         shutil.rmtree(target)
     save_job_configs(target, meta, server, client)

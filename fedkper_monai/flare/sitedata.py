@@ -7,9 +7,18 @@ from pathlib import Path
 
 from fedkper_monai.errors import FedKPerError
 
-__all__ = ["DATA_ROOT_ENV", "DEMO_ROOT_ENV", "default_demo_root", "resolve_data_root", "check_network_matches"]
+__all__ = [
+    "DATA_ROOT_ENV",
+    "DATALIST_ENV",
+    "DEMO_ROOT_ENV",
+    "default_demo_root",
+    "resolve_data_root",
+    "site_datalist_path",
+    "check_network_matches",
+]
 
 DATA_ROOT_ENV = "FEDKPER_DATA_ROOT"
+DATALIST_ENV = "FEDKPER_DATALIST"
 DEMO_ROOT_ENV = "FEDKPER_DEMO_ROOT"
 
 
@@ -41,6 +50,15 @@ def resolve_data_root(data_root: str | None, *, demo: bool = False) -> Path:
         f"no data root: set the job argument data_root or the environment variable {DATA_ROOT_ENV} "
         "to the folder that holds <site-name>.json (made by `fedkper-monai prepare`)"
     )
+
+
+def site_datalist_path(site_name: str, data_root: str | None, *, demo: bool = False) -> Path:
+    """This site's datalist: ``$FEDKPER_DATALIST`` when set (a real site naming its own file), else
+    ``<data root>/<site-name>.json`` (the layout ``fedkper-monai prepare`` writes for site-1 ... site-N)."""
+    configured = os.environ.get(DATALIST_ENV)
+    if configured and not data_root:
+        return Path(configured)
+    return resolve_data_root(data_root, demo=demo) / f"{site_name}.json"
 
 
 def check_network_matches(network: dict, num_classes: int, source: str | os.PathLike) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from fedkper_monai.errors import FedKPerError
 
 __all__ = ["add_report_parser"]
 
@@ -41,10 +40,8 @@ def _run_report(args: argparse.Namespace) -> int:
     # Heavy imports (matplotlib) only when the command runs, not when the CLI is built.
     from fedkper_monai.report.writer import write_report
 
-    try:
-        report_path = write_report(args.run_dirs, args.out, overwrite=args.overwrite)
-    except FileExistsError as error:
-        raise FedKPerError(str(error)) from None
+    # An existing --out raises OutputExistsError, a FedKPerError the CLI prints without a traceback.
+    report_path = write_report(args.run_dirs, args.out, overwrite=args.overwrite)
     files = sorted(path.name for path in report_path.parent.iterdir())
     print(f"wrote {report_path} ({len(args.run_dirs)} run(s)); files in {report_path.parent}: {', '.join(files)}")
     return 0

@@ -86,3 +86,27 @@ def test_sample_sites_is_seeded_per_round_and_independent_of_order():
     assert sample_sites(sites[:3], 0.1, seed=0, round_index=0, minimum=1) != []
     with pytest.raises(ValueError):
         sample_sites(sites, 0.0, seed=0, round_index=0)
+
+
+def test_export_sizes_the_network_from_a_datalist_and_bakes_no_data_path(retina_federation, tmp_path):
+    from fedkper_monai.cli import main
+
+    out = tmp_path / "job"
+    assert main(["export", "jobs/fedkper_medmnist", "--out", str(out), "--network-from", str(retina_federation / "site-2.json"), "--rounds", "7"]) == 0
+    meta, server, client = load_job(out)
+    learner = next(c for c in client["components"] if c["id"] == "learner")["args"]
+    assert learner["data_root"] is None and learner["demo"] is False
+    assert learner["network"] == {"name": "reference_cnn", "spatial_dims": 2, "in_channels": 3, "num_classes": 5, "image_size": [28, 28]}
+    assert server["workflows"][0]["args"]["num_rounds"] == 7
+    assert main(["export", "jobs/fedkper_medmnist", "--out", str(out)]) == 2, "an existing job folder is not overwritten silently"
+
+
+def test_a_real_site_names_its_datalist_by_environment(monkeypatch, tmp_path):
+    from fedkper_monai.flare.sitedata import site_datalist_path
+
+    monkeypatch.delenv("FEDKPER_DATA_ROOT", raising=False)
+    monkeypatch.setenv("FEDKPER_DATALIST", str(tmp_path / "hospital-a.json"))
+    assert site_datalist_path("hospital-a", None) == tmp_path / "hospital-a.json"
+    monkeypatch.delenv("FEDKPER_DATALIST")
+    monkeypatch.setenv("FEDKPER_DATA_ROOT", str(tmp_path))
+    assert site_datalist_path("site-2", None) == tmp_path / "site-2.json"

@@ -1,0 +1,260 @@
+"""``fedkper-monai compare``: the algorithm registry, centralized pooling, resuming, and (slow) a real
+comparison whose runs share partition and site sampling."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+
+from fedkper_monai.cli import main
+from fedkper_monai.data import load_datalist, write_datalist
+from fedkper_monai.errors import DataError, FedKPerError
+from fedkper_monai.flare.compare import (
+    ALGORITHMS,
+    DEFAULT_ALGORITHMS,
+    DONE_FILE,
+    algorithm_job,
+    parse_algorithms,
+    plan_runs,
+    pool_sites,
+    run_compare,
+    site_datalists,
+)
+from fedkper_monai.flare.jobspec import STANDARD_JOBS, job_configs
+from fedkper_monai.training import make_strategy
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory, retinamnist_npz) -> Path:
+    """3 sites from the real RetinaMNIST train split, Dirichlet(0.5), seed 0."""
+    out = tmp_path_factory.mktemp("compare") / "retina3"
+    argv = ["prepare", "medmnist", "--npz", str(retinamnist_npz), "--sites", "3", "--alpha", "0.5", "--seed", "0",
+            "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    return out
+
+
+# --- registry -------------------------------------------------------------------------------------------
+
+
+def test_registry_holds_the_issue_algorithms_and_the_two_ablations():
+    assert set(DEFAULT_ALGORITHMS) | {"fedkper_loss_only", "fedkper_weighting_only"} == set(ALGORITHMS)
+    assert ALGORITHMS["fedkper"].weighting == "score"
+    for name in ("fedavg", "fedprox", "fedntd", "ditto", "local", "centralized"):
+        assert ALGORITHMS[name].weighting == "samples", name
+    assert dict(ALGORITHMS["fedprox"].algorithm_args) == {"mu": 0.01}
+    assert dict(ALGORITHMS["fedntd"].algorithm_args) == {"tau": 1.0, "beta": 1.0}
+    # Ablations: each keeps one half of FedKPer.
+    loss_only, weighting_only = ALGORITHMS["fedkper_loss_only"], ALGORITHMS["fedkper_weighting_only"]
+    assert (loss_only.strategy, loss_only.weighting) == ("fedkper", "samples")
+    assert (weighting_only.strategy, weighting_only.weighting) == ("fedavg", "score")
+    assert ALGORITHMS["centralized"].pooled and not any(s.pooled for n, s in ALGORITHMS.items() if n != "centralized")
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_registered_algorithm_builds_its_local_strategy(name):
+    spec = ALGORITHMS[name]
+    strategy = make_strategy(spec.strategy, **spec.algorithm_args)
+    assert strategy.name == spec.strategy
+
+
+def test_parse_algorithms_keeps_order_drops_duplicates_and_names_valid_ones():
+    assert [s.name for s in parse_algorithms(" fedavg,fedkper ,fedavg")] == ["fedavg", "fedkper"]
+    with pytest.raises(FedKPerError) as error:
+        parse_algorithms("fedkper,scaffold")
+    assert "'scaffold'" in str(error.value) and "fedkper_weighting_only" in str(error.value)
+    with pytest.raises(FedKPerError, match="no algorithm"):
+        parse_algorithms(",")
+
+
+def test_algorithm_jobs_equal_the_standard_baseline_jobs():
+    """Derived from the FedKPer job, FedAvg/FedProx/FedNTD are exactly the committed baseline jobs."""
+    base = job_configs(STANDARD_JOBS["fedkper_medmnist"])
+    for name in ("fedavg", "fedprox", "fedntd"):
+        meta, server, client = algorithm_job(base, ALGORITHMS[name])
+        standard_meta, standard_server, standard_client = job_configs(STANDARD_JOBS[f"{name}_medmnist"])
+        assert (server, client) == (standard_server, standard_client), name
+        assert meta == {**standard_meta, "name": name}
+    # FedKPer itself: only its parameters are spelled out (the strategy's defaults, DESIGN section 1).
+    meta, server, client = algorithm_job(base, ALGORITHMS["fedkper"])
+    assert server == base[1]
+    learner = next(c for c in client["components"] if c["id"] == "learner")["args"]
+    base_learner = next(c for c in base[2]["components"] if c["id"] == "learner")["args"]
+    assert learner == {**base_learner, "algorithm_args": {"tau": 1.0, "lambda_max": 10.0}}
+    defaults = inspect.signature(type(make_strategy("fedkper")).__init__).parameters
+    assert {key: defaults[key].default for key in learner["algorithm_args"]} == learner["algorithm_args"]
+    assert base[0]["name"] == "fedkper_medmnist"  # the base is not modified
+
+
+def test_ablation_and_centralized_jobs():
+    base = job_configs(STANDARD_JOBS["fedkper_medmnist"])
+    meta, server, client = algorithm_job(base, ALGORITHMS["fedkper_weighting_only"])
+    learner = next(c for c in client["components"] if c["id"] == "learner")["args"]
+    aggregator = next(c for c in server["components"] if c["id"] == "aggregator")["args"]
+    assert (learner["algorithm"], aggregator["weighting"]) == ("fedavg", "score")
+    assert server["workflows"][0]["args"]["algorithm"] == "fedkper_weighting_only"  # the label reports show
+    meta, server, client = algorithm_job(base, ALGORITHMS["centralized"])
+    assert meta["min_clients"] == 1 and server["workflows"][0]["args"]["algorithm"] == "centralized"
+
+
+# --- data -----------------------------------------------------------------------------------------------
+
+
+def test_site_datalists_are_in_site_order_and_gaps_are_errors(tmp_path):
+    for k in (1, 2, 10):
+        (tmp_path / f"site-{k}.json").write_text("{}")
+    with pytest.raises(FedKPerError, match="missing site-3"):
+        site_datalists(tmp_path)
+    with pytest.raises(FedKPerError, match="no site-"):
+        site_datalists(tmp_path / "empty")
+
+
+def test_pool_sites_puts_every_training_and_test_entry_at_one_site(federation, tmp_path):
+    sites = [load_datalist(path) for path in site_datalists(federation)]
+    out = pool_sites(federation, tmp_path / "runs" / "centralized" / "data")
+    assert sorted(p.name for p in out.glob("*.json")) == ["global_test.json", "global_val.json", "site-1.json"]
+    pooled = load_datalist(out / "site-1.json")
+    for key in ("training", "test"):
+        expected = [(e["id"], e["image"], e["label"]) for s in sites for e in s.entries(key)]
+        assert [(e["id"], e["image"], e["label"]) for e in pooled.entries(key)] == expected
+    assert len(pooled.training) == sum(len(s.training) for s in sites) > 0
+    assert (pooled.num_classes, pooled.image_size) == (sites[0].num_classes, sites[0].image_size)
+    for name in ("global_test.json", "global_val.json"):
+        original, copied = load_datalist(federation / name), load_datalist(out / name)
+        assert copied.test == original.test and copied.validation == original.validation
+        # The copies point at the images where they are: absolute paths in the file itself.
+        assert all(Path(e["image"]).is_absolute() for e in json.loads((out / name).read_text())["test"])
+
+
+def test_pool_sites_refuses_sites_that_share_a_sample(federation, tmp_path):
+    first = load_datalist(federation / "site-1.json")
+    write_datalist(tmp_path / "site-1.json", first)
+    write_datalist(tmp_path / "site-2.json", first)  # the same samples again
+    with pytest.raises(DataError, match="also in site-1.json") as error:
+        pool_sites(tmp_path, tmp_path / "pooled")
+    assert error.value.field == "training[0].id"
+    assert not (tmp_path / "pooled").exists()
+
+
+# --- resuming (planning only: no simulator) ---------------------------------------------------------------
+
+
+def _fake_finished(run, rounds: int) -> Path:
+    """What a finished run leaves: a metrics file with all round lines and done.json with its settings."""
+    metrics = run.workspace / "server" / "simulate_job" / "metrics.jsonl"
+    metrics.parent.mkdir(parents=True)
+    lines = [{"run": {"algorithm": run.spec.name}}] + [
+        {"round": r, "global_acc": 0.5, "mean_personalized_acc": 0.6, "sampled_sites": ["site-1"]} for r in range(rounds)
+    ]
+    metrics.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (run.folder / DONE_FILE).write_text(json.dumps({"settings": run.settings}))
+    return metrics
+
+
+def test_finished_runs_are_skipped_changed_ones_refused_unfinished_ones_redone(federation, tmp_path, capsys):
+    out = tmp_path / "runs"
+    algorithms = parse_algorithms("fedkper,fedavg")
+    plan = dict(n_clients=3, rounds=2, local_epochs=1, sample_fraction=0.67)
+    runs = plan_runs(federation, algorithms, out, **plan)
+    assert [(r.spec.name, r.status, r.rounds) for r in runs] == [("fedkper", "new", 2), ("fedavg", "new", 2)]
+    assert runs[0].settings["data"] == runs[1].settings["data"]  # one partition for both
+    for run in runs:
+        run.folder.mkdir(parents=True)
+        _fake_finished(run, 2)
+    # Nothing to run: run_compare must not touch a finished run (a real run would replace these files).
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    runs_again, failed = run_compare(federation, algorithms, out, **plan)
+    assert [r.status for r in runs_again] == ["done", "done"] and failed == []
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 2
+
+    # Other settings for a finished run: an error before anything runs, unless --overwrite.
+    with pytest.raises(FedKPerError, match="job changed"):
+        plan_runs(federation, algorithms, out, **{**plan, "rounds": 3})
+    assert [r.status for r in plan_runs(federation, algorithms, out, **{**plan, "rounds": 3}, overwrite=True)] == [
+        "overwrite", "overwrite"]
+    # Marked done but a round line is missing, or no marker at all: unfinished, redone from scratch.
+    metrics = runs[0].workspace / "server" / "simulate_job" / "metrics.jsonl"
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:-1]))
+    (runs[1].folder / DONE_FILE).unlink()
+    assert [r.status for r in plan_runs(federation, algorithms, out, **plan)] == ["redo", "redo"]
+
+
+def test_a_folder_that_is_not_a_run_is_never_touched(federation, tmp_path):
+    mine = tmp_path / "runs" / "fedavg" / "notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("keep me")
+    with pytest.raises(FedKPerError, match="not a compare run folder"):
+        plan_runs(federation, parse_algorithms("fedavg"), tmp_path / "runs")
+    assert mine.read_text() == "keep me"
+
+
+def test_cli_errors_name_the_problem(federation, tmp_path, capsys):
+    assert main(["compare", "--data-root", str(federation), "--algorithms", "fedavg,nope", "--out", str(tmp_path)]) == 2
+    assert "unknown algorithm(s) 'nope'" in capsys.readouterr().err
+    assert main(["compare", "--data-root", str(federation), "-n", "4", "--out", str(tmp_path)]) == 2
+    assert "3 site datalists but -n is 4" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+# --- real runs ------------------------------------------------------------------------------------------
+
+
+def _metrics_lines(run_dir: Path) -> list[dict]:
+    (path,) = run_dir.glob("workspace/server/**/metrics.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_compare_runs_every_algorithm_on_the_same_partition_and_site_sampling(federation, tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = ["compare", "--data-root", str(federation), "--algorithms", "fedkper,fedavg", "-n", "3", "-t", "3",
+            "--rounds", "2", "--local-epochs", "1", "--sample-fraction", "0.67", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+
+    lines = {name: _metrics_lines(out / name) for name in ("fedkper", "fedavg")}
+    headers = {name: rows[0]["run"] for name, rows in lines.items()}
+    assert headers["fedkper"]["algorithm"] == "fedkper" and headers["fedavg"]["algorithm"] == "fedavg"
+    assert headers["fedkper"]["seed"] == headers["fedavg"]["seed"]
+    assert headers["fedkper"]["sites"] == headers["fedavg"]["sites"] == ["site-1", "site-2", "site-3"]
+    sampled = {name: [row["sampled_sites"] for row in rows if "round" in row and "site" not in row]
+               for name, rows in lines.items()}
+    assert len(sampled["fedkper"]) == 2 and all(len(sites) == 2 for sites in sampled["fedkper"])
+    assert sampled["fedkper"] == sampled["fedavg"]
+
+    # The same datalists: both jobs read the one data root, whose files are those recorded in done.json,
+    # and each site trained on as many samples in both runs.
+    fingerprint = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                   for p in sorted(federation.glob("*.json")) if p.name != "summary.json"}
+    for name in ("fedkper", "fedavg"):
+        (client,) = (out / name / "job").glob("*/app/config/config_fed_client.json")
+        learner = next(c for c in json.loads(client.read_text())["components"] if c["id"] == "learner")["args"]
+        assert (learner["data_root"], learner["local_epochs"]) == (str(federation.resolve()), 1)
+        assert learner["algorithm"] == name
+        done = json.loads((out / name / DONE_FILE).read_text())
+        assert done["settings"]["data"] == fingerprint and done["rounds"] == 2
+    samples = {name: {(r["round"], r["site"]): r["num_samples"] for r in rows if r.get("task") == "train"}
+               for name, rows in lines.items()}
+    assert samples["fedkper"] == samples["fedavg"] and len(samples["fedkper"]) == 4
+    for (_, site), count in samples["fedavg"].items():
+        assert count == len(load_datalist(federation / f"{site}.json").training)
+
+    # The table and the report command.
+    assert "fedkper" in printed and "fedavg" in printed and "pers.mean" in printed
+    (next_line,) = [line for line in printed.splitlines() if line.startswith("next: fedkper-monai report ")]
+    report_argv = next_line.split()[2:]  # report RUN_DIR RUN_DIR --out R
+    assert [Path(d).resolve() for d in report_argv[1:3]] == [out / "fedkper", out / "fedavg"]
+
+    # Rerun: both runs are finished, so nothing runs again and nothing changes.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 2
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+    assert main(report_argv[:-1] + [str(tmp_path / "report")]) == 0
+    assert "fedkper" in (tmp_path / "report" / "summary.csv").read_text()
