@@ -640,7 +640,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", metavar="S[,S...]",
                         help="run every algorithm once per seed into OUT/<algorithm>/seed<k> (default: the job's seed)")
     parser.add_argument("--out", required=True, metavar="RUNS", help="comparison folder")
-    parser.add_argument("--base-job", default=_DEFAULT_BASE_JOB, help=f"job every algorithm derives from (default {_DEFAULT_BASE_JOB})")
+    parser.add_argument("--base-job", default=_DEFAULT_BASE_JOB,
+                        help=f"job every algorithm derives from (default {_DEFAULT_BASE_JOB})")
     parser.add_argument("--overwrite", action="store_true", help="redo finished runs whose settings changed")
     parser.add_argument("--retries", type=int, default=1,
                         help="redo a simulation that ended without all its rounds up to this many times (default 1)")

@@ -3,6 +3,7 @@ comparison whose runs share partition and site sampling."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -90,6 +91,18 @@ def test_algorithm_jobs_equal_the_standard_baseline_jobs():
     assert base[0]["name"] == "fedkper_medmnist"  # the base is not modified
 
 
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_algorithm_job_sets_what_the_job_spec_would(name):
+    """Changing a job folder's configs equals building the job from JobSettings with the same changes."""
+    spec = ALGORITHMS[name]
+    settings = dataclasses.replace(STANDARD_JOBS["fedkper_medmnist"], name=name, **spec.job_changes())
+    if spec.pooled:
+        settings.min_clients = 1
+    meta, server, client = job_configs(settings)
+    server["workflows"][0]["args"]["algorithm"] = name  # the label; JobSettings ties it to the strategy
+    assert algorithm_job(job_configs(STANDARD_JOBS["fedkper_medmnist"]), spec) == (meta, server, client)
+
+
 def test_ablation_and_centralized_jobs():
     base = job_configs(STANDARD_JOBS["fedkper_medmnist"])
     meta, server, client = algorithm_job(base, ALGORITHMS["fedkper_weighting_only"])
@@ -148,7 +161,8 @@ def _fake_finished(run, rounds: int) -> Path:
     metrics = run.workspace / "server" / "simulate_job" / "metrics.jsonl"
     metrics.parent.mkdir(parents=True)
     lines = [{"run": {"algorithm": run.spec.name}}] + [
-        {"round": r, "global_acc": 0.5, "mean_personalized_acc": 0.6, "sampled_sites": ["site-1"]} for r in range(rounds)
+        {"round": r, "global_acc": 0.5, "mean_personalized_acc": 0.6, "sampled_sites": ["site-1"]}
+        for r in range(rounds)
     ]
     metrics.write_text("".join(json.dumps(line) + "\n" for line in lines))
     (run.folder / DONE_FILE).write_text(json.dumps({"settings": run.settings}))
