@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_simulate_parser", "add_compare_parser"]
+__all__ = ["add_simulate_parser", "add_compare_parser", "add_override_options"]
 
 _SIMULATE_EXAMPLE = """example:
   fedkper-monai simulate jobs/fedkper_demo -w /tmp/fedkper_ws -n 4 -t 2
   fedkper-monai simulate jobs/fedkper_medmnist -w /tmp/ws -n 20 -t 2 --data-root data/retina --rounds 50
 """
+
+
+def add_override_options(parser: argparse.ArgumentParser) -> None:
+    """The job settings a command may override (fields of ``SimulationOverrides``)."""
+    parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    parser.add_argument("--sample-fraction", type=float, help="override the share of sites trained per round")
+    parser.add_argument("--local-epochs", type=int, help="override local epochs")
+    parser.add_argument("--seed", type=int, help="override the seed (sampling, initialization, shuffling)")
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -58,11 +66,8 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-w", "--workspace", required=True, help="simulator workspace folder")
     parser.add_argument("-n", "--n-clients", type=int, required=True, help="number of sites (site-1 ... site-N)")
     parser.add_argument("-t", "--threads", type=int, default=1, help="sites run in parallel")
-    parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--data-root", help="folder made by `fedkper-monai prepare` (sets data and network size)")
-    parser.add_argument("--sample-fraction", type=float, help="override the share of sites trained per round")
-    parser.add_argument("--local-epochs", type=int, help="override local epochs")
-    parser.add_argument("--seed", type=int, help="override the seed (sampling, initialization, shuffling)")
+    add_override_options(parser)
     parser.set_defaults(func=_simulate)
 
     export = subparsers.add_parser(
@@ -77,10 +82,7 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("job", help="job folder, e.g. jobs/fedkper_medmnist")
     export.add_argument("--out", required=True, help="folder to write the job into")
     export.add_argument("--network-from", help="a datalist (or prepared folder) whose classes, size and channels set the network")
-    export.add_argument("--rounds", type=int, help="override the number of rounds")
-    export.add_argument("--sample-fraction", type=float, help="override the share of sites trained per round")
-    export.add_argument("--local-epochs", type=int, help="override local epochs")
-    export.add_argument("--seed", type=int, help="override the seed")
+    add_override_options(export)
     export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     export.set_defaults(func=_export)
 
