@@ -7,8 +7,8 @@ import argparse
 __all__ = ["add_simulate_parser", "add_compare_parser", "add_override_options"]
 
 _SIMULATE_EXAMPLE = """example:
-  fedkper-monai simulate jobs/fedkper_demo -w /tmp/fedkper_ws -n 4 -t 2
-  fedkper-monai simulate jobs/fedkper_medmnist -w /tmp/ws -n 20 -t 2 --data-root data/retina --rounds 50
+  fedkper-monai simulate jobs/fedkper_demo -w /tmp/fedkper_demo -n 4 -t 4
+  fedkper-monai simulate jobs/fedkper_medmnist -w /tmp/retina -n 20 -t 4 --data-root data/retina --rounds 50
 """
 
 
