@@ -394,10 +394,21 @@ def _status(run: CompareRun, overwrite: bool, conflicts: list[str]) -> str:
         return "done" if _metrics_rounds(run.workspace) == run.rounds else "redo"
     if overwrite:
         return "overwrite"
-    previous = previous if isinstance(previous, dict) else {}
-    changed = sorted(key for key in run.settings if run.settings[key] != previous.get(key))
-    conflicts.append(f"{run.folder}: {', '.join(changed) or 'settings'} changed")
+    changed = _differences(previous if isinstance(previous, dict) else {}, run.settings)
+    conflicts.append(f"{run.folder}: {'; '.join(changed[:3]) or 'settings changed'}")
     return "conflict"
+
+
+def _differences(old: Any, new: Any, where: str = "") -> list[str]:
+    """Human-readable ``where: old -> new`` lines for the leaves in which two JSON values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found: list[str] = []
+        for key in list(old) + [k for k in new if k not in old]:
+            found += _differences(old.get(key), new.get(key), f"{where}.{key}" if where else str(key))
+        return found
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [line for i, (a, b) in enumerate(zip(old, new)) for line in _differences(a, b, f"{where}[{i}]")]
+    return [] if old == new else [f"{where}: {json.dumps(old)} -> {json.dumps(new)}"]
 
 
 @contextmanager

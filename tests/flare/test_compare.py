@@ -187,7 +187,7 @@ def test_finished_runs_are_skipped_changed_ones_refused_unfinished_ones_redone(f
     assert capsys.readouterr().out.count("finished earlier, skipped") == 2
 
     # Other settings for a finished run: an error before anything runs, unless --overwrite.
-    with pytest.raises(FedKPerError, match="job changed"):
+    with pytest.raises(FedKPerError, match=r"job.server.workflows\[0\].args.num_rounds: 2 -> 3"):
         plan_runs(federation, algorithms, out, **{**plan, "rounds": 3})
     assert [r.status for r in plan_runs(federation, algorithms, out, **{**plan, "rounds": 3}, overwrite=True)] == [
         "overwrite", "overwrite"]
