@@ -39,7 +39,7 @@ from fedkper_monai.io import atomic_directory, atomic_write_json
 from fedkper_monai.flare.jobspec import STANDARD_JOBS, load_job, save_job_configs, write_job
 from fedkper_monai.flare.simulate import (
     SimulationOverrides,
-    _component,
+    job_component,
     find_metrics,
     prepare_job,
     read_round_lines,
@@ -145,8 +145,8 @@ def algorithm_job(base: tuple[dict, dict, dict], spec: AlgorithmSpec) -> tuple[d
     meta, server, client = copy.deepcopy(base)
     meta["name"] = spec.name
     controller = server["workflows"][0]["args"]
-    learner = _component(client, "learner")["args"]
-    aggregator = _component(server, "aggregator")["args"]
+    learner = job_component(client, "learner")["args"]
+    aggregator = job_component(server, "aggregator")["args"]
     controller["algorithm"] = spec.name
     learner["algorithm"] = spec.strategy
     learner["algorithm_args"] = dict(spec.algorithm_args)

@@ -17,7 +17,7 @@ from fedkper_monai.flare.controller import METRICS_FILE
 from fedkper_monai.flare.jobspec import load_job, save_job_configs
 from fedkper_monai.flare.workspace import allow_package
 
-__all__ = ["SimulationOverrides", "configure_job", "prepare_job", "run_simulator", "simulate", "find_metrics", "read_round_lines", "format_summary"]
+__all__ = ["SimulationOverrides", "job_component", "configure_job", "prepare_job", "run_simulator", "simulate", "find_metrics", "read_round_lines", "format_summary"]
 
 
 @dataclass
@@ -31,7 +31,8 @@ class SimulationOverrides:
     seed: int | None = None
 
 
-def _component(config: dict, component_id: str) -> dict:
+def job_component(config: dict, component_id: str) -> dict:
+    """The component ``component_id`` of a job config (server or client)."""
     for component in config.get("components", []):
         if component.get("id") == component_id:
             return component
@@ -69,9 +70,9 @@ def configure_job(job: str | Path, overrides: SimulationOverrides, *, network_fr
     """
     meta, server, client = load_job(Path(job))
     controller = server["workflows"][0]["args"]
-    learner = _component(client, "learner")["args"]
-    evaluator = _component(server, "global_evaluator")["args"]
-    persistor = _component(server, "persistor")["args"]
+    learner = job_component(client, "learner")["args"]
+    evaluator = job_component(server, "global_evaluator")["args"]
+    persistor = job_component(server, "persistor")["args"]
     if overrides.rounds is not None:
         controller["num_rounds"] = overrides.rounds
     if overrides.sample_fraction is not None:
@@ -101,7 +102,7 @@ def prepare_job(job: str | Path, workspace: str | Path, overrides: SimulationOve
     outside the workspace: the simulator empties its workspace, except ``local/`` and ``startup/``.)
     """
     meta, server, client = configure_job(job, overrides)
-    learner = _component(client, "learner")["args"]
+    learner = job_component(client, "learner")["args"]
     if learner.get("demo") and not learner.get("data_root"):
         from fedkper_monai.data.demo import ensure_demo_data
         from fedkper_monai.flare.sitedata import default_demo_root

@@ -437,8 +437,10 @@ def sampling_mismatches(runs: Sequence[RunMetrics]) -> list[str]:
     by_seed: dict[Any, list[RunMetrics]] = {}
     for run in runs:
         if run.seed is not None:
-            by_seed.setdefault(run.seed, []).append(run)
-    for seed, members in by_seed.items():
+            # Only runs over the same sites are comparable (the centralized run pools them into one).
+            sites = tuple(run.header.get("sites") or ())
+            by_seed.setdefault((run.seed, sites), []).append(run)
+    for (seed, _), members in by_seed.items():
         reference = members[0]
         reference_sampling = {row["round"]: row.get("sampled_sites") for row in reference.round_rows}
         for other in members[1:]:

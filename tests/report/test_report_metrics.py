@@ -5,6 +5,8 @@ Expected values are computed by hand from the fixture lines; the comments show t
 
 from __future__ import annotations
 
+import json
+
 import shutil
 from pathlib import Path
 
@@ -179,3 +181,14 @@ def test_sampling_mismatch_at_the_same_seed_is_reported(tmp_path, write_jsonl):
     write_jsonl(tmp_path / "fedavg" / "metrics.jsonl", lines)
     mismatches = sampling_mismatches(load_runs([FEDKPER, tmp_path / "fedavg"]))
     assert len(mismatches) == 1 and "seed 0, round 1" in mismatches[0]
+
+
+def test_runs_over_other_sites_are_not_compared_for_sampling(tmp_path, write_jsonl):
+    """The centralized run pools every site into one: its sampling is not a mismatch."""
+    lines = (FEDAVG / "metrics.jsonl").read_text().splitlines()
+    header = json.loads(lines[0])
+    header["run"]["sites"] = ["site-1"]
+    lines[0] = json.dumps(header)
+    lines = [line.replace('"sampled_sites": ["site-2", "site-3"]', '"sampled_sites": ["site-1"]') for line in lines]
+    write_jsonl(tmp_path / "centralized" / "metrics.jsonl", lines)
+    assert sampling_mismatches(load_runs([FEDKPER, tmp_path / "centralized"])) == []
