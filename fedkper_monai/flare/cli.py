@@ -18,6 +18,9 @@ def add_override_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-fraction", type=float, help="override the share of sites trained per round")
     parser.add_argument("--local-epochs", type=int, help="override local epochs")
     parser.add_argument("--seed", type=int, help="override the seed (sampling, initialization, shuffling)")
+    parser.add_argument(
+        "--validate-every", type=int, help="rounds between global-on-local validations of all sites (BwT); 0 disables"
+    )
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -29,6 +32,7 @@ def _simulate(args: argparse.Namespace) -> int:
         sample_fraction=args.sample_fraction,
         local_epochs=args.local_epochs,
         seed=args.seed,
+        validate_every=args.validate_every,
     )
     return simulate(args.job, args.workspace, args.n_clients, args.threads, overrides)
 
@@ -38,7 +42,13 @@ def _export(args: argparse.Namespace) -> int:
     from fedkper_monai.flare.simulate import SimulationOverrides, configure_job
     from fedkper_monai.io import atomic_directory
 
-    overrides = SimulationOverrides(rounds=args.rounds, sample_fraction=args.sample_fraction, local_epochs=args.local_epochs, seed=args.seed)
+    overrides = SimulationOverrides(
+        rounds=args.rounds,
+        sample_fraction=args.sample_fraction,
+        local_epochs=args.local_epochs,
+        seed=args.seed,
+        validate_every=args.validate_every,
+    )
     configs = configure_job(args.job, overrides, network_from=args.network_from)
     with atomic_directory(args.out, overwrite=args.overwrite) as staging:
         save_job_configs(staging, *configs)

@@ -279,13 +279,15 @@ def _normalized(configs: tuple[dict, dict, dict]) -> dict[str, Any]:
 
 
 def _overrides(spec: AlgorithmSpec, data_root: Path, seed: int | None, rounds: int | None,
-               sample_fraction: float | None, local_epochs: int | None) -> SimulationOverrides:
+               sample_fraction: float | None, local_epochs: int | None,
+               validate_every: int | None) -> SimulationOverrides:
     return SimulationOverrides(
         rounds=rounds,
         data_root=str(data_root),
         sample_fraction=1.0 if spec.pooled else sample_fraction,
         local_epochs=local_epochs,
         seed=seed,
+        validate_every=validate_every,
     )
 
 
@@ -316,6 +318,7 @@ def plan_runs(
     rounds: int | None = None,
     sample_fraction: float | None = None,
     local_epochs: int | None = None,
+    validate_every: int | None = None,
     base_job: str | Path = _DEFAULT_BASE_JOB,
     overwrite: bool = False,
 ) -> list[CompareRun]:
@@ -328,7 +331,7 @@ def plan_runs(
         n_clients: number of sites; must equal the number of site datalists (None: take it from them).
         seeds: run each algorithm once per seed into ``<algorithm>/seed<k>`` (None: the base job's seed,
             into ``<algorithm>``).
-        rounds, sample_fraction, local_epochs: overrides of the base job (None keeps its value).
+        rounds, sample_fraction, local_epochs, validate_every: overrides of the base job (None keeps its value).
         base_job: the job folder every algorithm is derived from.
         overwrite: redo finished runs whose settings changed instead of failing.
 
@@ -357,7 +360,7 @@ def plan_runs(
                 source = save_job_configs(scratch / "variant" / spec.name, *algorithm_job(base, spec))
                 # Prepared exactly as the real run will be; the centralized job sees the same task (the
                 # network comes from the data), only its data root differs.
-                overrides = _overrides(spec, root, seed, rounds, sample_fraction, local_epochs)
+                overrides = _overrides(spec, root, seed, rounds, sample_fraction, local_epochs, validate_every)
                 prepared = load_job(prepare_job(source, scratch / "workspace", overrides, scratch / "prepared"))
                 settings = {
                     "version": _SETTINGS_VERSION,
@@ -483,6 +486,7 @@ def run_compare(
     rounds: int | None = None,
     sample_fraction: float | None = None,
     local_epochs: int | None = None,
+    validate_every: int | None = None,
     base_job: str | Path = _DEFAULT_BASE_JOB,
     overwrite: bool = False,
     quiet: bool = True,
@@ -501,8 +505,8 @@ def run_compare(
     root = Path(data_root).resolve()
     out = Path(out).resolve()
     runs = plan_runs(root, algorithms, out, n_clients=n_clients, seeds=seeds, rounds=rounds,
-                     sample_fraction=sample_fraction, local_epochs=local_epochs, base_job=base_job,
-                     overwrite=overwrite)
+                     sample_fraction=sample_fraction, local_epochs=local_epochs, validate_every=validate_every,
+                     base_job=base_job, overwrite=overwrite)
     failed: list[CompareRun] = []
     for index, run in enumerate(runs, start=1):
         prefix = f"[{index}/{len(runs)}] {run.label}:"
@@ -594,7 +598,7 @@ def _run(args: argparse.Namespace) -> int:
     runs, failed = run_compare(
         args.data_root, algorithms, args.out, n_clients=args.n_clients, threads=args.threads, seeds=seeds,
         rounds=args.rounds, sample_fraction=args.sample_fraction, local_epochs=args.local_epochs,
-        base_job=args.base_job, overwrite=args.overwrite, quiet=not args.show_simulator_output,
+        validate_every=args.validate_every, base_job=args.base_job, overwrite=args.overwrite, quiet=not args.show_simulator_output,
         retries=args.retries,
     )
     print()
@@ -648,6 +652,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--sample-fraction", type=float, help="override the share of sites trained per round")
     parser.add_argument("--local-epochs", type=int, help="override local epochs")
+    parser.add_argument("--validate-every", type=int,
+                        help="rounds between global-on-local validations of all sites (BwT); 0 disables")
     parser.add_argument("--seeds", metavar="S[,S...]",
                         help="run every algorithm once per seed into OUT/<algorithm>/seed<k> (default: the job's seed)")
     parser.add_argument("--out", required=True, metavar="RUNS", help="comparison folder")

@@ -29,6 +29,7 @@ class SimulationOverrides:
     sample_fraction: float | None = None
     local_epochs: int | None = None
     seed: int | None = None
+    validate_every: int | None = None
 
 
 def job_component(config: dict, component_id: str) -> dict:
@@ -79,6 +80,8 @@ def configure_job(job: str | Path, overrides: SimulationOverrides, *, network_fr
         controller["sample_fraction"] = overrides.sample_fraction
     if overrides.local_epochs is not None:
         learner["local_epochs"] = overrides.local_epochs
+    if overrides.validate_every is not None:
+        controller["validate_every"] = overrides.validate_every
     if overrides.seed is not None:
         for args in (controller, learner, persistor):
             args["seed"] = overrides.seed

@@ -92,12 +92,13 @@ def test_export_sizes_the_network_from_a_datalist_and_bakes_no_data_path(retina_
     from fedkper_monai.cli import main
 
     out = tmp_path / "job"
-    assert main(["export", "jobs/fedkper_medmnist", "--out", str(out), "--network-from", str(retina_federation / "site-2.json"), "--rounds", "7"]) == 0
+    assert main(["export", "jobs/fedkper_medmnist", "--out", str(out), "--network-from", str(retina_federation / "site-2.json"), "--rounds", "7", "--validate-every", "5"]) == 0
     meta, server, client = load_job(out)
     learner = next(c for c in client["components"] if c["id"] == "learner")["args"]
     assert learner["data_root"] is None and learner["demo"] is False
     assert learner["network"] == {"name": "reference_cnn", "spatial_dims": 2, "in_channels": 3, "num_classes": 5, "image_size": [28, 28]}
     assert server["workflows"][0]["args"]["num_rounds"] == 7
+    assert server["workflows"][0]["args"]["validate_every"] == 5
     assert main(["export", "jobs/fedkper_medmnist", "--out", str(out)]) == 2, "an existing job folder is not overwritten silently"
 
 
