@@ -1,0 +1,501 @@
+"""Cost of a round: FedKPer vs FedAvg local training, and FLARE's simulator vs an in-process loop.
+
+Both parts use real data: ``fedkper-monai prepare medmnist`` makes a 20-site Dirichlet(0.1) federation
+of ``../shared/data/brain_tumor_mri/brain_tumor_mri_28.npz`` (seed 0) in a temporary folder.
+
+1. ``fedkper_over_fedavg_local`` (target <= 1.15): ``train_local`` alone, FedKPer over FedAvg, on one site (by
+   default the largest site holding at least two classes), with the paper's setting (reference CNN, batch 12,
+   5 local epochs, SGD lr 0.01 momentum 0.9 weight decay 1e-5), the same initial weights, the same seeded loader
+   (identical batches) and the deterministic ``classification_2d`` transforms, so the teacher logits are cached
+   once per round (``cache_teacher_logits=is_deterministic(transform)``). The configurations run interleaved
+   (``--reps`` repetitions, the order rotated every repetition) after one untimed warm-up epoch each; medians
+   are reported. FedKPer without the cache is measured too, for context (the reference code measured 1.40x).
+   Part 1 runs torch with one thread (``--local-threads``) and its headline ratio is of process CPU seconds:
+   on two shared cores, two OpenMP threads spin-wait whenever another process holds a core, and the same run
+   then takes anywhere from 2 s to 30 s of wall time. Wall-time ratios are recorded beside it.
+
+2. ``flare_over_inprocess`` (target <= 1.25): mean round time of the ``fedkper_medmnist`` job (20 sites,
+   10% = 2 sampled per round, validation of all sites every round, global evaluation) in FLARE's simulator,
+   read from the round lines (``seconds``) of the server's ``metrics.jsonl``, over the same round time of a
+   minimal in-process loop that does the same work without FLARE's messaging: one ``FedKPerLearner`` per
+   site (with the attributes FLARE's ``ModelLearnerExecutor`` would set), ``FedKPerAggregator``,
+   ``GlobalEvaluator``, the same seeded site sampling, the executor's validate-then-train call order, the
+   server's model save and metrics lines. Round 0 (learner setup, dataset caches) is excluded on both sides.
+   Two in-process passes bracket the simulator run in time; the baseline is their per-round mean. Both sides
+   run with the job's defaults (torch picks its thread count). The simulator runs with ``-t 20``: one
+   long-lived process per site, like the in-process loop's 20 live learners and like real sites (the
+   headline). With ``--t1-rounds R > 0`` it also runs ``-t 1`` for context: with fewer threads than sites
+   FLARE's simulator starts a fresh worker process for every client turn (nvflare SimulatorClientRunner
+   .do_one_task), so every task pays for Python/torch/MONAI imports and a learner setup (~5 s a turn here,
+   about 40 turns a round), which measures process start-up, not FLARE's messaging.
+
+Writes ``benchmarks/results/bench_round.json`` atomically and prints a summary. Other work on the same
+cores distorts wall times: the machine's load average is recorded at the start and end of every part.
+
+Run from the repository root: ``python benchmarks/bench_round.py [--reps 5] [--rounds 6] [--t1-rounds 0]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from fedkper_monai.data import (
+    build_transforms,
+    class_counts,
+    import_medmnist,
+    is_deterministic,
+    load_datalist,
+    make_dataset,
+    make_loader,
+)
+from fedkper_monai.io import atomic_write_bytes, atomic_write_json
+from fedkper_monai.training import build_network, frozen_copy, make_optimizer, make_strategy, train_local
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_NPZ = ROOT.parent / "shared" / "data" / "brain_tumor_mri" / "brain_tumor_mri_28.npz"
+RESULT_PATH = ROOT / "benchmarks" / "results" / "bench_round.json"
+JOB = ROOT / "jobs" / "fedkper_medmnist"
+NUM_SITES = 20
+ALPHA = 0.1
+TARGETS = {"fedkper_over_fedavg_local": 1.15, "flare_over_inprocess": 1.25}
+# (label, strategy name, cache teacher logits); the cache flag of "fedkper" is is_deterministic(transform).
+LOCAL_CONFIGS = (("fedavg", "fedavg", None), ("fedkper", "fedkper", None), ("fedkper_uncached", "fedkper", False))
+
+
+def _load() -> list[float]:
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def _relative(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT.parent)) if path.is_relative_to(ROOT.parent) else str(path)
+
+
+# ----------------------------------------------------------------------------------------------- part 1
+def _pick_site(data_dir: Path) -> str:
+    """The largest site (training samples) whose training split holds at least two classes."""
+    best, best_size = None, -1
+    for path in sorted(data_dir.glob("site-*.json")):
+        datalist = load_datalist(path)
+        held = sum(1 for count in class_counts(datalist.training, datalist.num_classes) if count)
+        if held >= 2 and len(datalist.training) > best_size:
+            best, best_size = path.stem, len(datalist.training)
+    if best is None:
+        raise RuntimeError(f"{data_dir}: no site holds two classes")
+    return best
+
+
+def bench_local(data_dir: Path, site: str, reps: int, epochs: int, batch_size: int, threads: int) -> dict[str, Any]:
+    """Part 1: interleaved ``train_local`` timings of FedAvg, FedKPer (cached teacher) and FedKPer (uncached)."""
+    load_start = _load()
+    datalist = load_datalist(data_dir / f"{site}.json")
+    transform = build_transforms("classification_2d", image_size=datalist.image_size, augment=False)
+    deterministic = is_deterministic(transform)
+    dataset = make_dataset(datalist.training, transform, cache="memory")
+    network = {
+        "name": "reference_cnn",
+        "spatial_dims": datalist.spatial_dims,
+        "in_channels": int(dataset[0]["image"].shape[0]),
+        "num_classes": datalist.num_classes,
+        "image_size": list(datalist.image_size),
+    }
+    torch.manual_seed(0)
+    initial = build_network(**network).state_dict()
+    device = torch.device("cpu")
+
+    def run(strategy_name: str, cache: bool | None, run_epochs: int) -> tuple[float, float, Any]:
+        model = build_network(**network)
+        model.load_state_dict(initial)
+        strategy = make_strategy(strategy_name)
+        teacher = frozen_copy(model) if strategy.needs_global_model else None
+        optimizer = make_optimizer(model, name="sgd", lr=0.01, momentum=0.9, weight_decay=1e-5)
+        loader = make_loader(dataset, batch_size=batch_size, shuffle=True, seed=0)  # identical batches every run
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = train_local(
+            model, loader, strategy, epochs=run_epochs, optimizer=optimizer, device=device, teacher=teacher,
+            cache_teacher_logits=deterministic if cache is None else cache,
+        )
+        return time.perf_counter() - wall, time.process_time() - cpu, result
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _, strategy_name, cache in LOCAL_CONFIGS:  # warm-up: allocator, kernels, the dataset cache
+            run(strategy_name, cache, 1)
+        wall: dict[str, list[float]] = {label: [] for label, _, _ in LOCAL_CONFIGS}
+        cpu: dict[str, list[float]] = {label: [] for label, _, _ in LOCAL_CONFIGS}
+        teacher_passes: dict[str, int] = {}
+        steps = 0
+        for rep in range(reps):
+            shift = rep % len(LOCAL_CONFIGS)
+            for label, strategy_name, cache in LOCAL_CONFIGS[shift:] + LOCAL_CONFIGS[:shift]:
+                wall_seconds, cpu_seconds, result = run(strategy_name, cache, epochs)
+                wall[label].append(round(wall_seconds, 4))
+                cpu[label].append(round(cpu_seconds, 4))
+                teacher_passes[label] = result.teacher_forward_passes
+                steps = result.steps
+            print(f"  rep {rep + 1}/{reps} (cpu s): " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in cpu.items())
+                  + f"; load {_load()[0]}", flush=True)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    def ratios(times: dict[str, list[float]]) -> dict[str, float]:
+        medians = {label: statistics.median(values) for label, values in times.items()}
+        out = {f"{label}_over_fedavg": round(medians[label] / medians["fedavg"], 3) for label in ("fedkper", "fedkper_uncached")}
+        # Each repetition's runs are seconds apart: a paired ratio cancels slow drifts of the machine's load.
+        out.update({
+            f"{label}_over_fedavg_paired_median": round(statistics.median(a / b for a, b in zip(times[label], times["fedavg"])), 3)
+            for label in ("fedkper", "fedkper_uncached")
+        })
+        return out
+
+    cpu_medians = {label: statistics.median(values) for label, values in cpu.items()}
+    return {
+        "site": site,
+        "train_samples": len(datalist.training),
+        "classes_held": sum(1 for c in class_counts(datalist.training, datalist.num_classes) if c),
+        "network": network,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-5},
+        "transforms": "classification_2d (augment=False)",
+        "deterministic_transforms": deterministic,
+        "steps_per_run": steps,
+        "teacher_forward_passes": teacher_passes,
+        "repetitions": reps,
+        "order": "interleaved, rotated every repetition, after one untimed warm-up epoch per configuration",
+        "torch_threads": threads,
+        "cpu_seconds": cpu,
+        "wall_seconds": wall,
+        "median_cpu_seconds": {k: round(v, 4) for k, v in cpu_medians.items()},
+        "median_cpu_ms_per_step": {k: round(1000 * v / steps, 3) for k, v in cpu_medians.items()},
+        "median_wall_seconds": {k: round(statistics.median(v), 4) for k, v in wall.items()},
+        "cpu_ratios": ratios(cpu),
+        "wall_ratios": ratios(wall),
+        "load_average_start": load_start,
+        "load_average_end": _load(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- part 2
+def _component_args(config: dict, component_id: str) -> dict:
+    for component in config["components"]:
+        if component["id"] == component_id:
+            return dict(component["args"])
+    raise KeyError(component_id)
+
+
+def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
+    """The job's round loop in this process: the same components and calls, no FLARE messaging.
+
+    Mirrors ``FedKPerController.run`` (sampling, streaming aggregation, save, validate all sites, global
+    evaluation, metrics lines) and ``ModelLearnerExecutor`` (learner attributes, lazy ``initialize`` on the
+    first task, validate before train, ``client_name`` in the result meta).
+    """
+    from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+
+    from fedkper_monai.flare.aggregator import FedKPerAggregator
+    from fedkper_monai.flare.controller import sample_sites
+    from fedkper_monai.flare.evaluator import GlobalEvaluator
+    from fedkper_monai.flare.jobspec import load_job
+    from fedkper_monai.flare.learner import GLOBAL_VERSION_KEY, SITE_METRICS_KEY, FedKPerLearner
+    from fedkper_monai.flare.metrics import MetricsFile, RunBook
+    from fedkper_monai.flare.persistor import NetworkPersistor
+    from fedkper_monai.flare.weights import payload_bytes, to_numpy, to_torch
+
+    _, server, client = load_job(job_dir)
+    controller = dict(server["workflows"][0]["args"])
+    learner_args = _component_args(client, "learner")
+    sites = sorted(f"site-{index}" for index in range(1, NUM_SITES + 1))
+    learners: dict[str, FedKPerLearner] = {}
+    initialized: set[str] = set()
+    for site in sites:
+        learner = FedKPerLearner(**learner_args)
+        # What ModelLearnerExecutor._setup_learner sets; no engine, so get_component() returns None.
+        learner.site_name = site
+        learner.job_id = "inprocess"
+        learner.job_root = str(work / site)
+        learner.app_root = str(work / site / "app")
+        Path(learner.job_root).mkdir(parents=True, exist_ok=True)
+        learners[site] = learner
+
+    def task(site: str, name: str, model: FLModel) -> FLModel:
+        learner = learners[site]
+        learner.current_round, learner.total_rounds = model.current_round, model.total_rounds
+        if site not in initialized:
+            learner.initialize()
+            initialized.add(site)
+        if name == "train":
+            learner.validate(model)  # the executor's pre-train validation
+            result = learner.train(model)
+        else:
+            result = learner.validate(model)
+        result.meta = dict(result.meta or {}, client_name=site)
+        return result
+
+    aggregator = FedKPerAggregator(**_component_args(server, "aggregator"))
+    evaluator = GlobalEvaluator(**_component_args(server, "global_evaluator"))
+    params = to_numpy(NetworkPersistor(**_component_args(server, "persistor")).initial_state())
+    metrics = MetricsFile(work / "server" / "metrics.jsonl")
+    book = RunBook()
+    round_seconds: list[float] = []
+    train_seconds: list[dict[str, float]] = []
+    started_all = time.perf_counter()
+
+    def as_task_model(weights: dict, round_index: int, version: int) -> FLModel:
+        return FLModel(params_type=ParamsType.FULL, params=weights, current_round=round_index,
+                       total_rounds=rounds, meta={GLOBAL_VERSION_KEY: version})
+
+    for round_index in range(rounds):
+        started = time.perf_counter()
+        sampled = sample_sites(sites, controller["sample_fraction"], controller["seed"], round_index,
+                               controller.get("min_sites_per_round", 1))
+        model = as_task_model(params, round_index, round_index)
+        aggregator.reset_stats()
+        aggregator.set_reference(model.params)
+        site_metrics: dict[str, dict[str, Any]] = {}
+        for site in sampled:
+            result = task(site, "train", model)
+            site_metrics[site] = dict(result.meta.get(SITE_METRICS_KEY) or {})
+            site_metrics[site]["bytes_received"] = payload_bytes(result.params or {})
+            aggregator.accept_model(result)
+        params = aggregator.aggregate_model().params
+        weights = dict(aggregator.last_weights)
+        for site in sorted(site_metrics):
+            metrics.append(book.site_train_line(round_index, site, site_metrics[site], weights.get(site, 0.0)))
+        model = as_task_model(params, round_index, round_index + 1)
+        buffer = io.BytesIO()
+        torch.save(to_torch(params), buffer)  # what NetworkPersistor.save_model writes
+        atomic_write_bytes(work / "server" / "global_model.pt", buffer.getvalue())
+        book.mark_sampled(sampled)
+        current, nfr = {}, []
+        for site in sites:
+            line = book.site_validate_line(round_index, site, task(site, "validate", model).metrics or {})
+            metrics.append(line)
+            current[site] = float(line["global_on_local_acc"])
+            nfr.append(float(line["nfr_global_on_local"]))
+        bwt = book.backward_transfer(current)
+        global_eval = evaluator.evaluate(params)
+        seconds = time.perf_counter() - started
+        metrics.append(book.round_line(
+            round_index, global_eval=global_eval, bwt=bwt, site_nfr_global_on_local=nfr, sampled=sampled,
+            weights=weights, dropped=aggregator.last_dropped, seconds=seconds,
+            bytes_sent=payload_bytes(params) * (len(sampled) + len(sites)),
+            bytes_received=sum(m["bytes_received"] for m in site_metrics.values()),
+        ))
+        round_seconds.append(seconds)
+        train_seconds.append({site: round(float(m["train_seconds"]), 3) for site, m in site_metrics.items()})
+        print(f"  in-process round {round_index}: {sampled}, {seconds:.2f}s, global acc "
+              f"{(global_eval or {}).get('accuracy', float('nan')):.3f}", flush=True)
+    return {"round_seconds": round_seconds, "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started_all}
+
+
+@contextlib.contextmanager
+def _redirect_fds(log_path: Path) -> Iterator[None]:
+    """Send this process's (and its children's) stdout/stderr to ``log_path`` at the file-descriptor level."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def run_flare(job: Path, data_dir: Path, work: Path, rounds: int, threads: int) -> dict[str, Any]:
+    """The job in FLARE's simulator (a child process); per-round seconds from the server's metrics.jsonl."""
+    from fedkper_monai.flare.simulate import SimulationOverrides, find_metrics, prepare_job, read_round_lines, run_simulator
+
+    workspace = work / f"workspace_t{threads}"
+    prepared = prepare_job(job, workspace, SimulationOverrides(rounds=rounds, data_root=str(data_dir)), work / f"job_t{threads}")
+    log_path = work / f"simulator_t{threads}.log"
+    started = time.perf_counter()
+    with _redirect_fds(log_path):
+        code = run_simulator(prepared, workspace, NUM_SITES, threads)
+    total = time.perf_counter() - started
+    metrics_path = find_metrics(workspace)
+    lines = read_round_lines(metrics_path)
+    site_lines = [json.loads(text) for text in metrics_path.read_text().splitlines() if '"site"' in text]
+    train_seconds = [
+        {d["site"]: round(float(d["train_seconds"]), 3) for d in site_lines if d.get("task") == "train" and d["round"] == r}
+        for r in range(len(lines))
+    ]
+    if code != 0 or len(lines) != rounds:
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"simulator -t {threads} exit code {code}, {len(lines)}/{rounds} round lines; log tail:\n{tail}")
+    for line in lines:
+        print(f"  FLARE -t {threads} round {line['round']}: {line['sampled_sites']}, {line['seconds']:.2f}s, "
+              f"global acc {line.get('global_acc', float('nan')):.3f}", flush=True)
+    return {
+        "round_seconds": [float(line["seconds"]) for line in lines],
+        "sampled_sites": [line["sampled_sites"] for line in lines],
+        "global_acc": [line.get("global_acc") for line in lines],
+        "train_seconds": train_seconds,
+        "total_seconds": total,
+        "exit_code": code,
+    }
+
+
+def _mean_after_warmup(values: list[float]) -> float:
+    return float(np.mean(values[1:]))
+
+
+def bench_flare(data_dir: Path, work: Path, rounds: int, threads: int, t1_rounds: int) -> dict[str, Any]:
+    """Part 2: FLARE simulator (-t ``threads``, optionally -t 1) vs the in-process loop, same rounds."""
+    from fedkper_monai.flare.simulate import SimulationOverrides, prepare_job
+
+    load_start = _load()
+    # The in-process loop reads the very job configs the simulator gets (data root and network from the data).
+    inprocess_job = prepare_job(JOB, work / "unused_workspace", SimulationOverrides(rounds=rounds, data_root=str(data_dir)),
+                                work / "job_inprocess")
+    # Two in-process passes bracket the simulator run in time, so a change of the machine's load shows.
+    passes = [run_inprocess(inprocess_job, work / "inprocess_before", rounds)]
+    load_before = _load()
+    flare = {threads: run_flare(JOB, data_dir, work, rounds, threads)}
+    load_after = _load()
+    passes.append(run_inprocess(inprocess_job, work / "inprocess_after", rounds))
+    if t1_rounds > 0 and threads != 1:
+        flare[1] = run_flare(JOB, data_dir, work, t1_rounds, 1)
+    # Per round: the mean of the two passes (the same sites train in the same round in both).
+    inprocess_rounds = [float(np.mean(values)) for values in zip(*(p["round_seconds"] for p in passes))]
+
+    runs = {}
+    for thread_count, run in flare.items():
+        count = len(run["round_seconds"])
+        baseline = _mean_after_warmup(inprocess_rounds[:count])
+        mean = _mean_after_warmup(run["round_seconds"])
+        runs[f"t{thread_count}"] = {
+            "threads": thread_count,
+            "rounds": count,
+            "round_seconds": [round(s, 3) for s in run["round_seconds"]],
+            "sampled_sites": run["sampled_sites"],
+            "global_acc": run["global_acc"],
+            "mean_round_seconds_excluding_round_0": round(mean, 3),
+            "inprocess_mean_same_rounds": round(baseline, 3),
+            "flare_over_inprocess": round(mean / baseline, 3),
+            "flare_over_inprocess_before": round(mean / _mean_after_warmup(passes[0]["round_seconds"][:count]), 3),
+            "flare_over_inprocess_after": round(mean / _mean_after_warmup(passes[1]["round_seconds"][:count]), 3),
+            "simulator_wall_seconds": round(run["total_seconds"], 1),
+            # train_local seconds of each sampled site (the learner's own timer): compute slowdown vs waiting.
+            "site_train_seconds": run["train_seconds"],
+            "inprocess_site_train_seconds": [passes[0]["train_seconds"][:count], passes[1]["train_seconds"][:count]],
+        }
+    return {
+        "job": "jobs/fedkper_medmnist",
+        "sites": NUM_SITES,
+        "sample_fraction": 0.1,
+        "rounds": rounds,
+        "headline_threads": threads,
+        "inprocess": {
+            "passes": [
+                {"round_seconds": [round(x, 3) for x in p["round_seconds"]], "wall_seconds": round(p["total_seconds"], 1),
+                 "mean_round_seconds_excluding_round_0": round(_mean_after_warmup(p["round_seconds"]), 3)}
+                for p in passes
+            ],
+            "mean_round_seconds_excluding_round_0": round(_mean_after_warmup(inprocess_rounds), 3),
+        },
+        "simulator": runs,
+        "load_average_start": load_start,
+        "load_average_before_simulator": load_before,
+        "load_average_after_simulator": load_after,
+        "load_average_end": _load(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- main
+def _versions() -> dict[str, str]:
+    import monai
+    import nvflare
+
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "nvflare": nvflare.__version__,
+        "numpy": np.__version__,
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--npz", default=str(DEFAULT_NPZ), help="MedMNIST-layout .npz (default brain_tumor_mri_28)")
+    parser.add_argument("--site", default=None, help="site of part 1 (default: largest site with >= 2 classes)")
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per configuration in part 1")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=12)
+    parser.add_argument("--local-threads", type=int, default=1, help="torch threads of part 1 (default 1)")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of part 2 (round 0 is excluded)")
+    parser.add_argument("--threads", type=int, default=NUM_SITES, help="simulator -t of the headline (default 20)")
+    parser.add_argument("--t1-rounds", type=int, default=0,
+                        help="rounds of an extra -t 1 run for context (default 0: ~5 s per site turn, minutes per round)")
+    parser.add_argument("--skip-local", action="store_true")
+    parser.add_argument("--skip-flare", action="store_true")
+    parser.add_argument("--out", default=str(RESULT_PATH))
+    args = parser.parse_args()
+
+    result: dict[str, Any] = {
+        "benchmark": "round cost: FedKPer vs FedAvg local training; FLARE simulator vs in-process loop",
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+        "data": _relative(Path(args.npz)),
+        "partition": {"sites": NUM_SITES, "alpha": ALPHA, "seed": 0},
+        "targets": TARGETS,
+        "versions": _versions(),
+        "load_average_start": _load(),
+    }
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_round_") as tmp:
+        data_dir = Path(tmp) / "data"
+        import_medmnist(data_dir, npz=args.npz, num_sites=NUM_SITES, alpha=ALPHA, seed=0, progress=False)
+        if not args.skip_local:
+            site = args.site or _pick_site(data_dir)
+            print(f"part 1: train_local on {site}, {args.reps} interleaved repetitions", flush=True)
+            local = bench_local(data_dir, site, args.reps, args.epochs, args.batch_size, args.local_threads)
+            result["local"] = local
+            result["fedkper_over_fedavg_local"] = local["cpu_ratios"]["fedkper_over_fedavg"]
+            result["fedkper_uncached_over_fedavg_local"] = local["cpu_ratios"]["fedkper_uncached_over_fedavg"]
+        if not args.skip_flare:
+            print(f"part 2: {args.rounds} rounds in-process, FLARE simulator -t {args.threads}, in-process again"
+                  + (f", then -t 1 ({args.t1_rounds} rounds)" if args.t1_rounds else ""), flush=True)
+            flare = bench_flare(data_dir, Path(tmp) / "flare", args.rounds, args.threads, args.t1_rounds)
+            result["flare"] = flare
+            result["flare_over_inprocess"] = flare["simulator"][f"t{args.threads}"]["flare_over_inprocess"]
+            if "t1" in flare["simulator"] and args.threads != 1:
+                result["flare_t1_over_inprocess"] = flare["simulator"]["t1"]["flare_over_inprocess"]
+    result["load_average_end"] = _load()
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    result["met"] = {key: result[key] <= target for key, target in TARGETS.items() if key in result}
+    atomic_write_json(args.out, result)
+
+    print(json.dumps(result, indent=2))
+    for key, target in TARGETS.items():
+        if key in result:
+            print(f"{key}: {result[key]:.3f} (target <= {target}) {'met' if result['met'][key] else 'MISSED'}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
