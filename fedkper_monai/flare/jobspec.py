@@ -61,6 +61,9 @@ def job_configs(settings: JobSettings) -> tuple[dict, dict, dict]:
     data = {"data_root": None, "demo": settings.demo, "transforms": settings.transforms}
     server = {
         "format_version": 2,
+        # Sites come back for their next task this many seconds after the last one (FLARE's default is 2 s,
+        # a fixed wait per round phase that dominated the round time of small medical models).
+        "server": {"task_request_interval": 0.25},
         "workflows": [
             {
                 "id": "controller",
