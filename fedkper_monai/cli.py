@@ -21,7 +21,7 @@ _REGISTRARS: tuple[tuple[str, str], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with every subcommand that is importable."""
+    """Build the top-level parser with every subcommand."""
     import importlib
 
     parser = argparse.ArgumentParser(
@@ -30,13 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name, function_name in _REGISTRARS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            # Only tolerate the registrar module itself being absent, never a broken dependency.
-            if not (module_name == error.name or module_name.startswith(f"{error.name}.")):
-                raise
-            continue
+        module = importlib.import_module(module_name)
         register: Callable[[argparse._SubParsersAction], None] = getattr(module, function_name)
         register(subparsers)
     return parser

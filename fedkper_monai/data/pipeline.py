@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+
+# MONAI reports on every import and every DICOM reader that the optional GPU decoder (nvImageCodec) is
+# absent and that it falls back to pydicom's decoders, which is exactly what we use: noise for CPU users.
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin", category=UserWarning)
+
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.transforms import Compose, Randomizable, RandomizableTransform
 

@@ -111,10 +111,6 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``compare`` (runs several algorithms on the same partition); implemented in compare.py."""
-    try:
-        from fedkper_monai.flare.compare import add_parser
-    except ModuleNotFoundError as error:
-        if error.name != "fedkper_monai.flare.compare":
-            raise
-        return
+    from fedkper_monai.flare.compare import add_parser
+
     add_parser(subparsers)
