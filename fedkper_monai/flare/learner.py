@@ -20,6 +20,7 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.abstract.model_learner import ModelLearner
 
 from fedkper_monai.algorithm import FlipTracker, fedkper_score
+from fedkper_monai.errors import DataError
 from fedkper_monai.flare.sitedata import check_network_matches, site_datalist_path
 from fedkper_monai.flare.weights import payload_bytes, to_numpy, to_torch
 from fedkper_monai.io import atomic_write_bytes, atomic_write_json
@@ -33,6 +34,11 @@ GLOBAL_VERSION_KEY = "global_version"
 SITE_METRICS_KEY = "site_metrics"
 STATE_FILE = "fedkper_site_state.json"
 CHECKPOINT_FILE = "personalized_model.pt"
+
+
+def _version_key(version: Any) -> Any:
+    """A global-model version as stored in the JSON state (lists there, tuples nowhere)."""
+    return list(version) if isinstance(version, (list, tuple)) else version
 
 
 class FedKPerLearner(ModelLearner):
@@ -113,9 +119,9 @@ class FedKPerLearner(ModelLearner):
 
         datalist = load_datalist(site_datalist_path(self.site_name, self.data_root, demo=self.demo))
         if not datalist.training:
-            raise ValueError(f"{datalist.path}: site {self.site_name} has no training samples")
+            raise DataError(datalist.path, f"site {self.site_name} has no training samples", field="training")
         if not datalist.test:
-            raise ValueError(f"{datalist.path}: site {self.site_name} has no local test samples")
+            raise DataError(datalist.path, f"site {self.site_name} has no local test samples", field="test")
         check_network_matches(self.network_spec, datalist.num_classes, datalist.path)
         self.num_classes = datalist.num_classes
         self.class_counts = class_counts(datalist.training, datalist.num_classes)
@@ -161,6 +167,10 @@ class FedKPerLearner(ModelLearner):
             state = json.loads(path.read_text())
             for role, tracker in self.trackers.items():
                 tracker.load_state_dict(state["trackers"][role])
+            # A restarted site must not count the same global model twice in its flips.
+            cache = state.get("global_eval") or {}
+            if cache:
+                self._eval_cache = {"version": _version_key(cache["version"]), "metrics": cache["metrics"]}
             self.info(f"restored flip memories from {path}")
         checkpoint = Path(self.job_root) / CHECKPOINT_FILE
         if checkpoint.exists():
@@ -172,7 +182,8 @@ class FedKPerLearner(ModelLearner):
             buffer = io.BytesIO()
             torch.save(self.model.state_dict(), buffer)
             atomic_write_bytes(Path(self.job_root) / CHECKPOINT_FILE, buffer.getvalue())
-        atomic_write_json(self._state_path(), {"trackers": {r: t.state_dict() for r, t in self.trackers.items()}})
+        state = {"trackers": {r: t.state_dict() for r, t in self.trackers.items()}, "global_eval": self._eval_cache}
+        atomic_write_json(self._state_path(), state)
 
     # ------------------------------------------------------------------ tasks
     def _evaluate_global(self, model: FLModel) -> dict[str, Any]:
@@ -182,7 +193,8 @@ class FedKPerLearner(ModelLearner):
         version = (model.meta or {}).get(GLOBAL_VERSION_KEY)
         if version is None:
             # Another controller: FLARE's pre-train validation and the train task of one round share it.
-            version = ("round", model.current_round)
+            version = ["round", model.current_round]
+        version = _version_key(version)
         if self._eval_cache.get("version") == version:
             return self._eval_cache["metrics"]
         self.global_model.load_state_dict(to_torch(model.params))

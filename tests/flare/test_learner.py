@@ -50,12 +50,19 @@ def test_train_reports_score_metrics_and_saves_state(retina_federation, tmp_path
 
 def test_flip_memory_and_personalized_model_survive_a_restart(retina_federation, tmp_path, retina_network):
     first = _learner(retina_federation, tmp_path, retina_network)
-    first.train(_global(retina_network, 0, 0))
+    update = first.train(_global(retina_network, 0, 0, seed=0))
+    first.validate(FLModel(params_type=ParamsType.FULL, params=update.params, current_round=0, meta={GLOBAL_VERSION_KEY: 1}))
+    trained = first.train(_global(retina_network, 2, 1, seed=1)).meta[SITE_METRICS_KEY]
+    assert trained["nfr_global_on_local"] > 0, "a trained model, then a random one: some samples flip"
     state = json.loads((tmp_path / STATE_FILE).read_text())
     restarted = _learner(retina_federation, tmp_path, retina_network, algorithm="local")
     for role, tracker in restarted.trackers.items():
         assert tracker.state_dict() == state["trackers"][role]
         assert len(tracker) == restarted.local_test_size
+    # FLARE's simulator restarts site processes between tasks when it runs fewer threads than sites: the
+    # restarted site must report the same global model's metrics, not re-count it (which gives NFR 0).
+    again = restarted.validate(_global(retina_network, 2, 1, seed=1)).metrics
+    assert again["nfr_global_on_local"] == trained["nfr_global_on_local"]
     saved = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
     for name, value in restarted.model.state_dict().items():
         assert torch.equal(value, saved[name])
