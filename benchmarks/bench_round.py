@@ -38,7 +38,6 @@ Run from the repository root: ``python benchmarks/bench_round.py [--reps 5] [--r
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
@@ -48,7 +47,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -304,26 +303,6 @@ def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
     return {"round_seconds": round_seconds, "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started_all}
 
 
-@contextlib.contextmanager
-def _redirect_fds(log_path: Path) -> Iterator[None]:
-    """Send this process's (and its children's) stdout/stderr to ``log_path`` at the file-descriptor level."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log_path, "ab") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-
-
 def run_flare(job: Path, data_dir: Path, work: Path, rounds: int, threads: int) -> dict[str, Any]:
     """The job in FLARE's simulator (a child process); per-round seconds from the server's metrics.jsonl."""
     from fedkper_monai.flare.simulate import SimulationOverrides, find_metrics, prepare_job, read_round_lines, run_simulator
@@ -332,8 +311,7 @@ def run_flare(job: Path, data_dir: Path, work: Path, rounds: int, threads: int) 
     prepared = prepare_job(job, workspace, SimulationOverrides(rounds=rounds, data_root=str(data_dir)), work / f"job_t{threads}")
     log_path = work / f"simulator_t{threads}.log"
     started = time.perf_counter()
-    with _redirect_fds(log_path):
-        code = run_simulator(prepared, workspace, NUM_SITES, threads)
+    code = run_simulator(prepared, workspace, NUM_SITES, threads, log_path=log_path)
     total = time.perf_counter() - started
     metrics_path = find_metrics(workspace)
     lines = read_round_lines(metrics_path)

@@ -23,16 +23,14 @@ import copy
 import datetime
 import hashlib
 import json
-import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from fedkper_monai.errors import DataError, FedKPerError
 from fedkper_monai.io import atomic_directory, atomic_write_json
@@ -414,28 +412,6 @@ def _differences(old: Any, new: Any, where: str = "") -> list[str]:
     return [] if old == new else [f"{where}: {json.dumps(old)} -> {json.dumps(new)}"]
 
 
-@contextmanager
-def _console_to(path: Path) -> Iterator[None]:
-    """Send this process's stdout and stderr (and so the simulator child's) to ``path`` meanwhile."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    try:
-        with open(path, "ab") as log:
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-            try:
-                yield
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os.dup2(saved[0], 1)
-                os.dup2(saved[1], 2)
-    finally:
-        os.close(saved[0])
-        os.close(saved[1])
-
-
 def _execute(run: CompareRun, data_root: Path, out: Path, threads: int, quiet: bool) -> bool:
     """Run one simulation from scratch in ``run.folder``; write ``done.json`` when all rounds are there."""
     if run.folder.exists():
@@ -454,11 +430,7 @@ def _execute(run: CompareRun, data_root: Path, out: Path, threads: int, quiet: b
         prepared = prepare_job(source, run.workspace, SimulationOverrides(data_root=str(run_data)), run.folder / "job")
     log = run.folder / "simulator.log"
     n_clients = int(run.settings["n_clients"])
-    if quiet:
-        with _console_to(log):
-            code = run_simulator(prepared, run.workspace, n_clients, max(1, min(threads, n_clients)))
-    else:
-        code = run_simulator(prepared, run.workspace, n_clients, max(1, min(threads, n_clients)))
+    code = run_simulator(prepared, run.workspace, n_clients, max(1, min(threads, n_clients)), log_path=log if quiet else None)
     seconds = time.perf_counter() - started
     found = _metrics_rounds(run.workspace)
     if found != run.rounds:

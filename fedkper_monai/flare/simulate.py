@@ -120,8 +120,18 @@ def prepare_job(job: str | Path, workspace: str | Path, overrides: SimulationOve
     return target
 
 
-def run_simulator(job_folder: Path, workspace: Path, n_clients: int, threads: int, log_config: str | None = "concise") -> int:
-    """Run ``nvflare simulator`` in a child process; returns its exit code."""
+def run_simulator(
+    job_folder: Path,
+    workspace: Path,
+    n_clients: int,
+    threads: int,
+    log_config: str | None = "concise",
+    log_path: Path | None = None,
+) -> int:
+    """Run ``nvflare simulator`` in a child process; returns its exit code.
+
+    With ``log_path`` the simulator's console output is appended to that file instead of this console.
+    """
     command = [sys.executable, "-m", "nvflare.cli", "simulator", str(job_folder), "-w", str(workspace), "-n", str(n_clients), "-t", str(threads)]
     if log_config:
         command += ["-l", log_config]
@@ -130,7 +140,10 @@ def run_simulator(job_folder: Path, workspace: Path, n_clients: int, threads: in
     # Site processes share this machine's cores: without a cap each one starts an OpenMP team as large as
     # the machine, and the teams spin against each other (measured 6-18x slower local training).
     environment.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, min(threads, n_clients)))))
-    return subprocess.call(command, env=environment)
+    if log_path is None:
+        return subprocess.call(command, env=environment)
+    with open(log_path, "ab") as log:
+        return subprocess.call(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
 
 
 def find_metrics(workspace: str | Path) -> Path:
