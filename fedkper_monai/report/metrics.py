@@ -195,12 +195,19 @@ def _check_types(path: Path, line_number: int, row: Mapping[str, Any]) -> None:
         raise DataError(path, f"expected true, false or null, got {single!r}", field=f"{where}.single_site_rounds")
 
 
+def _default_label(root: Path) -> str:
+    """The run folder's name; for ``compare``'s ``RUNS/<algorithm>/seed<k>`` layout, the algorithm's folder."""
+    resolved = root.resolve()
+    return resolved.parent.name if re.fullmatch(r"seed\d+", resolved.name) else resolved.name
+
+
 def load_run(run_dir: str | os.PathLike, *, label: str | None = None) -> RunMetrics:
     """Load one run.
 
     Args:
         run_dir: the run folder (searched recursively for ``metrics.jsonl``) or the file itself.
-        label: the run's name in tables and plots; defaults to the run folder's name.
+        label: the run's name in tables and plots; defaults to the run folder's name (its parent's for a
+            ``compare`` folder ``<algorithm>/seed<k>``).
 
     Returns:
         The run's header, site rows and round rows.
@@ -253,7 +260,7 @@ def load_run(run_dir: str | os.PathLike, *, label: str | None = None) -> RunMetr
     return RunMetrics(
         run_dir=root,
         metrics_path=metrics_path,
-        label=label or root.resolve().name,
+        label=label or _default_label(root),
         header=dict(header or {}),
         site_rows=site_rows,
         round_rows=[rounds[index] for index in sorted(rounds)],

@@ -192,3 +192,15 @@ def test_runs_over_other_sites_are_not_compared_for_sampling(tmp_path, write_jso
     lines = [line.replace('"sampled_sites": ["site-2", "site-3"]', '"sampled_sites": ["site-1"]') for line in lines]
     write_jsonl(tmp_path / "centralized" / "metrics.jsonl", lines)
     assert sampling_mismatches(load_runs([FEDKPER, tmp_path / "centralized"])) == []
+
+
+def test_compare_layout_is_labelled_by_algorithm_and_seed(tmp_path, write_jsonl):
+    """``compare`` writes RUNS/<algorithm>/seed<k>/...: labels are the algorithm, plus the seed when repeated."""
+    lines = (FEDAVG / "metrics.jsonl").read_text().splitlines()
+    for seed in (0, 1):
+        header = json.loads(lines[0])
+        header["run"]["seed"] = seed
+        write_jsonl(tmp_path / "fedkper" / f"seed{seed}" / "metrics.jsonl", [json.dumps(header), *lines[1:]])
+    runs = load_runs([tmp_path / "fedkper" / "seed0", tmp_path / "fedkper" / "seed1"])
+    assert [run.label for run in runs] == ["fedkper@seed0", "fedkper@seed1"]
+    assert load_run(tmp_path / "fedkper" / "seed0").label == "fedkper"
