@@ -190,9 +190,9 @@ def _check_types(path: Path, line_number: int, row: Mapping[str, Any]) -> None:
             item is not None and (isinstance(item, bool) or not isinstance(item, (int, float))) for item in value
         ):
             raise DataError(path, f"expected a list of numbers or null, got {value!r}", field=f"{where}.{key}")
-    single = row.get("single_site_rounds")
+    single = row.get("single_site_round")
     if single is not None and not isinstance(single, bool):
-        raise DataError(path, f"expected true, false or null, got {single!r}", field=f"{where}.single_site_rounds")
+        raise DataError(path, f"expected true, false or null, got {single!r}", field=f"{where}.single_site_round")
 
 
 def _default_label(root: Path) -> str:
@@ -326,7 +326,7 @@ def summarize(run: RunMetrics) -> dict[str, Any]:
     last = rows[-1] if rows else {}
     after_first = rows[1:]
     global_accs = _numbers(row.get("global_acc") for row in rows)
-    single_site = [row["single_site_rounds"] for row in rows if row.get("single_site_rounds") is not None]
+    single_site = [row["single_site_round"] for row in rows if row.get("single_site_round") is not None]
     return {
         "run": run.label,
         "algorithm": run.algorithm,

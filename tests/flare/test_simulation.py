@@ -10,6 +10,7 @@ import pytest
 from fedkper_monai.cli import main
 from fedkper_monai.flare.metrics import ROUND_FIELDS, SITE_TRAIN_FIELDS
 from fedkper_monai.flare.simulate import find_metrics
+from fedkper_monai.report.metrics import load_run, summarize
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +55,10 @@ def test_fedkper_on_real_retinamnist_sites(retina_federation, tmp_path, capsys):
     checkpoints = {path.parts[-3] for path in workspace.glob("site-*/simulate_job/personalized_model.pt")}
     assert checkpoints == trained, "every site that trained keeps its personalized model"
     assert list((metrics.parent / "tb_events").rglob("events.out.tfevents.*"))
+    # The report reads what the server wrote: every summary figure is there.
+    summary = summarize(load_run(workspace))
+    missing = [key for key, value in summary.items() if value is None]
+    assert not missing, f"report found no value for {missing}"
     # FLARE enforced the allow-list: our prefix was added, never "*".
     allow_list = json.loads((workspace / "local" / "resources.json").read_text())["class_allow_list"]
     assert "fedkper_monai." in allow_list and "*" not in allow_list
