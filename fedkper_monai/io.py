@@ -19,6 +19,13 @@ class OutputExistsError(FedKPerError, FileExistsError):
     """An output folder already holds something and the caller did not ask to replace it."""
 
 
+def _umask() -> int:
+    """The process umask (read by setting it, then restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
 
@@ -28,6 +35,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        # mkstemp makes the file private (0600); outputs get the usual permissions of a new file.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -69,6 +78,7 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's folder is private (0700)
         yield staging
         if target.exists():
             backup = target.with_name(f".{target.name}.old")
