@@ -15,12 +15,13 @@ of ``../shared/data/brain_tumor_mri/brain_tumor_mri_28.npz`` (seed 0) in a tempo
    then takes anywhere from 2 s to 30 s of wall time. Wall-time ratios are recorded beside it.
 
 2. ``flare_over_inprocess`` (target <= 1.25): mean round time of the ``fedkper_medmnist`` job (20 sites,
-   10% = 2 sampled per round, validation of all sites every round, global evaluation) in FLARE's simulator,
+   10% = 2 sampled per round, validation of all sites every ``--validate-every`` rounds (default: the job's),
+   global evaluation) in FLARE's simulator,
    read from the round lines (``seconds``) of the server's ``metrics.jsonl``, over the same round time of a
    minimal in-process loop that does the same work without FLARE's messaging: one ``FedKPerLearner`` per
    site (with the attributes FLARE's ``ModelLearnerExecutor`` would set), ``FedKPerAggregator``,
    ``GlobalEvaluator``, the same seeded site sampling, the executor's validate-then-train call order, the
-   server's model save and metrics lines. Round 0 (learner setup, dataset caches) is excluded on both sides.
+   server's model save and metrics lines. Round 0 (start-up) is excluded on both sides.
    Two in-process passes bracket the simulator run in time; the baseline is their per-round mean. Both sides
    run with the job's defaults (torch picks its thread count). The simulator runs with ``-t 20``: one
    long-lived process per site, like the in-process loop's 20 live learners and like real sites (the
@@ -32,12 +33,14 @@ of ``../shared/data/brain_tumor_mri/brain_tumor_mri_28.npz`` (seed 0) in a tempo
 Writes ``benchmarks/results/bench_round.json`` atomically and prints a summary. Other work on the same
 cores distorts wall times: the machine's load average is recorded at the start and end of every part.
 
-Run from the repository root: ``python benchmarks/bench_round.py [--reps 5] [--rounds 6] [--t1-rounds 0]``
+Run from the repository root:
+``python benchmarks/bench_round.py [--reps 5] [--rounds 6] [--validate-every K] [--t1-rounds 0]``
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -201,18 +204,20 @@ def _component_args(config: dict, component_id: str) -> dict:
 def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
     """The job's round loop in this process: the same components and calls, no FLARE messaging.
 
-    Mirrors ``FedKPerController.run`` (sampling, streaming aggregation, save, validate all sites, global
-    evaluation, metrics lines) and ``ModelLearnerExecutor`` (learner attributes, lazy ``initialize`` on the
-    first task, validate before train, ``client_name`` in the result meta).
+    Mirrors, one call after another, ``FedKPerController.run`` (sampling; each round, train the sampled
+    sites and validate the others on the previous round's model when it is due; global evaluation of that
+    model; streaming aggregation; save; metrics lines; the final validation) and the site side of FLARE
+    (learner attributes as ``ModelLearnerExecutor`` sets them, ``initialize`` at the start of the run as
+    ``FedKPerLearner`` does on ``START_RUN``, validate before train, ``client_name`` in the result meta).
     """
     from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
     from fedkper_monai.flare.aggregator import FedKPerAggregator
-    from fedkper_monai.flare.controller import sample_sites
+    from fedkper_monai.flare.controller import sample_sites, validation_due
     from fedkper_monai.flare.evaluator import GlobalEvaluator
     from fedkper_monai.flare.jobspec import load_job
     from fedkper_monai.flare.learner import GLOBAL_VERSION_KEY, SITE_METRICS_KEY, FedKPerLearner
-    from fedkper_monai.flare.metrics import MetricsFile, RunBook
+    from fedkper_monai.flare.metrics import MetricsFile, RoundRecord, RunBook
     from fedkper_monai.flare.persistor import NetworkPersistor
     from fedkper_monai.flare.weights import payload_bytes, to_numpy, to_torch
 
@@ -221,7 +226,6 @@ def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
     learner_args = _component_args(client, "learner")
     sites = sorted(f"site-{index}" for index in range(1, NUM_SITES + 1))
     learners: dict[str, FedKPerLearner] = {}
-    initialized: set[str] = set()
     for site in sites:
         learner = FedKPerLearner(**learner_args)
         # What ModelLearnerExecutor._setup_learner sets; no engine, so get_component() returns None.
@@ -231,13 +235,12 @@ def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
         learner.app_root = str(work / site / "app")
         Path(learner.job_root).mkdir(parents=True, exist_ok=True)
         learners[site] = learner
+    for learner in learners.values():  # what the learner does at FLARE's START_RUN
+        learner.initialize()
 
     def task(site: str, name: str, model: FLModel) -> FLModel:
         learner = learners[site]
         learner.current_round, learner.total_rounds = model.current_round, model.total_rounds
-        if site not in initialized:
-            learner.initialize()
-            initialized.add(site)
         if name == "train":
             learner.validate(model)  # the executor's pre-train validation
             result = learner.train(model)
@@ -259,10 +262,18 @@ def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
         return FLModel(params_type=ParamsType.FULL, params=weights, current_round=round_index,
                        total_rounds=rounds, meta={GLOBAL_VERSION_KEY: version})
 
+    def close(record: RoundRecord, evaluations: dict[str, dict[str, Any]], seconds: float) -> None:
+        for line in book.close_round(record, evaluations, seconds):
+            metrics.append(line)
+        round_seconds.append(seconds)
+
+    every = int(controller.get("validate_every", 1))
+    previous: RoundRecord | None = None
     for round_index in range(rounds):
         started = time.perf_counter()
         sampled = sample_sites(sites, controller["sample_fraction"], controller["seed"], round_index,
                                controller.get("min_sites_per_round", 1))
+        validators = [site for site in sites if site not in sampled] if previous is not None and previous.validate else []
         model = as_task_model(params, round_index, round_index)
         aggregator.reset_stats()
         aggregator.set_reference(model.params)
@@ -272,43 +283,41 @@ def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
             site_metrics[site] = dict(result.meta.get(SITE_METRICS_KEY) or {})
             site_metrics[site]["bytes_received"] = payload_bytes(result.params or {})
             aggregator.accept_model(result)
+        validations = {site: task(site, "validate", model).metrics or {} for site in validators}
+        if previous is not None:
+            previous.global_eval = evaluator.evaluate(model.params)
+            evaluations = {**validations, **(site_metrics if previous.validate else {})}
+            close(previous, evaluations, started - previous.started)
         params = aggregator.aggregate_model().params
         weights = dict(aggregator.last_weights)
         for site in sorted(site_metrics):
             metrics.append(book.site_train_line(round_index, site, site_metrics[site], weights.get(site, 0.0)))
-        model = as_task_model(params, round_index, round_index + 1)
         buffer = io.BytesIO()
         torch.save(to_torch(params), buffer)  # what NetworkPersistor.save_model writes
         atomic_write_bytes(work / "server" / "global_model.pt", buffer.getvalue())
-        book.mark_sampled(sampled)
-        current, nfr = {}, []
-        for site in sites:
-            line = book.site_validate_line(round_index, site, task(site, "validate", model).metrics or {})
-            metrics.append(line)
-            current[site] = float(line["global_on_local_acc"])
-            nfr.append(float(line["nfr_global_on_local"]))
-        bwt = book.backward_transfer(current)
-        global_eval = evaluator.evaluate(params)
-        seconds = time.perf_counter() - started
-        metrics.append(book.round_line(
-            round_index, global_eval=global_eval, bwt=bwt, site_nfr_global_on_local=nfr, sampled=sampled,
-            weights=weights, dropped=aggregator.last_dropped, seconds=seconds,
-            bytes_sent=payload_bytes(params) * (len(sampled) + len(sites)),
+        previous = RoundRecord(
+            round=round_index, started=started, sampled=sampled, weights=weights, dropped=dict(aggregator.last_dropped),
+            bytes_sent=payload_bytes(model.params) * (len(sampled) + len(validators)),
             bytes_received=sum(m["bytes_received"] for m in site_metrics.values()),
-        ))
-        round_seconds.append(seconds)
+            validate=validation_due(round_index, rounds, every),
+        )
         train_seconds.append({site: round(float(m["train_seconds"]), 3) for site, m in site_metrics.items()})
-        print(f"  in-process round {round_index}: {sampled}, {seconds:.2f}s, global acc "
-              f"{(global_eval or {}).get('accuracy', float('nan')):.3f}", flush=True)
+        print(f"  in-process round {round_index}: {sampled}, {time.perf_counter() - started:.2f}s", flush=True)
+    # The final broadcast: every site validates the last model; the server evaluates it.
+    model = as_task_model(params, rounds - 1, rounds)
+    validations = {site: task(site, "validate", model).metrics or {} for site in sites} if previous.validate else {}
+    previous.global_eval = evaluator.evaluate(model.params)
+    close(previous, validations, time.perf_counter() - previous.started)
     return {"round_seconds": round_seconds, "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started_all}
 
 
-def run_flare(job: Path, data_dir: Path, work: Path, rounds: int, threads: int) -> dict[str, Any]:
+def run_flare(job: Path, overrides: Any, work: Path, threads: int) -> dict[str, Any]:
     """The job in FLARE's simulator (a child process); per-round seconds from the server's metrics.jsonl."""
-    from fedkper_monai.flare.simulate import SimulationOverrides, find_metrics, prepare_job, read_round_lines, run_simulator
+    from fedkper_monai.flare.simulate import find_metrics, prepare_job, read_round_lines, run_simulator
 
     workspace = work / f"workspace_t{threads}"
-    prepared = prepare_job(job, workspace, SimulationOverrides(rounds=rounds, data_root=str(data_dir)), work / f"job_t{threads}")
+    rounds = overrides.rounds
+    prepared = prepare_job(job, workspace, overrides, work / f"job_t{threads}")
     log_path = work / f"simulator_t{threads}.log"
     started = time.perf_counter()
     code = run_simulator(prepared, workspace, NUM_SITES, threads, log_path=log_path)
@@ -340,22 +349,24 @@ def _mean_after_warmup(values: list[float]) -> float:
     return float(np.mean(values[1:]))
 
 
-def bench_flare(data_dir: Path, work: Path, rounds: int, threads: int, t1_rounds: int) -> dict[str, Any]:
+def bench_flare(data_dir: Path, work: Path, rounds: int, threads: int, t1_rounds: int, validate_every: int | None) -> dict[str, Any]:
     """Part 2: FLARE simulator (-t ``threads``, optionally -t 1) vs the in-process loop, same rounds."""
+    from fedkper_monai.flare.jobspec import load_job
     from fedkper_monai.flare.simulate import SimulationOverrides, prepare_job
 
     load_start = _load()
     # The in-process loop reads the very job configs the simulator gets (data root and network from the data).
-    inprocess_job = prepare_job(JOB, work / "unused_workspace", SimulationOverrides(rounds=rounds, data_root=str(data_dir)),
+    overrides = SimulationOverrides(rounds=rounds, data_root=str(data_dir), validate_every=validate_every)
+    inprocess_job = prepare_job(JOB, work / "unused_workspace", overrides,
                                 work / "job_inprocess")
     # Two in-process passes bracket the simulator run in time, so a change of the machine's load shows.
     passes = [run_inprocess(inprocess_job, work / "inprocess_before", rounds)]
     load_before = _load()
-    flare = {threads: run_flare(JOB, data_dir, work, rounds, threads)}
+    flare = {threads: run_flare(JOB, overrides, work, threads)}
     load_after = _load()
     passes.append(run_inprocess(inprocess_job, work / "inprocess_after", rounds))
     if t1_rounds > 0 and threads != 1:
-        flare[1] = run_flare(JOB, data_dir, work, t1_rounds, 1)
+        flare[1] = run_flare(JOB, dataclasses.replace(overrides, rounds=t1_rounds), work, 1)
     # Per round: the mean of the two passes (the same sites train in the same round in both).
     inprocess_rounds = [float(np.mean(values)) for values in zip(*(p["round_seconds"] for p in passes))]
 
@@ -382,6 +393,7 @@ def bench_flare(data_dir: Path, work: Path, rounds: int, threads: int, t1_rounds
         }
     return {
         "job": "jobs/fedkper_medmnist",
+        "validate_every": load_job(inprocess_job)[1]["workflows"][0]["args"]["validate_every"],
         "sites": NUM_SITES,
         "sample_fraction": 0.1,
         "rounds": rounds,
@@ -427,6 +439,8 @@ def main() -> int:
     parser.add_argument("--local-threads", type=int, default=1, help="torch threads of part 1 (default 1)")
     parser.add_argument("--rounds", type=int, default=6, help="rounds of part 2 (round 0 is excluded)")
     parser.add_argument("--threads", type=int, default=NUM_SITES, help="simulator -t of the headline (default 20)")
+    parser.add_argument("--validate-every", type=int, default=None,
+                        help="rounds between validations of all sites in part 2 (default: the job's value)")
     parser.add_argument("--t1-rounds", type=int, default=0,
                         help="rounds of an extra -t 1 run for context (default 0: ~5 s per site turn, minutes per round)")
     parser.add_argument("--skip-local", action="store_true")
@@ -457,7 +471,7 @@ def main() -> int:
         if not args.skip_flare:
             print(f"part 2: {args.rounds} rounds in-process, FLARE simulator -t {args.threads}, in-process again"
                   + (f", then -t 1 ({args.t1_rounds} rounds)" if args.t1_rounds else ""), flush=True)
-            flare = bench_flare(data_dir, Path(tmp) / "flare", args.rounds, args.threads, args.t1_rounds)
+            flare = bench_flare(data_dir, Path(tmp) / "flare", args.rounds, args.threads, args.t1_rounds, args.validate_every)
             result["flare"] = flare
             result["flare_over_inprocess"] = flare["simulator"][f"t{args.threads}"]["flare_over_inprocess"]
             if "t1" in flare["simulator"] and args.threads != 1:

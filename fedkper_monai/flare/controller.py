@@ -16,10 +16,10 @@ from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedkper_monai.flare.aggregator import FedKPerAggregator
 from fedkper_monai.flare.learner import GLOBAL_VERSION_KEY, SITE_METRICS_KEY
-from fedkper_monai.flare.metrics import MetricsFile, RunBook
+from fedkper_monai.flare.metrics import MetricsFile, RoundRecord, RunBook
 from fedkper_monai.flare.weights import payload_bytes
 
-__all__ = ["FedKPerController", "sample_sites", "METRICS_FILE"]
+__all__ = ["FedKPerController", "sample_sites", "validation_due", "METRICS_FILE"]
 
 METRICS_FILE = "metrics.jsonl"
 _TENSORBOARD_KEYS = ("global_acc", "mean_personalized_acc", "worst_personalized_acc", "global_nfr", "bwt", "seconds")
@@ -40,20 +40,33 @@ def sample_sites(sites: Sequence[str], fraction: float, seed: int, round_index: 
     return sorted(ordered[i] for i in chosen)
 
 
+def validation_due(round_index: int, num_rounds: int, validate_every: int) -> bool:
+    """Whether all sites validate the global model made in ``round_index``: every ``validate_every``
+    rounds and after the last round (never when ``validate_every`` is 0)."""
+    if not validate_every:
+        return False
+    return (round_index + 1) % validate_every == 0 or round_index == num_rounds - 1
+
+
 class FedKPerController(ModelController):
     """FedKPer's (and every baseline's) server loop, as a FLARE ``ModelController``.
 
-    Each round: send the global model to a seeded sample of sites (``train``); aggregate their updates as
-    they arrive with the aggregator component; save the new global model; every ``validate_every`` rounds
-    send it to all sites (``validate``) for global-on-local accuracy and BwT; evaluate it on the global
-    test list; append the site and round lines to ``metrics.jsonl`` in the server's run folder.
+    Round r is one broadcast of the global model made in round r - 1: ``train`` to a seeded sample of
+    sites and, when that model is due for validation (every ``validate_every`` rounds), ``validate`` to
+    all other sites. The sampled sites evaluate it too, before they train (FLARE's pre-train validation),
+    so every site reports its global-on-local accuracy in the same broadcast, and validation costs no
+    broadcast of its own. While the sites work, the server evaluates that model on the global test list.
+    Updates are aggregated as they arrive; the new model is saved; the last one is validated by all sites
+    in one final broadcast. Lines are appended to ``metrics.jsonl`` in the server's run folder (see
+    :mod:`fedkper_monai.flare.metrics` for the schema and the order).
 
     Args:
         num_rounds: FL rounds.
         sample_fraction: share of sites trained per round (at least ``min_sites_per_round``).
         min_sites_per_round: lower bound of the sample size.
         seed: seed of the per-round site sampling.
-        validate_every: rounds between global-on-local validations of all sites (0 disables them).
+        validate_every: rounds between global-on-local validations of all sites (0 disables them); the
+            last round's model is always validated.
         algorithm: name written into the metrics header (for reports).
         aggregator_id: id of the :class:`FedKPerAggregator` component.
         evaluator_id: id of a :class:`GlobalEvaluator` component ("" for none).
@@ -107,76 +120,96 @@ class FedKPerController(ModelController):
         metrics = MetricsFile(Path(self.get_run_dir()) / METRICS_FILE)
         metrics.append({"run": self._header(sites, evaluator)})
         book = RunBook()
+        params = model.params
+        previous: RoundRecord | None = None  # the last round, until its global model has been validated
         for round_index in range(self.num_rounds):
             if self.abort_signal.triggered:
                 return
             started = time.perf_counter()
             sampled = sample_sites(sites, self.sample_fraction, self.seed, round_index, self.min_sites_per_round)
-            self.info(f"round {round_index}: training {sampled}")
-            model = self._as_task_model(model.params, round_index, version=round_index)
-            site_metrics: dict[str, dict[str, Any]] = {}
+            validators = [site for site in sites if site not in sampled] if previous is not None and previous.validate else []
+            self.info(f"round {round_index}: training {sampled}" + (f", validating on {len(validators)} other sites" if validators else ""))
+            model = self._as_task_model(params, round_index, version=round_index)
             aggregator.reset_stats()
             aggregator.set_reference(model.params)
+            train_metrics: dict[str, dict[str, Any]] = {}
 
-            def on_result(result: FLModel) -> bool:
+            def on_train(result: FLModel) -> bool:
                 site = str(result.meta.get("client_name"))
-                site_metrics[site] = dict(result.meta.get(SITE_METRICS_KEY) or result.metrics or {})
-                site_metrics[site]["bytes_received"] = payload_bytes(result.params or {})
+                train_metrics[site] = dict(result.meta.get(SITE_METRICS_KEY) or result.metrics or {})
+                train_metrics[site]["bytes_received"] = payload_bytes(result.params or {})
                 accepted = aggregator.accept_model(result)
                 result.params = None  # streaming: the update is in the running sums now
                 return accepted
 
-            self.send_model(task_name="train", data=model, targets=sampled, timeout=self.train_timeout, callback=on_result)
-            while self.get_num_standing_tasks():
-                if self.abort_signal.triggered:
-                    return
-                time.sleep(self._task_check_period)
-            bytes_sent = payload_bytes(model.params) * len(sampled)
+            self.send_model(task_name="train", data=model, targets=sampled, timeout=self.train_timeout, callback=on_train)
+            validations = self._send_validate(model, validators)
+            if previous is not None and evaluator is not None:
+                previous.global_eval = evaluator.evaluate(model.params)  # while the sites work
+            if not self._wait_for_tasks():
+                return
+            if previous is not None:
+                # The sampled sites evaluated the received model before training: their train metrics hold it.
+                evaluations = {**validations, **{s: m for s, m in train_metrics.items() if previous.validate}}
+                self._write_round(metrics, book.close_round(previous, evaluations, seconds=started - previous.started))
             try:
-                new_params = aggregator.aggregate_model().params
+                params = aggregator.aggregate_model().params
             except RuntimeError as error:
                 self.warning(f"round {round_index}: {error}; the global model is unchanged")
-                new_params = model.params
             weights = dict(aggregator.last_weights)
             for site in sampled:
-                if site not in site_metrics:
+                if site not in train_metrics:
                     aggregator.last_dropped.setdefault(site, "no result")
                     weights.setdefault(site, 0.0)
-            for site in sorted(site_metrics):
-                metrics.append(book.site_train_line(round_index, site, site_metrics[site], weights.get(site, 0.0)))
-            model = self._as_task_model(new_params, round_index, version=round_index + 1)
-            self.save_model(model)
-            book.mark_sampled(sampled)
-
-            bwt, nfr_global_on_local = None, []
-            if self.validate_every and ((round_index + 1) % self.validate_every == 0 or round_index == self.num_rounds - 1):
-                current: dict[str, float] = {}
-                for result in self.send_model_and_wait(task_name="validate", data=model, targets=sites):
-                    site = str(result.meta.get("client_name"))
-                    line = book.site_validate_line(round_index, site, result.metrics or {})
-                    metrics.append(line)
-                    if line["global_on_local_acc"] is not None:
-                        current[site] = float(line["global_on_local_acc"])
-                    if line["nfr_global_on_local"] is not None:
-                        nfr_global_on_local.append(float(line["nfr_global_on_local"]))
-                bwt = book.backward_transfer(current)
-                bytes_sent += payload_bytes(model.params) * len(sites)
-            global_eval = evaluator.evaluate(model.params) if evaluator is not None else None
-            line = book.round_line(
-                round_index,
-                global_eval=global_eval,
-                bwt=bwt,
-                site_nfr_global_on_local=nfr_global_on_local,
+            for site in sorted(train_metrics):
+                metrics.append(book.site_train_line(round_index, site, train_metrics[site], weights.get(site, 0.0)))
+            self.save_model(self._as_task_model(params, round_index, version=round_index + 1))
+            previous = RoundRecord(
+                round=round_index,
+                started=started,
                 sampled=sampled,
                 weights=weights,
-                dropped=aggregator.last_dropped,
-                seconds=time.perf_counter() - started,
-                bytes_sent=bytes_sent,
-                bytes_received=sum(m["bytes_received"] for m in site_metrics.values()),
+                dropped=dict(aggregator.last_dropped),
+                bytes_sent=payload_bytes(model.params) * (len(sampled) + len(validators)),
+                bytes_received=sum(m["bytes_received"] for m in train_metrics.values()),
+                validate=validation_due(round_index, self.num_rounds, self.validate_every),
             )
-            metrics.append(line)
-            self._log_round(line)
+        # The last global model: validated by every site in one broadcast while the server evaluates it.
+        model = self._as_task_model(params, self.num_rounds - 1, version=self.num_rounds)
+        validations = self._send_validate(model, sites if previous.validate else [])
+        previous.bytes_sent += payload_bytes(model.params) * (len(sites) if previous.validate else 0)
+        if evaluator is not None:
+            previous.global_eval = evaluator.evaluate(model.params)
+        if not self._wait_for_tasks():
+            return
+        self._write_round(metrics, book.close_round(previous, validations, seconds=time.perf_counter() - previous.started))
         self.info(f"finished {self.num_rounds} rounds; metrics in {metrics.path}")
+
+    def _send_validate(self, model: FLModel, targets: list[str]) -> dict[str, dict[str, Any]]:
+        """Send ``validate`` to ``targets`` without waiting; the returned dict fills with their metrics."""
+        results: dict[str, dict[str, Any]] = {}
+        if targets:
+
+            def on_validate(result: FLModel) -> bool:
+                results[str(result.meta.get("client_name"))] = dict(result.metrics or {})
+                return True
+
+            self.send_model(task_name="validate", data=model, targets=targets, callback=on_validate)
+        return results
+
+    def _wait_for_tasks(self) -> bool:
+        """Wait until no task is standing; False when the run was aborted meanwhile."""
+        while self.get_num_standing_tasks():
+            if self.abort_signal.triggered:
+                return False
+            time.sleep(self._task_check_period)
+        return not self.abort_signal.triggered
+
+    def _write_round(self, metrics: MetricsFile, lines: list[dict[str, Any]]) -> None:
+        """Append a round's validate lines and round line (last), and log the round."""
+        for line in lines:
+            metrics.append(line)
+        self._log_round(lines[-1])
 
     def _as_task_model(self, params: dict, round_index: int, version: int) -> FLModel:
         return FLModel(

@@ -10,14 +10,16 @@ import copy
 import io
 import json
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.abstract.model_learner import ModelLearner
+from nvflare.app_common.executors.model_learner_executor import ModelLearnerExecutor
 
 from fedkper_monai.algorithm import FlipTracker, fedkper_score
 from fedkper_monai.errors import DataError
@@ -86,10 +88,9 @@ class FedKPerLearner(ModelLearner):
         seed: int = 0,
         analytic_sender_id: str = "log_writer",
     ) -> None:
-        with warnings.catch_warnings():
-            # FLARE marks ModelLearner deprecated in favour of its Client API, but supports it; our jobs use it.
-            warnings.simplefilter("ignore")
-            super().__init__()
+        # FLARE 2.9 warns once per process that ModelLearner is deprecated in favour of its Client API (it
+        # forces that warning past any filter); ModelLearner and its executor remain supported, and our jobs use them.
+        super().__init__()
         self.data_root = data_root
         self.demo = demo
         self.algorithm = algorithm
@@ -111,11 +112,27 @@ class FedKPerLearner(ModelLearner):
         self.seed = seed
         self.analytic_sender_id = analytic_sender_id
         self._eval_cache: dict[str, Any] = {}
+        self._initialized = False
 
     # ------------------------------------------------------------------ setup
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        """Set up when the job starts, not at this site's first task.
+
+        FLARE's ``ModelLearnerExecutor`` initializes a learner lazily, at its first task; with 10% of the
+        sites sampled per round that can be many rounds in, so a broken datalist would surface late and
+        a site's cache building would stall the round that first needs it. At ``START_RUN`` we bind the
+        learner to its site the way the executor does and initialize; the executor's later call is then a
+        no-op. A failure here is logged by FLARE and raised again by the first task.
+        """
+        if event_type == EventType.START_RUN:
+            ModelLearnerExecutor._setup_learner(self, None, fl_ctx, None)
+            self.initialize()
+
     def initialize(self) -> None:
+        if self._initialized:
+            return
         from fedkper_monai.data import build_transforms, class_counts, is_deterministic, load_datalist, make_dataset, make_loader
-        from fedkper_monai.training import build_network, make_strategy, select_device
+        from fedkper_monai.training import build_network, make_optimizer, make_strategy, select_device
 
         datalist = load_datalist(site_datalist_path(self.site_name, self.data_root, demo=self.demo))
         if not datalist.training:
@@ -149,8 +166,12 @@ class FedKPerLearner(ModelLearner):
         self.upload_model = copy.deepcopy(self.model) if self.strategy.personal_model else None
         self._has_own_model = False
         self.trackers = {"personalized": FlipTracker(self.num_classes), "global_on_local": FlipTracker(self.num_classes)}
+        # torch imports its compiler stack (~800 modules, ~0.8 s) when a process builds its first optimizer;
+        # pay that here, at setup, rather than inside this site's first train task (and its train_seconds).
+        make_optimizer(self.model, name=self.optimizer_name, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
         self._load_state()
         self.writer = self.get_component(self.analytic_sender_id) if self.analytic_sender_id else None
+        self._initialized = True
         self.info(
             f"{self.site_name}: {self.num_train} training / {self.local_test_size} local test samples from "
             f"{datalist.path}; class counts {self.class_counts}; algorithm {self.algorithm}; device {self.device}"

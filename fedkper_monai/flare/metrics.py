@@ -8,12 +8,19 @@ Schema (the report reads it; see README "Metrics"):
   ``personalized_balanced_acc``, ``global_on_local_acc``, ``nfr_personalized``, ``nfr_global_on_local``,
   ``train_acc``, ``score``, ``weight`` (the weight the aggregator really used), ``num_samples``,
   ``local_test_size``, ``train_seconds``, ``bytes_received``; a "validate" line carries only the
-  global-on-local fields.
+  global-on-local fields, of the global model made in its ``round``. A train line's global-on-local
+  fields are of the model the site received (made in the round before).
 - round line (``round``, no ``site``): ``global_acc``, ``global_balanced_acc``, ``global_nfr``,
   ``global_per_class_forgetting``, ``bwt``, ``mean_personalized_acc``, ``worst_personalized_acc``,
   ``balanced_personalized_acc``, ``mean_nfr_personalized``, ``mean_nfr_global_on_local``,
   ``sampled_sites``, ``aggregated_sites``, ``dropped_sites``, ``single_site_round``, ``seconds``,
   ``bytes_sent``, ``bytes_received``.
+
+Order: the global model of round r is validated by all sites during round r + 1 (the sites sampled in
+r + 1 evaluate it before they train, FLARE's pre-train validation; the others get a validate task in the
+same broadcast) or, for the last round, in one final validate broadcast. So round r's validate lines and
+round line follow round r + 1's broadcast, before round r + 1's train lines. ``seconds`` of round r runs
+from its broadcast to round r + 1's (the last round: to the end of the run).
 
 This module is plain Python (no FLARE): :class:`RunBook` keeps the cross-round state (each site's latest
 personalized accuracy, its global-on-local accuracy right after it was last sampled) and builds the lines.
@@ -24,12 +31,13 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from fedkper_monai.algorithm import backward_transfer
 
-__all__ = ["RunBook", "MetricsFile", "SITE_TRAIN_FIELDS", "ROUND_FIELDS"]
+__all__ = ["RunBook", "RoundRecord", "MetricsFile", "SITE_TRAIN_FIELDS", "ROUND_FIELDS"]
 
 SITE_TRAIN_FIELDS = (
     "personalized_acc",
@@ -94,6 +102,25 @@ class MetricsFile:
             os.fsync(handle.fileno())
 
 
+@dataclass
+class RoundRecord:
+    """What the server keeps of round ``round`` until its global model has been validated by the sites.
+
+    ``validate``: whether all sites validate this round's global model (every ``validate_every`` rounds
+    and the last); ``global_eval``: the server's evaluation of it on the global test list, when done.
+    """
+
+    round: int
+    started: float
+    sampled: list[str]
+    weights: dict[str, float]
+    dropped: dict[str, str]
+    bytes_sent: int
+    bytes_received: int
+    validate: bool
+    global_eval: dict[str, Any] | None = field(default=None)
+
+
 class RunBook:
     """Cross-round bookkeeping for the round lines (personalized summary and BwT).
 
@@ -151,6 +178,42 @@ class RunBook:
         if not references:
             return None
         return backward_transfer(dict(current), references)
+
+    def close_round(
+        self, record: RoundRecord, evaluations: Mapping[str, Mapping[str, Any]], seconds: float
+    ) -> list[dict[str, Any]]:
+        """The validate lines and the round line of ``record``, once its global model has been evaluated.
+
+        Args:
+            record: the round, as kept since its aggregation.
+            evaluations: per site, the global-on-local metrics of the round's global model (a validate
+                result, or the pre-train validation inside a next-round train result); empty when the
+                round's model is not validated.
+            seconds: the round's wall time.
+
+        Returns:
+            One validate line per evaluated site (sorted), then the round line (last).
+        """
+        lines = [self.site_validate_line(record.round, site, evaluations[site]) for site in sorted(evaluations)]
+        current = {line["site"]: float(line["global_on_local_acc"]) for line in lines if line["global_on_local_acc"] is not None}
+        # The round's sampled sites take this validation as their BwT reference (they contribute 0 now).
+        self.mark_sampled(record.sampled)
+        bwt = self.backward_transfer(current) if current else None
+        lines.append(
+            self.round_line(
+                record.round,
+                global_eval=record.global_eval,
+                bwt=bwt,
+                site_nfr_global_on_local=[float(line["nfr_global_on_local"]) for line in lines if line["nfr_global_on_local"] is not None],
+                sampled=record.sampled,
+                weights=record.weights,
+                dropped=record.dropped,
+                seconds=seconds,
+                bytes_sent=record.bytes_sent,
+                bytes_received=record.bytes_received,
+            )
+        )
+        return lines
 
     def round_line(
         self,

@@ -101,3 +101,12 @@ def test_network_class_count_must_match_the_datalist(retina_federation, tmp_path
     learner.job_root = str(tmp_path)
     with pytest.raises(FedKPerError, match="num_classes 5 differs"):
         learner.initialize()
+
+
+def test_setup_happens_once(retina_federation, tmp_path, retina_network):
+    # The learner sets itself up at FLARE's START_RUN; the executor's later initialize() must not reset it.
+    learner = _learner(retina_federation, tmp_path, retina_network)
+    learner.train(_global(retina_network, 0, 0))
+    model, trackers = learner.model, learner.trackers
+    learner.initialize()
+    assert learner.model is model and learner.trackers is trackers

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fedkper_monai.flare.metrics import ROUND_FIELDS, MetricsFile, RunBook
+from fedkper_monai.flare.metrics import ROUND_FIELDS, MetricsFile, RoundRecord, RunBook
 
 
 def _train_metrics(acc: float, balanced: float, nfr: float) -> dict:
@@ -54,3 +54,43 @@ def test_metrics_file_writes_null_for_nan(tmp_path):
     metrics.append({"round": 1, "global_acc": 0.5})
     lines = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert lines == [{"round": 0, "global_acc": None}, {"round": 1, "global_acc": 0.5}]
+
+
+def _record(round_index: int, sampled: list[str], validate: bool = True) -> RoundRecord:
+    return RoundRecord(
+        round=round_index, started=0.0, sampled=sampled, weights={s: 1.0 / len(sampled) for s in sampled}, dropped={},
+        bytes_sent=100, bytes_received=50, validate=validate, global_eval={"accuracy": 0.7, "nfr": 0.1},
+    )
+
+
+def _evaluation(acc: float, nfr: float) -> dict:
+    return {"global_on_local_acc": acc, "nfr_global_on_local": nfr, "local_test_size": 10}
+
+
+def test_close_round_writes_validate_lines_then_the_round_line():
+    book = RunBook()
+    book.site_train_line(0, "site-1", _train_metrics(0.9, 0.9, 0.0), weight=1.0)
+    # Round 0's model, evaluated during round 1: site-2 by a validate task, site-1 before it trained again.
+    lines = book.close_round(_record(0, ["site-1"]), {"site-2": _evaluation(0.5, 0.2), "site-1": _evaluation(0.6, 0.0)}, seconds=2.5)
+    assert [(line.get("site"), line.get("task")) for line in lines] == [("site-1", "validate"), ("site-2", "validate"), (None, None)]
+    assert all(line["round"] == 0 for line in lines)
+    round_line = lines[-1]
+    # site-1 was sampled in round 0: this evaluation is its reference, so it contributes 0; site-2 has none yet.
+    assert round_line["bwt"] == pytest.approx(0.0)
+    assert round_line["mean_nfr_global_on_local"] == pytest.approx(0.1)
+    assert round_line["global_acc"] == 0.7 and round_line["seconds"] == 2.5 and round_line["bytes_sent"] == 100
+    assert round_line["mean_personalized_acc"] == pytest.approx(0.9)
+    # Round 1 (site-2 sampled): site-1 drops from 0.6 to 0.3; site-2 takes 0.8 as its reference.
+    lines = book.close_round(_record(1, ["site-2"]), {"site-1": _evaluation(0.3, 0.5), "site-2": _evaluation(0.8, 0.0)}, seconds=1.0)
+    assert lines[-1]["bwt"] == pytest.approx((-0.3 + 0.0) / 2)
+
+
+def test_close_round_without_validation_keeps_the_bwt_reference_pending():
+    book = RunBook()
+    lines = book.close_round(_record(0, ["site-1"], validate=False), {}, seconds=1.0)
+    assert len(lines) == 1 and lines[0]["bwt"] is None and lines[0]["mean_nfr_global_on_local"] is None
+    # site-1's reference is set at the first validation after it was sampled.
+    lines = book.close_round(_record(1, ["site-2"]), {"site-1": _evaluation(0.4, 0.0), "site-2": _evaluation(0.5, 0.0)}, seconds=1.0)
+    assert lines[-1]["bwt"] == pytest.approx(0.0)
+    lines = book.close_round(_record(2, ["site-2"]), {"site-1": _evaluation(0.6, 0.0), "site-2": _evaluation(0.5, 0.0)}, seconds=1.0)
+    assert lines[-1]["bwt"] == pytest.approx((0.2 + 0.0) / 2)

@@ -45,8 +45,22 @@ def test_fedkper_on_real_retinamnist_sites(retina_federation, tmp_path, capsys):
     for line in train_lines:
         assert all(line[field] is not None for field in SITE_TRAIN_FIELDS), line
         assert line["weight"] > 0
-    # Every site (sampled or not) reports global-on-local accuracy after every round.
-    assert len([s for s in sites if s["task"] == "validate"]) == 6
+    # Every site (sampled or not) reports global-on-local accuracy of every round's global model.
+    validate_lines = [s for s in sites if s["task"] == "validate"]
+    assert sorted((s["round"], s["site"]) for s in validate_lines) == [(r, f"site-{i}") for r in (0, 1) for i in (1, 2, 3)]
+    # Round 0's model is validated in round 1's broadcast: a site sampled in round 1 evaluates it before
+    # training, so its validate line of round 0 is its round-1 train line's global-on-local figure.
+    for line in train_lines:
+        if line["round"] == 1:
+            validated = next(v for v in validate_lines if v["round"] == 0 and v["site"] == line["site"])
+            assert validated["global_on_local_acc"] == line["global_on_local_acc"]
+    # File order: round r's validate lines and round line come before round r + 1's train lines.
+    order = [(r.get("task", "round"), r["round"]) for r in (json.loads(x) for x in metrics.read_text().splitlines()[1:])]
+    assert order.index(("round", 0)) < order.index(("train", 1)) and order[-1] == ("round", 1)
+    # Each site set itself up when the job started (START_RUN), before its first task.
+    for site in ("site-1", "site-2", "site-3"):
+        log = (workspace / site / "log.txt").read_text()
+        assert log.index("local test samples from") < log.index("got task assignment"), site
     round_one = [s for s in train_lines if s["round"] == 1]
     assert sum(s["weight"] for s in round_one) == pytest.approx(1.0)
     # Artifacts the README points to.

@@ -11,7 +11,7 @@ from nvflare.apis.fl_exception import UnsafeComponentError
 from nvflare.app_common.widgets.component_path_authorizer import ComponentPathAuthorizer
 
 from fedkper_monai.errors import DataError
-from fedkper_monai.flare.controller import sample_sites
+from fedkper_monai.flare.controller import sample_sites, validation_due
 from fedkper_monai.flare.jobspec import STANDARD_JOBS, job_configs, load_job
 from fedkper_monai.flare.workspace import allow_package
 
@@ -86,6 +86,13 @@ def test_sample_sites_is_seeded_per_round_and_independent_of_order():
     assert sample_sites(sites[:3], 0.1, seed=0, round_index=0, minimum=1) != []
     with pytest.raises(ValueError):
         sample_sites(sites, 0.0, seed=0, round_index=0)
+
+
+def test_validation_due_every_k_rounds_and_after_the_last():
+    assert [r for r in range(4) if validation_due(r, 4, 1)] == [0, 1, 2, 3]
+    assert [r for r in range(7) if validation_due(r, 7, 3)] == [2, 5, 6]
+    assert [r for r in range(6) if validation_due(r, 6, 3)] == [2, 5]
+    assert not any(validation_due(r, 5, 0) for r in range(5))
 
 
 def test_export_sizes_the_network_from_a_datalist_and_bakes_no_data_path(retina_federation, tmp_path):
