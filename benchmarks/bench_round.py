@@ -23,7 +23,9 @@ of ``../shared/data/brain_tumor_mri/brain_tumor_mri_28.npz`` (seed 0) in a tempo
    ``GlobalEvaluator``, the same seeded site sampling, the executor's validate-then-train call order, the
    server's model save and metrics lines. Round 0 (start-up) is excluded on both sides.
    Two in-process passes bracket the simulator run in time; the baseline is their per-round mean. Both sides
-   run with the job's defaults (torch picks its thread count). The simulator runs with ``-t 20``: one
+   run with the job's defaults: the in-process loop with torch's thread count (all cores), each simulated
+   site with what ``fedkper-monai simulate`` sets (cores // sites OpenMP threads, at least 1;
+   ``--site-threads N`` overrides it). The simulator runs with ``-t 20``: one
    long-lived process per site, like the in-process loop's 20 live learners and like real sites (the
    headline). With ``--t1-rounds R > 0`` it also runs ``-t 1`` for context: with fewer threads than sites
    FLARE's simulator starts a fresh worker process for every client turn (nvflare SimulatorClientRunner
@@ -34,7 +36,7 @@ Writes ``benchmarks/results/bench_round.json`` atomically and prints a summary. 
 cores distorts wall times: the machine's load average is recorded at the start and end of every part.
 
 Run from the repository root:
-``python benchmarks/bench_round.py [--reps 5] [--rounds 6] [--validate-every K] [--t1-rounds 0]``
+``python benchmarks/bench_round.py [--reps 5] [--rounds 6] [--validate-every K] [--site-threads N] [--t1-rounds 0]``
 """
 
 from __future__ import annotations
@@ -339,6 +341,7 @@ def run_flare(job: Path, overrides: Any, work: Path, threads: int) -> dict[str, 
         "round_seconds": [float(line["seconds"]) for line in lines],
         "sampled_sites": [line["sampled_sites"] for line in lines],
         "global_acc": [line.get("global_acc") for line in lines],
+        "bytes_sent": [int(line["bytes_sent"]) for line in lines],
         "train_seconds": train_seconds,
         "total_seconds": total,
         "exit_code": code,
@@ -381,6 +384,7 @@ def bench_flare(data_dir: Path, work: Path, rounds: int, threads: int, t1_rounds
             "round_seconds": [round(s, 3) for s in run["round_seconds"]],
             "sampled_sites": run["sampled_sites"],
             "global_acc": run["global_acc"],
+            "bytes_sent": run["bytes_sent"],
             "mean_round_seconds_excluding_round_0": round(mean, 3),
             "inprocess_mean_same_rounds": round(baseline, 3),
             "flare_over_inprocess": round(mean / baseline, 3),
@@ -439,6 +443,8 @@ def main() -> int:
     parser.add_argument("--local-threads", type=int, default=1, help="torch threads of part 1 (default 1)")
     parser.add_argument("--rounds", type=int, default=6, help="rounds of part 2 (round 0 is excluded)")
     parser.add_argument("--threads", type=int, default=NUM_SITES, help="simulator -t of the headline (default 20)")
+    parser.add_argument("--site-threads", type=int, default=None,
+                        help="OpenMP threads of each simulated site (default: what `simulate` sets, cores / sites)")
     parser.add_argument("--validate-every", type=int, default=None,
                         help="rounds between validations of all sites in part 2 (default: the job's value)")
     parser.add_argument("--t1-rounds", type=int, default=0,
@@ -448,6 +454,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(RESULT_PATH))
     args = parser.parse_args()
 
+    if args.site_threads is not None:  # run_simulator keeps an OMP_NUM_THREADS that is already set
+        os.environ["OMP_NUM_THREADS"] = str(args.site_threads)
     result: dict[str, Any] = {
         "benchmark": "round cost: FedKPer vs FedAvg local training; FLARE simulator vs in-process loop",
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
@@ -456,6 +464,7 @@ def main() -> int:
         "targets": TARGETS,
         "versions": _versions(),
         "load_average_start": _load(),
+        "simulated_site_omp_threads": os.environ.get("OMP_NUM_THREADS", "cores // min(-t, sites)"),
     }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_round_") as tmp:
