@@ -16,12 +16,11 @@ from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedkper_monai.flare.aggregator import FedKPerAggregator
 from fedkper_monai.flare.learner import GLOBAL_VERSION_KEY, SITE_METRICS_KEY
-from fedkper_monai.flare.metrics import MetricsFile, RoundRecord, RunBook
+from fedkper_monai.flare.metrics import METRICS_FILE, MetricsFile, RoundRecord, RunBook
 from fedkper_monai.flare.weights import payload_bytes
 
 __all__ = ["FedKPerController", "sample_sites", "validation_due", "METRICS_FILE"]
 
-METRICS_FILE = "metrics.jsonl"
 _TENSORBOARD_KEYS = ("global_acc", "mean_personalized_acc", "worst_personalized_acc", "global_nfr", "bwt", "seconds")
 
 

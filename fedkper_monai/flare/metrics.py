@@ -22,7 +22,7 @@ same broadcast) or, for the last round, in one final validate broadcast. So roun
 round line follow round r + 1's broadcast, before round r + 1's train lines. ``seconds`` of round r runs
 from its broadcast to round r + 1's (the last round: to the end of the run).
 
-This module is plain Python (no FLARE): :class:`RunBook` keeps the cross-round state (each site's latest
+This module is plain Python (no FLARE, no torch at import): :class:`RunBook` keeps the cross-round state (each site's latest
 personalized accuracy, its global-on-local accuracy right after it was last sampled) and builds the lines.
 """
 
@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from fedkper_monai.algorithm import backward_transfer
+__all__ = ["METRICS_FILE", "RunBook", "RoundRecord", "MetricsFile", "SITE_TRAIN_FIELDS", "ROUND_FIELDS"]
 
-__all__ = ["RunBook", "RoundRecord", "MetricsFile", "SITE_TRAIN_FIELDS", "ROUND_FIELDS"]
+# The file the server writes into its run folder (the report layer spells the same name on its own).
+METRICS_FILE = "metrics.jsonl"
 
 SITE_TRAIN_FIELDS = (
     "personalized_acc",
@@ -177,6 +178,9 @@ class RunBook:
         references = {site: acc for site, acc in self.after_last_sampled.items() if site in current}
         if not references:
             return None
+        # Imported here: the algorithm package loads torch, and the CLI imports this module for its names.
+        from fedkper_monai.algorithm import backward_transfer
+
         return backward_transfer(dict(current), references)
 
     def close_round(

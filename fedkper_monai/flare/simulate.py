@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedkper_monai.errors import FedKPerError
-from fedkper_monai.flare.controller import METRICS_FILE
+from fedkper_monai.flare.metrics import METRICS_FILE
 from fedkper_monai.flare.jobspec import load_job, save_job_configs
 from fedkper_monai.flare.workspace import allow_package
 
