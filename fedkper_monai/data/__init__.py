@@ -21,6 +21,7 @@ from fedkper_monai.data.partition import (
 __all__ = [
     "LIST_KEYS",
     "Datalist",
+    "FileImportOptions",
     "PartitionError",
     "build_transforms",
     "class_counts",
@@ -48,6 +49,7 @@ _LAZY = {
     "make_loader": "fedkper_monai.data.pipeline",
     "resolve_transforms_config": "fedkper_monai.data.pipeline",
     "ensure_demo_data": "fedkper_monai.data.demo",
+    "FileImportOptions": "fedkper_monai.data.importers",
     "import_folders": "fedkper_monai.data.importers",
     "import_manifest": "fedkper_monai.data.importers",
     "import_medmnist": "fedkper_monai.data.importers",

@@ -60,29 +60,28 @@ def _run_medmnist(args: argparse.Namespace) -> int:
     return _print_summary(summary, args.out)
 
 
+def _file_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``FileImportOptions`` fields from the flags that ``prepare folders`` and ``prepare manifest`` share."""
+    return {
+        "num_sites": args.sites, "alpha": args.alpha, "seed": args.seed, "partition": args.partition,
+        "min_samples": args.min_samples, "local_test_fraction": args.local_test_fraction,
+        "global_test_fraction": args.global_test_fraction, "global_val_fraction": args.global_val_fraction,
+        "image_size": args.image_size, "spatial_dims": args.spatial_dims, "copy": args.copy,
+        "overwrite": args.overwrite, "progress": args.progress,
+    }
+
+
 def _run_folders(args: argparse.Namespace) -> int:
     from fedkper_monai.data.importers import import_folders
 
-    summary = import_folders(
-        args.root, args.out, num_sites=args.sites, alpha=args.alpha, seed=args.seed, partition=args.partition,
-        min_samples=args.min_samples, local_test_fraction=args.local_test_fraction,
-        global_test_fraction=args.global_test_fraction, global_val_fraction=args.global_val_fraction,
-        image_size=args.image_size, spatial_dims=args.spatial_dims, copy=args.copy, overwrite=args.overwrite,
-        progress=args.progress,
-    )
+    summary = import_folders(args.root, args.out, **_file_options(args))
     return _print_summary(summary, args.out)
 
 
 def _run_manifest(args: argparse.Namespace) -> int:
     from fedkper_monai.data.importers import import_manifest
 
-    summary = import_manifest(
-        args.manifest, args.out, num_sites=args.sites, alpha=args.alpha, seed=args.seed, partition=args.partition,
-        min_samples=args.min_samples, local_test_fraction=args.local_test_fraction,
-        global_test_fraction=args.global_test_fraction, global_val_fraction=args.global_val_fraction,
-        class_names=args.class_names, image_size=args.image_size, spatial_dims=args.spatial_dims, copy=args.copy,
-        overwrite=args.overwrite, progress=args.progress,
-    )
+    summary = import_manifest(args.manifest, args.out, class_names=args.class_names, **_file_options(args))
     return _print_summary(summary, args.out)
 
 

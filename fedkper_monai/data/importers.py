@@ -21,6 +21,7 @@ import os
 import shutil
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -40,6 +41,7 @@ from fedkper_monai.io import atomic_directory, atomic_write_json, atomic_write_t
 __all__ = [
     "IMAGE_SUFFIXES",
     "PARTITIONS",
+    "FileImportOptions",
     "import_arrays",
     "import_folders",
     "import_manifest",
@@ -52,6 +54,36 @@ __all__ = [
 PARTITIONS = ("dirichlet", "iid")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".nii", ".nii.gz", ".dcm")
 _SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class FileImportOptions:
+    """Settings of :func:`import_folders` and :func:`import_manifest` (the flags of ``prepare folders|manifest``).
+
+    Attributes:
+        num_sites: sites of the Dirichlet/IID partition (a manifest's ``site`` column replaces it).
+        alpha, seed, partition, min_samples, local_test_fraction: the partition, as in :func:`import_medmnist`.
+        global_test_fraction, global_val_fraction: stratified global shares when no split is given.
+        image_size: task size after transforms (default: the images' common size).
+        spatial_dims: 2 or 3 (default: from the images).
+        copy: copy the images under ``out/images`` instead of referencing them in place.
+        overwrite: replace a non-empty ``out``.
+        progress: show progress bars.
+    """
+
+    num_sites: int | None = None
+    alpha: float = 0.1
+    seed: int = 0
+    partition: str = "dirichlet"
+    min_samples: int = 10
+    local_test_fraction: float = 0.2
+    global_test_fraction: float = 0.2
+    global_val_fraction: float = 0.1
+    image_size: Sequence[int] | None = None
+    spatial_dims: int | None = None
+    copy: bool = False
+    overwrite: bool = False
+    progress: bool = True
 
 
 def site_name(index: int) -> str:
@@ -470,25 +502,14 @@ def _import_rows(
     source: str | os.PathLike,
     fields: list[str],
     class_names: list[str],
-    num_sites: int | None,
-    alpha: float,
-    seed: int,
-    partition: str,
-    min_samples: int,
-    local_test_fraction: float,
-    global_test_fraction: float,
-    global_val_fraction: float,
-    image_size: Sequence[int] | None,
-    spatial_dims: int | None,
-    copy: bool,
-    overwrite: bool,
-    progress: bool,
+    options: FileImportOptions,
     importer: str,
 ) -> dict:
     """Shared by the folder and manifest importers: rows are ``{image, label, id[, split][, site]}``."""
+    image_size = options.image_size
     num_classes = len(class_names)
     labels = np.asarray([r["label"] for r in rows], dtype=np.int64)
-    dims, common_size = _probe_images(rows, source=source, fields=fields, spatial_dims=spatial_dims, progress=progress)
+    dims, common_size = _probe_images(rows, source=source, fields=fields, spatial_dims=options.spatial_dims, progress=options.progress)
     if image_size is None:
         if common_size is None:
             raise DataError(source, "images differ in size: pass --image-size to resize them all to one size", field="--image-size")
@@ -500,7 +521,7 @@ def _import_rows(
         split_of = np.asarray([r.get("split", "train") for r in rows])
         index = {s: np.flatnonzero(split_of == s) for s in _SPLITS}
     else:
-        index = _carve_global_splits(labels, test_fraction=global_test_fraction, val_fraction=global_val_fraction, seed=seed)
+        index = _carve_global_splits(labels, test_fraction=options.global_test_fraction, val_fraction=options.global_val_fraction, seed=options.seed)
     train_rows = index["train"]
     source_sites = None
     if any("site" in r for r in rows):
@@ -513,20 +534,20 @@ def _import_rows(
         source_sites = [names[k] for k in order]
         sites = [np.sort(members[k]) for k in order]
         for name, member in zip(source_sites, sites):
-            if member.size < min_samples:
-                raise DataError(source, f"site {name!r} has {member.size} < {min_samples} training samples (--min-samples)", field="site")
+            if member.size < options.min_samples:
+                raise DataError(source, f"site {name!r} has {member.size} < {options.min_samples} training samples (--min-samples)", field="site")
         partition_name = "natural"
     else:
-        if not num_sites:
+        if not options.num_sites:
             raise DataError(source, "give --sites N (or a 'site' column for a natural partition)", field="--sites")
-        sites = _partition(labels[train_rows], source=source, partition=partition, num_sites=num_sites, alpha=alpha,
-                           seed=seed, min_samples=min_samples)
-        partition_name = partition
-    with _output(out, overwrite) as folder:
+        sites = _partition(labels[train_rows], source=source, partition=options.partition, num_sites=options.num_sites, alpha=options.alpha,
+                           seed=options.seed, min_samples=options.min_samples)
+        partition_name = options.partition
+    with _output(out, options.overwrite) as folder:
         entries = []
         for i, row in enumerate(rows):
             image = Path(row["image"])
-            if copy:
+            if options.copy:
                 relative = Path(row.get("copy_as") or image.name)
                 target = folder / "images" / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -544,34 +565,19 @@ def _import_rows(
             class_names=class_names,
             spatial_dims=dims,
             image_size=image_size,
-            seed=seed,
-            local_test_fraction=local_test_fraction,
+            seed=options.seed,
+            local_test_fraction=options.local_test_fraction,
             source=str(source),
             source_sites=source_sites,
             info={"importer": importer, "partition": partition_name,
-                  "alpha": alpha if partition_name == "dirichlet" else None, "min_samples": min_samples},
+                  "alpha": options.alpha if partition_name == "dirichlet" else None, "min_samples": options.min_samples},
         )
 
 
-def import_folders(
-    root: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    num_sites: int,
-    alpha: float = 0.1,
-    seed: int = 0,
-    partition: str = "dirichlet",
-    min_samples: int = 10,
-    local_test_fraction: float = 0.2,
-    global_test_fraction: float = 0.2,
-    global_val_fraction: float = 0.1,
-    image_size: Sequence[int] | None = None,
-    spatial_dims: int | None = None,
-    copy: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict:
+def import_folders(root: str | os.PathLike, out: str | os.PathLike, **options: Any) -> dict:
     """Import a class-folder tree ``root/<class_name>/*.png|jpg|nii|nii.gz|dcm``.
+
+    ``options`` are the fields of :class:`FileImportOptions` (``num_sites`` is needed).
 
     Classes are the sub-folder names in sorted order. If ``root`` holds ``train/`` and ``test/`` (and
     optionally ``val/``) sub-folders, each with class folders, those are the global splits; otherwise a
@@ -579,6 +585,7 @@ def import_folders(
     they are (absolute paths in the datalists) unless ``copy``, which copies them under ``out/images``.
     Every image is decoded once first: a corrupt file stops the import before anything is written.
     """
+    settings = FileImportOptions(**options)
     base = Path(root).expanduser().absolute()
     if not base.is_dir():
         raise DataError(base, "folder not found", field="root")
@@ -611,34 +618,16 @@ def import_folders(
                 fields.append(relative.as_posix())
     if not rows:
         raise DataError(base, f"no images with suffix {', '.join(IMAGE_SUFFIXES)} in the class folders", field="root")
-    return _import_rows(
-        out, rows, source=base, fields=fields, class_names=class_names, num_sites=num_sites, alpha=alpha, seed=seed,
-        partition=partition, min_samples=min_samples, local_test_fraction=local_test_fraction,
-        global_test_fraction=global_test_fraction, global_val_fraction=global_val_fraction, image_size=image_size,
-        spatial_dims=spatial_dims, copy=copy, overwrite=overwrite, progress=progress, importer="folders",
-    )
+    return _import_rows(out, rows, source=base, fields=fields, class_names=class_names,
+                        options=settings, importer="folders")
 
 
 def import_manifest(
-    manifest: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    num_sites: int | None = None,
-    alpha: float = 0.1,
-    seed: int = 0,
-    partition: str = "dirichlet",
-    min_samples: int = 10,
-    local_test_fraction: float = 0.2,
-    global_test_fraction: float = 0.2,
-    global_val_fraction: float = 0.1,
-    class_names: Sequence[str] | None = None,
-    image_size: Sequence[int] | None = None,
-    spatial_dims: int | None = None,
-    copy: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
+    manifest: str | os.PathLike, out: str | os.PathLike, *, class_names: Sequence[str] | None = None, **options: Any
 ) -> dict:
     """Import a CSV manifest with columns ``image,label`` and optionally ``site``, ``split``, ``id``.
+
+    ``options`` are the fields of :class:`FileImportOptions`.
 
     ``image`` is a path relative to the CSV's folder or absolute (a DICOM series may be a folder). ``label``
     is a class index or a class name (names are sorted to indices unless ``class_names`` gives the order).
@@ -647,6 +636,7 @@ def import_manifest(
     (train/val/test) gives the global splits; otherwise they are carved stratified. ``id`` defaults to the
     image path relative to the CSV's folder.
     """
+    settings = FileImportOptions(**options)
     csv_path = Path(manifest).expanduser().absolute()
     if not csv_path.is_file():
         raise DataError(csv_path, "manifest not found", field="--manifest")
@@ -706,9 +696,5 @@ def import_manifest(
             row["split"] = split
         rows.append(row)
         fields.append(f"{where}.image")
-    return _import_rows(
-        out, rows, source=csv_path, fields=fields, class_names=names, num_sites=num_sites, alpha=alpha, seed=seed,
-        partition=partition, min_samples=min_samples, local_test_fraction=local_test_fraction,
-        global_test_fraction=global_test_fraction, global_val_fraction=global_val_fraction, image_size=image_size,
-        spatial_dims=spatial_dims, copy=copy, overwrite=overwrite, progress=progress, importer="manifest",
-    )
+    return _import_rows(out, rows, source=csv_path, fields=fields, class_names=names,
+                        options=settings, importer="manifest")

@@ -452,19 +452,14 @@ def run_compare(
     algorithms: Sequence[AlgorithmSpec],
     out: str | Path,
     *,
-    n_clients: int | None = None,
     threads: int = 1,
-    seeds: Sequence[int] | None = None,
-    rounds: int | None = None,
-    sample_fraction: float | None = None,
-    local_epochs: int | None = None,
-    validate_every: int | None = None,
-    base_job: str | Path = _DEFAULT_BASE_JOB,
-    overwrite: bool = False,
     quiet: bool = True,
     retries: int = 1,
+    **plan_options: Any,
 ) -> tuple[list[CompareRun], list[CompareRun]]:
     """Plan (see :func:`plan_runs`) and run a comparison, one simulation after another.
+
+    ``plan_options`` are :func:`plan_runs`'s keyword settings (``n_clients``, ``seeds``, ``rounds``, ...).
 
     Each prepared job names its data root (centralized: ``out/centralized/data``, rebuilt before its run).
     With ``quiet`` the simulator's console output goes to the run's ``simulator.log``. A simulation that
@@ -476,9 +471,7 @@ def run_compare(
     """
     root = Path(data_root).resolve()
     out = Path(out).resolve()
-    runs = plan_runs(root, algorithms, out, n_clients=n_clients, seeds=seeds, rounds=rounds,
-                     sample_fraction=sample_fraction, local_epochs=local_epochs, validate_every=validate_every,
-                     base_job=base_job, overwrite=overwrite)
+    runs = plan_runs(root, algorithms, out, **plan_options)
     failed: list[CompareRun] = []
     for index, run in enumerate(runs, start=1):
         prefix = f"[{index}/{len(runs)}] {run.label}:"
