@@ -1,14 +1,18 @@
-"""The server workflow: seeded site sampling, streaming aggregation, validation for BwT, metrics."""
+"""The server workflow: seeded site sampling, streaming aggregation, validation for BwT, metrics.
+
+The schedule (who trains, who validates, what a round records) is :mod:`fedkper_monai.schedule`; the
+lines are built by :class:`~fedkper_monai.flare.metrics.RunBook`. This module sends FLARE's tasks.
+"""
 
 from __future__ import annotations
 
 import datetime
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
 from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE, AnalyticsDataType, LogWriterName
 from nvflare.apis.utils.analytix_utils import create_analytic_dxo, send_analytic_dxo
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
@@ -16,35 +20,25 @@ from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedkper_monai.flare.aggregator import FedKPerAggregator
 from fedkper_monai.flare.learner import GLOBAL_VERSION_KEY, SITE_METRICS_KEY
-from fedkper_monai.flare.metrics import METRICS_FILE, MetricsFile, RoundRecord, RunBook
+from fedkper_monai.flare.metrics import METRICS_FILE, MetricsFile, RunBook
 from fedkper_monai.flare.weights import payload_bytes
+from fedkper_monai.schedule import RoundRecord, RoundSchedule, sample_sites, validation_due
 
+# sample_sites and validation_due live in fedkper_monai.schedule; named here for older imports.
 __all__ = ["FedKPerController", "sample_sites", "validation_due", "METRICS_FILE"]
 
 _TENSORBOARD_KEYS = ("global_acc", "mean_personalized_acc", "worst_personalized_acc", "global_nfr", "bwt", "seconds")
 
 
-def sample_sites(sites: Sequence[str], fraction: float, seed: int, round_index: int, minimum: int = 1) -> list[str]:
-    """The sites trained in ``round_index``: a seeded choice that depends only on (sites, fraction, seed, round).
+@dataclass
+class _Run:
+    """What one run of the controller holds: its components, schedule and metrics writer."""
 
-    Every algorithm run with the same seed trains the same sites in the same rounds (a fair comparison).
-    ``max(minimum, floor(fraction * n))`` sites are drawn without replacement, returned sorted.
-    """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"sample fraction must be in (0, 1], got {fraction}")
-    ordered = sorted(sites)
-    count = min(len(ordered), max(int(minimum), int(math.floor(fraction * len(ordered) + 1e-9))))
-    rng = np.random.default_rng([int(seed), int(round_index)])
-    chosen = rng.choice(len(ordered), size=count, replace=False)
-    return sorted(ordered[i] for i in chosen)
-
-
-def validation_due(round_index: int, num_rounds: int, validate_every: int) -> bool:
-    """Whether all sites validate the global model made in ``round_index``: every ``validate_every``
-    rounds and after the last round (never when ``validate_every`` is 0)."""
-    if not validate_every:
-        return False
-    return (round_index + 1) % validate_every == 0 or round_index == num_rounds - 1
+    aggregator: FedKPerAggregator
+    evaluator: Any
+    schedule: RoundSchedule
+    metrics: MetricsFile
+    book: RunBook
 
 
 class FedKPerController(ModelController):
@@ -116,73 +110,86 @@ class FedKPerController(ModelController):
         if model is None:
             return
         sites = sorted(client.name for client in self.engine.get_clients())
-        metrics = MetricsFile(Path(self.get_run_dir()) / METRICS_FILE)
-        metrics.append({"run": self._header(sites, evaluator)})
-        book = RunBook()
+        schedule = RoundSchedule(
+            sites, self.num_rounds, self.sample_fraction, self.seed, self.min_sites_per_round, self.validate_every
+        )
+        run = _Run(aggregator, evaluator, schedule, MetricsFile(Path(self.get_run_dir()) / METRICS_FILE), RunBook())
+        run.metrics.append({"run": self._header(sites, evaluator)})
         params = model.params
         previous: RoundRecord | None = None  # the last round, until its global model has been validated
         for round_index in range(self.num_rounds):
             if self.abort_signal.triggered:
                 return
-            started = time.perf_counter()
-            sampled = sample_sites(sites, self.sample_fraction, self.seed, round_index, self.min_sites_per_round)
-            validators = [site for site in sites if site not in sampled] if previous is not None and previous.validate else []
-            self.info(f"round {round_index}: training {sampled}" + (f", validating on {len(validators)} other sites" if validators else ""))
-            model = self._as_task_model(params, round_index, version=round_index)
-            aggregator.reset_stats()
-            aggregator.set_reference(model.params)
-            train_metrics: dict[str, dict[str, Any]] = {}
-
-            def on_train(result: FLModel) -> bool:
-                site = str(result.meta.get("client_name"))
-                train_metrics[site] = dict(result.meta.get(SITE_METRICS_KEY) or result.metrics or {})
-                train_metrics[site]["bytes_received"] = payload_bytes(result.params or {})
-                accepted = aggregator.accept_model(result)
-                result.params = None  # streaming: the update is in the running sums now
-                return accepted
-
-            self.send_model(task_name="train", data=model, targets=sampled, timeout=self.train_timeout, callback=on_train)
-            validations = self._send_validate(model, validators)
-            if previous is not None and evaluator is not None:
-                previous.global_eval = evaluator.evaluate(model.params)  # while the sites work
-            if not self._wait_for_tasks():
+            outcome = self._run_round(run, round_index, params, previous)
+            if outcome is None:
                 return
-            if previous is not None:
-                # The sampled sites evaluated the received model before training: their train metrics hold it.
-                evaluations = {**validations, **{s: m for s, m in train_metrics.items() if previous.validate}}
-                self._write_round(metrics, book.close_round(previous, evaluations, seconds=started - previous.started))
-            try:
-                params = aggregator.aggregate_model().params
-            except RuntimeError as error:
-                self.warning(f"round {round_index}: {error}; the global model is unchanged")
-            weights = dict(aggregator.last_weights)
-            for site in sampled:
-                if site not in train_metrics:
-                    aggregator.last_dropped.setdefault(site, "no result")
-                    weights.setdefault(site, 0.0)
-            for site in sorted(train_metrics):
-                metrics.append(book.site_train_line(round_index, site, train_metrics[site], weights.get(site, 0.0)))
-            self.save_model(self._as_task_model(params, round_index, version=round_index + 1))
-            previous = RoundRecord(
-                round=round_index,
-                started=started,
-                sampled=sampled,
-                weights=weights,
-                dropped=dict(aggregator.last_dropped),
-                bytes_sent=payload_bytes(model.params) * (len(sampled) + len(validators)),
-                bytes_received=sum(m["bytes_received"] for m in train_metrics.values()),
-                validate=validation_due(round_index, self.num_rounds, self.validate_every),
-            )
-        # The last global model: validated by every site in one broadcast while the server evaluates it.
+            params, previous = outcome
+        self._finish(run, params, previous)
+
+    def _run_round(
+        self, run: _Run, round_index: int, params: dict, previous: RoundRecord | None
+    ) -> tuple[dict, RoundRecord] | None:
+        """One broadcast: train the sampled sites, validate the others on the same model, aggregate.
+
+        Returns the new global weights and the round's record, or None when the run was aborted.
+        """
+        started = time.perf_counter()
+        broadcast = run.schedule.broadcast(round_index, previous)
+        validating = f", validating on {len(broadcast.validators)} other sites" if broadcast.validators else ""
+        self.info(f"round {round_index}: training {broadcast.sampled}{validating}")
+        model = self._as_task_model(params, round_index, version=round_index)
+        run.aggregator.reset_stats()
+        run.aggregator.set_reference(model.params)
+        train_metrics = self._send_train(model, broadcast.sampled, run.aggregator)
+        validations = self._send_validate(model, broadcast.validators)
+        if previous is not None and run.evaluator is not None:
+            previous.global_eval = run.evaluator.evaluate(model.params)  # while the sites work
+        if not self._wait_for_tasks():
+            return None
+        if previous is not None:
+            evaluations = run.schedule.evaluations(previous, validations, train_metrics)
+            self._write_round(run, previous, evaluations, seconds=started - previous.started)
+        try:
+            params = run.aggregator.aggregate_model().params
+        except RuntimeError as error:
+            self.warning(f"round {round_index}: {error}; the global model is unchanged")
+        record = run.schedule.record(
+            broadcast, started, run.aggregator.last_weights, run.aggregator.last_dropped,
+            payload_bytes(model.params), train_metrics,
+        )
+        for site in sorted(train_metrics):
+            run.metrics.append(run.book.site_train_line(round_index, site, train_metrics[site], record.weights.get(site, 0.0)))
+        self.save_model(self._as_task_model(params, round_index, version=round_index + 1))
+        return params, record
+
+    def _finish(self, run: _Run, params: dict, last: RoundRecord) -> None:
+        """The last global model: validated by every site in one broadcast while the server evaluates it."""
         model = self._as_task_model(params, self.num_rounds - 1, version=self.num_rounds)
-        validations = self._send_validate(model, sites if previous.validate else [])
-        previous.bytes_sent += payload_bytes(model.params) * (len(sites) if previous.validate else 0)
-        if evaluator is not None:
-            previous.global_eval = evaluator.evaluate(model.params)
+        validations = self._send_validate(model, run.schedule.final_broadcast(last, payload_bytes(model.params)))
+        if run.evaluator is not None:
+            last.global_eval = run.evaluator.evaluate(model.params)
         if not self._wait_for_tasks():
             return
-        self._write_round(metrics, book.close_round(previous, validations, seconds=time.perf_counter() - previous.started))
-        self.info(f"finished {self.num_rounds} rounds; metrics in {metrics.path}")
+        self._write_round(run, last, validations, seconds=time.perf_counter() - last.started)
+        self.info(f"finished {self.num_rounds} rounds; metrics in {run.metrics.path}")
+
+    def _send_train(self, model: FLModel, targets: list[str], aggregator: FedKPerAggregator) -> dict[str, dict[str, Any]]:
+        """Send ``train`` to ``targets`` without waiting; updates stream into ``aggregator`` as they arrive.
+
+        The returned dict fills with each site's metrics plus ``bytes_received`` (measured here).
+        """
+        train_metrics: dict[str, dict[str, Any]] = {}
+
+        def on_train(result: FLModel) -> bool:
+            site = str(result.meta.get("client_name"))
+            train_metrics[site] = dict(result.meta.get(SITE_METRICS_KEY) or result.metrics or {})
+            train_metrics[site]["bytes_received"] = payload_bytes(result.params or {})
+            accepted = aggregator.accept_model(result)
+            result.params = None  # streaming: the update is in the running sums now
+            return accepted
+
+        self.send_model(task_name="train", data=model, targets=targets, timeout=self.train_timeout, callback=on_train)
+        return train_metrics
 
     def _send_validate(self, model: FLModel, targets: list[str]) -> dict[str, dict[str, Any]]:
         """Send ``validate`` to ``targets`` without waiting; the returned dict fills with their metrics."""
@@ -204,10 +211,11 @@ class FedKPerController(ModelController):
             time.sleep(self._task_check_period)
         return not self.abort_signal.triggered
 
-    def _write_round(self, metrics: MetricsFile, lines: list[dict[str, Any]]) -> None:
+    def _write_round(self, run: _Run, record: RoundRecord, evaluations: dict, seconds: float) -> None:
         """Append a round's validate lines and round line (last), and log the round."""
+        lines = run.book.close_round(record, evaluations, seconds=seconds)
         for line in lines:
-            metrics.append(line)
+            run.metrics.append(line)
         self._log_round(lines[-1])
 
     def _as_task_model(self, params: dict, round_index: int, version: int) -> FLModel:

@@ -1,26 +1,14 @@
 """The run's ``metrics.jsonl``: one header line, one line per site result, one line per round.
 
-Schema (the report reads it; see README "Metrics"):
-
-- header: ``{"run": {algorithm, job, seed, num_rounds, num_sites, sample_fraction, num_classes,
-  class_names, network, started}}``
-- site line (``round`` and ``site``): ``task`` ("train" or "validate"), ``personalized_acc``,
-  ``personalized_balanced_acc``, ``global_on_local_acc``, ``nfr_personalized``, ``nfr_global_on_local``,
-  ``train_acc``, ``score``, ``weight`` (the weight the aggregator really used), ``num_samples``,
-  ``local_test_size``, ``train_seconds``, ``bytes_received``; a "validate" line carries only the
-  global-on-local fields, of the global model made in its ``round``. A train line's global-on-local
-  fields are of the model the site received (made in the round before).
-- round line (``round``, no ``site``): ``global_acc``, ``global_balanced_acc``, ``global_nfr``,
-  ``global_per_class_forgetting``, ``bwt``, ``mean_personalized_acc``, ``worst_personalized_acc``,
-  ``balanced_personalized_acc``, ``mean_nfr_personalized``, ``mean_nfr_global_on_local``,
-  ``sampled_sites``, ``aggregated_sites``, ``dropped_sites``, ``single_site_round``, ``seconds``,
-  ``bytes_sent``, ``bytes_received``.
+The fields of each line, and which site fields are left out and why, are in
+:mod:`fedkper_monai.metrics_schema` (the report reads the same tables).
 
 Order: the global model of round r is validated by all sites during round r + 1 (the sites sampled in
 r + 1 evaluate it before they train, FLARE's pre-train validation; the others get a validate task in the
 same broadcast) or, for the last round, in one final validate broadcast. So round r's validate lines and
 round line follow round r + 1's broadcast, before round r + 1's train lines. ``seconds`` of round r runs
-from its broadcast to round r + 1's (the last round: to the end of the run).
+from its broadcast to round r + 1's (the last round: to the end of the run). The schedule itself is
+:mod:`fedkper_monai.schedule`.
 
 This module is plain Python (no FLARE, no torch at import): :class:`RunBook` keeps the cross-round state (each site's latest
 personalized accuracy, its global-on-local accuracy right after it was last sampled) and builds the lines.
@@ -29,48 +17,23 @@ personalized accuracy, its global-on-local accuracy right after it was last samp
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from fedkper_monai import metrics_schema as schema
+from fedkper_monai.metrics_schema import METRICS_FILE
+from fedkper_monai.schedule import RoundRecord
+
 __all__ = ["METRICS_FILE", "RunBook", "RoundRecord", "MetricsFile", "SITE_TRAIN_FIELDS", "ROUND_FIELDS"]
 
-# The file the server writes into its run folder (the report layer spells the same name on its own).
-METRICS_FILE = "metrics.jsonl"
-
-SITE_TRAIN_FIELDS = (
-    "personalized_acc",
-    "personalized_balanced_acc",
-    "global_on_local_acc",
-    "nfr_personalized",
-    "nfr_global_on_local",
-    "train_acc",
-    "score",
-    "num_samples",
-    "local_test_size",
-    "train_seconds",
-)
-ROUND_FIELDS = (
-    "global_acc",
-    "global_balanced_acc",
-    "global_nfr",
-    "global_per_class_forgetting",
-    "bwt",
-    "mean_personalized_acc",
-    "worst_personalized_acc",
-    "balanced_personalized_acc",
-    "mean_nfr_personalized",
-    "mean_nfr_global_on_local",
-    "sampled_sites",
-    "aggregated_sites",
-    "dropped_sites",
-    "single_site_round",
-    "seconds",
-    "bytes_sent",
-    "bytes_received",
-)
+# Field names, in the order they are written (the tables, with meanings, are in metrics_schema).
+SITE_TRAIN_FIELDS = schema.names(schema.SITE_TRAIN_FIELDS)
+VALIDATE_FIELDS = schema.names(schema.VALIDATE_FIELDS)
+ROUND_FIELDS = schema.names(schema.ROUND_FIELDS)
+_LOG = logging.getLogger(__name__)
 # An aggregate is "carried by one site" when one weight is at least this share.
 _SINGLE_SITE_SHARE = 0.99
 
@@ -103,40 +66,36 @@ class MetricsFile:
             os.fsync(handle.fileno())
 
 
-@dataclass
-class RoundRecord:
-    """What the server keeps of round ``round`` until its global model has been validated by the sites.
-
-    ``validate``: whether all sites validate this round's global model (every ``validate_every`` rounds
-    and the last); ``global_eval``: the server's evaluation of it on the global test list, when done.
-    """
-
-    round: int
-    started: float
-    sampled: list[str]
-    weights: dict[str, float]
-    dropped: dict[str, str]
-    bytes_sent: int
-    bytes_received: int
-    validate: bool
-    global_eval: dict[str, Any] | None = field(default=None)
-
-
 class RunBook:
     """Cross-round bookkeeping for the round lines (personalized summary and BwT).
 
     - ``personalized``: each site's latest personalized accuracies (from its last train task).
     - ``after_last_sampled``: each site's global-on-local accuracy measured at the first validation at
       or after the round in which it was last sampled (exact when validation runs every round).
+
+    A site field the schema does not know is never written: it is logged once and dropped, or, with
+    ``strict`` (tests), raises :class:`~fedkper_monai.metrics_schema.UnknownSiteFieldError`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, strict: bool = False) -> None:
+        self.strict = bool(strict)
         self.personalized: dict[str, dict[str, float]] = {}
         self.after_last_sampled: dict[str, float] = {}
         self._awaiting_post_round_accuracy: set[str] = set()
+        self._reported_unknown: set[str] = set()
+
+    def _check_fields(self, site: str, metrics: Mapping[str, Any], task: str | None) -> None:
+        if self.strict:
+            schema.check_site_fields(metrics, task)
+            return
+        unknown = [name for name in schema.unknown_site_fields(metrics, task) if name not in self._reported_unknown]
+        if unknown:
+            self._reported_unknown.update(unknown)
+            _LOG.warning("%s sent metrics the schema does not know, not written: %s", site, unknown)
 
     def site_train_line(self, round_index: int, site: str, metrics: Mapping[str, Any], weight: float) -> dict[str, Any]:
         """The metrics line of one site's train result; also records its personalized accuracy."""
+        self._check_fields(site, metrics, "train")
         line: dict[str, Any] = {"round": round_index, "site": site, "task": "train"}
         line.update({field: metrics.get(field) for field in SITE_TRAIN_FIELDS})
         line["weight"] = float(weight)
@@ -154,16 +113,15 @@ class RunBook:
         self._awaiting_post_round_accuracy.update(sites)
 
     def site_validate_line(self, round_index: int, site: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
-        """The metrics line of one site's global-on-local validation."""
-        accuracy = metrics.get("global_on_local_acc")
-        return {
-            "round": round_index,
-            "site": site,
-            "task": "validate",
-            "global_on_local_acc": accuracy,
-            "nfr_global_on_local": metrics.get("nfr_global_on_local"),
-            "local_test_size": metrics.get("local_test_size"),
-        }
+        """The metrics line of one site's global-on-local validation.
+
+        ``metrics`` is a validate result or a train result (which holds its pre-train validation), so
+        any field a site task sends is accepted here.
+        """
+        self._check_fields(site, metrics, None)
+        line: dict[str, Any] = {"round": round_index, "site": site, "task": "validate"}
+        line.update({field: metrics.get(field) for field in VALIDATE_FIELDS})
+        return line
 
     def backward_transfer(self, current: Mapping[str, float]) -> float | None:
         """BwT over sites sampled before; ``current`` is this validation's global-on-local accuracy per site.

@@ -1,0 +1,187 @@
+"""The one schema of a run's ``metrics.jsonl``: its lines, their fields, and what becomes of each site field.
+
+The server writer (:mod:`fedkper_monai.flare.metrics`) builds its lines from these tables and the report
+(:mod:`fedkper_monai.report.runs`) checks types from them. Standard library only: the CLI, the report
+and the schedule import it without torch or FLARE.
+
+Lines, in the order the writer puts their fields:
+
+- header: ``{"run": {HEADER_FIELDS}}`` (first line);
+- train line: ``round``, ``site``, ``task`` ("train"), :data:`SITE_TRAIN_FIELDS` (as the site sent them),
+  then :data:`SERVER_TRAIN_FIELDS`; its global-on-local fields are of the model the site received;
+- validate line: ``round``, ``site``, ``task`` ("validate"), :data:`VALIDATE_FIELDS`, of the global model
+  made in its ``round``;
+- round line: ``round`` (no ``site``), :data:`ROUND_FIELDS`.
+
+Every field a site sends is written (a line above) or dropped by name in :data:`DROPPED_SITE_FIELDS`,
+with the reason. To add a metric: compute it at the site, add it to one of these tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+__all__ = [
+    "METRICS_FILE",
+    "NUMBER",
+    "NUMBER_LIST",
+    "BOOLEAN",
+    "UNCHECKED",
+    "MetricField",
+    "HEADER_FIELDS",
+    "SITE_TRAIN_FIELDS",
+    "SERVER_TRAIN_FIELDS",
+    "VALIDATE_FIELDS",
+    "ROUND_FIELDS",
+    "DROPPED_SITE_FIELDS",
+    "UnknownSiteFieldError",
+    "names",
+    "site_line_kinds",
+    "round_line_kinds",
+    "unknown_site_fields",
+    "check_site_fields",
+]
+
+# The file the server writes into its run folder and the report looks for.
+METRICS_FILE = "metrics.jsonl"
+
+# Value kinds the report checks (a string where a number belongs would silently make a wrong mean).
+NUMBER = "number"  # int or float (not bool), or null
+NUMBER_LIST = "number list"  # a list of numbers or nulls, or null
+BOOLEAN = "boolean"  # true, false or null
+UNCHECKED = "unchecked"  # ids, names, site lists: the report reads them as they are
+
+
+@dataclass(frozen=True)
+class MetricField:
+    """One field of a line: its name, the kind of value the report checks, and what it means."""
+
+    name: str
+    kind: str
+    meaning: str
+
+
+HEADER_FIELDS: tuple[MetricField, ...] = (
+    MetricField("algorithm", UNCHECKED, "the algorithm's registry name"),
+    MetricField("job", UNCHECKED, "FLARE's job id"),
+    MetricField("seed", UNCHECKED, "seed of site sampling (and, by the job, of partition and initialization)"),
+    MetricField("num_rounds", UNCHECKED, "FL rounds of the run"),
+    MetricField("num_sites", UNCHECKED, "number of sites connected"),
+    MetricField("sites", UNCHECKED, "the site names, sorted"),
+    MetricField("sample_fraction", UNCHECKED, "share of sites trained per round"),
+    MetricField("num_classes", UNCHECKED, "classes of the network (null when the persistor does not say)"),
+    MetricField("class_names", UNCHECKED, "class names of the global test list (null without one)"),
+    MetricField("network", UNCHECKED, "the network's name"),
+    MetricField("started", UNCHECKED, "UTC start time, ISO 8601"),
+)
+
+# Sent by a site in a train result and written into its train line, in this order.
+SITE_TRAIN_FIELDS: tuple[MetricField, ...] = (
+    MetricField("personalized_acc", NUMBER, "the site's local model on its local test split"),
+    MetricField("personalized_balanced_acc", NUMBER, "the same, mean of per-class recalls"),
+    MetricField("global_on_local_acc", NUMBER, "the received global model on the local test split"),
+    MetricField("nfr_personalized", NUMBER, "negative flip rate of the local model since its previous evaluation"),
+    MetricField("nfr_global_on_local", NUMBER, "negative flip rate of the global model on the local test split"),
+    MetricField("train_acc", NUMBER, "the local model on the site's training split (the score's reliability)"),
+    MetricField("score", NUMBER, "the site's FedKPer score (its aggregation weight before normalization)"),
+    MetricField("num_samples", NUMBER, "training samples of the site"),
+    MetricField("local_test_size", NUMBER, "samples of the local test split"),
+    MetricField("train_seconds", NUMBER, "wall time of the local training"),
+)
+# Added by the server to each train line, after the site's fields.
+SERVER_TRAIN_FIELDS: tuple[MetricField, ...] = (
+    MetricField("weight", NUMBER, "the weight the aggregator really used (0 for a dropped update)"),
+    MetricField("bytes_received", NUMBER, "bytes of the update the server received (measured by the server)"),
+)
+# Sent by a site in a validate result (and inside a train result) and written into its validate line.
+VALIDATE_FIELDS: tuple[MetricField, ...] = (
+    MetricField("global_on_local_acc", NUMBER, "the round's global model on the local test split"),
+    MetricField("nfr_global_on_local", NUMBER, "its negative flip rate on that split"),
+    MetricField("local_test_size", NUMBER, "samples of the local test split"),
+)
+ROUND_FIELDS: tuple[MetricField, ...] = (
+    MetricField("global_acc", NUMBER, "the round's global model on the global test set"),
+    MetricField("global_balanced_acc", NUMBER, "the same, mean of per-class recalls"),
+    MetricField("global_nfr", NUMBER, "negative flip rate of the global model on the global test set"),
+    MetricField("global_per_class_forgetting", NUMBER_LIST, "per class: share of its samples that flipped to wrong"),
+    MetricField("bwt", NUMBER, "backward transfer (DESIGN section 2); null on rounds without validation"),
+    MetricField("mean_personalized_acc", NUMBER, "mean over every site trained so far of its latest personalized acc"),
+    MetricField("worst_personalized_acc", NUMBER, "the lowest of those"),
+    MetricField("balanced_personalized_acc", NUMBER, "mean of their class-balanced personalized accuracies"),
+    MetricField("mean_nfr_personalized", NUMBER, "mean of their latest personalized NFR"),
+    MetricField("mean_nfr_global_on_local", NUMBER, "mean over validating sites of the global-on-local NFR"),
+    MetricField("sampled_sites", UNCHECKED, "sites sent the train task"),
+    MetricField("aggregated_sites", UNCHECKED, "sites whose update went into the aggregate"),
+    MetricField("dropped_sites", UNCHECKED, "site -> why its update was not aggregated"),
+    MetricField("single_site_round", BOOLEAN, "one site carried at least 99% of the aggregate"),
+    MetricField("seconds", NUMBER, "wall time from this round's broadcast to the next one's (the last: to the end)"),
+    MetricField("bytes_sent", NUMBER, "bytes of global weights the server sent for this round's model"),
+    MetricField("bytes_received", NUMBER, "bytes of the updates the server received in this round"),
+)
+
+_STRATEGY_DIAGNOSTIC = "a loss-term mean of the local objective, for the site's own logs; no report compares it"
+# Site fields that metrics.jsonl leaves out on purpose; the file keeps its fields as before (issue 9).
+DROPPED_SITE_FIELDS: Mapping[str, str] = {
+    "global_on_local_balanced_acc": "not in metrics.jsonl before the schema existed; written only when a report needs it",
+    "train_loss": "the site's mean training loss; logged in the site's TensorBoard, no report reads it",
+    "lr": "follows from the job's lr, lr_gamma and the round; no report reads it",
+    "strategy_ce": _STRATEGY_DIAGNOSTIC,
+    "strategy_kl": _STRATEGY_DIAGNOSTIC,
+    "strategy_beta": _STRATEGY_DIAGNOSTIC,
+    "strategy_proximal": _STRATEGY_DIAGNOSTIC,
+    "strategy_ntd": _STRATEGY_DIAGNOSTIC,
+}
+
+
+def names(fields: tuple[MetricField, ...]) -> tuple[str, ...]:
+    """The field names of a table, in order."""
+    return tuple(item.name for item in fields)
+
+
+def site_line_kinds() -> dict[str, str]:
+    """Name -> kind of every field of a site line (train or validate)."""
+    return {item.name: item.kind for item in SITE_TRAIN_FIELDS + SERVER_TRAIN_FIELDS + VALIDATE_FIELDS}
+
+
+def round_line_kinds() -> dict[str, str]:
+    """Name -> kind of every field of a round line."""
+    return {item.name: item.kind for item in ROUND_FIELDS}
+
+
+# What a site's train result may carry: its train-line fields, bytes_received (the controller measures
+# it and the learner reports the same figure), the global-on-local fields of its pre-train validation,
+# and the dropped fields.
+_SENT_BY_TRAIN = frozenset(names(SITE_TRAIN_FIELDS) + names(VALIDATE_FIELDS) + ("bytes_received",)) | set(DROPPED_SITE_FIELDS)
+_SENT_BY_VALIDATE = frozenset(names(VALIDATE_FIELDS) + ("global_on_local_balanced_acc",))
+
+
+class UnknownSiteFieldError(ValueError):
+    """A site sent a metric the schema neither writes nor drops by name."""
+
+
+def unknown_site_fields(metrics: Mapping[str, object], task: str | None = None) -> list[str]:
+    """The names in ``metrics`` that the schema does not know, sorted.
+
+    Args:
+        metrics: the metrics of one site result.
+        task: ``"train"`` or ``"validate"`` to check against what that task sends; ``None`` accepts
+            any field that some site task sends (a train result also carries the validation fields).
+    """
+    allowed = {"train": _SENT_BY_TRAIN, "validate": _SENT_BY_VALIDATE, None: _SENT_BY_TRAIN}.get(task)
+    if allowed is None:
+        raise ValueError(f"task must be 'train', 'validate' or None, got {task!r}")
+    return sorted(name for name in metrics if name not in allowed)
+
+
+def check_site_fields(metrics: Mapping[str, object], task: str | None = None) -> None:
+    """Raise :class:`UnknownSiteFieldError` naming every field the schema does not know (tests call it).
+
+    A new site metric must be added to a table here: written, or dropped by name with its reason.
+    """
+    unknown = unknown_site_fields(metrics, task)
+    if unknown:
+        raise UnknownSiteFieldError(
+            f"site metrics {unknown} are neither written nor dropped by fedkper_monai.metrics_schema; "
+            "add each to a line's fields or to DROPPED_SITE_FIELDS with its reason"
+        )
