@@ -1,31 +1,18 @@
-"""Read one run's ``metrics.jsonl`` (written by the FLARE server) and reduce it to comparable numbers.
+"""Reduce loaded runs (:mod:`fedkper_monai.report.runs`) to comparable numbers: summaries, series, checks.
 
-The file holds one JSON object per line (schema: issue 4 / DESIGN section 2):
-
-- a run header ``{"run": {"algorithm": ..., "seed": ..., "class_names": [...], ...}}`` (first line);
-- site lines (keys ``round`` and ``site``): one per site and task (``train`` or ``validate``) per round;
-- round lines (key ``round``, no ``site``): one per round, rounds are 0-based.
-
-Reading is tolerant of missing optional fields (absent or ``null``) and of unknown extra fields or
-line kinds (the writer may grow), and strict about what would make the numbers wrong: malformed JSON,
-a non-object line, a round that is not a non-negative integer or a metric of the wrong type each raise
-:class:`~fedkper_monai.errors.DataError` naming the file and the line.
-
-Only the standard library is used here, so loading and summarizing never pulls in matplotlib.
+The loading names are re-exported here for callers that import them from this module.
+Only the standard library is used here, so summarizing never pulls in matplotlib.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import statistics
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from fedkper_monai.errors import DataError
+from fedkper_monai.report.runs import METRICS_FILE_NAME, RunMetrics, find_metrics_file, load_run, load_runs
 
 __all__ = [
     "METRICS_FILE_NAME",
@@ -43,19 +30,6 @@ __all__ = [
     "sampling_mismatches",
     "site_sort_key",
 ]
-
-METRICS_FILE_NAME = "metrics.jsonl"
-
-# Fields checked for type when present and not null: a string where a number belongs would silently
-# turn into a wrong mean, so it is an error naming the line.
-_NUMBER_FIELDS = (
-    "personalized_acc", "personalized_balanced_acc", "global_on_local_acc", "nfr_personalized",
-    "nfr_global_on_local", "train_acc", "score", "weight", "num_samples", "local_test_size",
-    "train_seconds", "bytes_received", "global_acc", "global_balanced_acc", "global_nfr", "bwt",
-    "mean_personalized_acc", "worst_personalized_acc", "balanced_personalized_acc",
-    "mean_nfr_personalized", "mean_nfr_global_on_local", "seconds", "bytes_sent",
-)
-_NUMBER_LIST_FIELDS = ("per_class_forgetting_personalized", "global_per_class_forgetting")
 
 
 @dataclass(frozen=True)
@@ -100,204 +74,6 @@ SUMMARY_COLUMNS: tuple[SummaryColumn, ...] = (
     SummaryColumn("single_site_round_fraction", "single-site rounds", ".2f",
                   "share of rounds in which one site effectively carried the whole aggregate"),
 )
-
-
-@dataclass(frozen=True)
-class RunMetrics:
-    """Everything one run's ``metrics.jsonl`` says.
-
-    Attributes:
-        run_dir: the folder the user named.
-        metrics_path: the ``metrics.jsonl`` found in it.
-        label: the name this run goes by in tables and plots (the folder name by default).
-        header: the ``"run"`` object of the header line (empty when the file has none).
-        site_rows: site lines in file order.
-        round_rows: round lines sorted by round, one per round (a repeated round keeps its last line,
-            as a resumed server re-writes it).
-    """
-
-    run_dir: Path
-    metrics_path: Path
-    label: str
-    header: dict[str, Any] = field(default_factory=dict)
-    site_rows: list[dict[str, Any]] = field(default_factory=list)
-    round_rows: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def algorithm(self) -> str:
-        """The algorithm in the header, else the run folder's name."""
-        name = self.header.get("algorithm")
-        return str(name) if name not in (None, "") else self.run_dir.name
-
-    @property
-    def seed(self) -> int | None:
-        """The header's seed (``None`` when absent)."""
-        return self.header.get("seed")
-
-    @property
-    def class_names(self) -> list[str]:
-        """Class names from the header; ``class <i>`` for any the header leaves out."""
-        names = list(self.header.get("class_names") or [])
-        count = max(len(names), int(self.header.get("num_classes") or 0), self._max_forgetting_length())
-        return [str(names[i]) if i < len(names) else f"class {i}" for i in range(count)]
-
-    def _max_forgetting_length(self) -> int:
-        lengths = [len(row.get("global_per_class_forgetting") or []) for row in self.round_rows]
-        return max(lengths, default=0)
-
-
-def find_metrics_file(run_dir: str | os.PathLike) -> Path:
-    """Find the one ``metrics.jsonl`` at or anywhere below ``run_dir``.
-
-    FLARE workspaces nest it (``RUN_DIR/server/simulate_job/app_server/metrics.jsonl``), so the search
-    is recursive. ``run_dir`` may also be the ``metrics.jsonl`` file itself.
-
-    Raises:
-        DataError: ``run_dir`` does not exist, holds no ``metrics.jsonl``, or holds several.
-    """
-    root = Path(run_dir)
-    if root.is_file():
-        if root.name == METRICS_FILE_NAME:
-            return root
-        raise DataError(root, f"expected a run folder or a {METRICS_FILE_NAME} file")
-    if not root.is_dir():
-        raise DataError(root, "run folder not found")
-    found = sorted(path for path in root.rglob(METRICS_FILE_NAME) if path.is_file())
-    if not found:
-        raise DataError(root, f"no {METRICS_FILE_NAME} found in this run folder or below it "
-                              "(is it a finished FLARE run folder?)")
-    if len(found) > 1:
-        listed = ", ".join(str(path.relative_to(root)) for path in found)
-        raise DataError(root, f"{len(found)} {METRICS_FILE_NAME} files found below it ({listed}); "
-                              "pass each run's own folder")
-    return found[0]
-
-
-def _check_types(path: Path, line_number: int, row: Mapping[str, Any]) -> None:
-    where = f"line {line_number}"
-    round_index = row.get("round")
-    if isinstance(round_index, bool) or not isinstance(round_index, int) or round_index < 0:
-        raise DataError(path, f"'round' must be a non-negative integer, got {round_index!r}", field=f"{where}.round")
-    for key in _NUMBER_FIELDS:
-        value = row.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise DataError(path, f"expected a number or null, got {value!r}", field=f"{where}.{key}")
-    for key in _NUMBER_LIST_FIELDS:
-        value = row.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, list) or any(
-            item is not None and (isinstance(item, bool) or not isinstance(item, (int, float))) for item in value
-        ):
-            raise DataError(path, f"expected a list of numbers or null, got {value!r}", field=f"{where}.{key}")
-    single = row.get("single_site_round")
-    if single is not None and not isinstance(single, bool):
-        raise DataError(path, f"expected true, false or null, got {single!r}", field=f"{where}.single_site_round")
-
-
-def _default_label(root: Path) -> str:
-    """The run folder's name; for ``compare``'s ``RUNS/<algorithm>/seed<k>`` layout, the algorithm's folder."""
-    resolved = root.resolve()
-    return resolved.parent.name if re.fullmatch(r"seed\d+", resolved.name) else resolved.name
-
-
-def load_run(run_dir: str | os.PathLike, *, label: str | None = None) -> RunMetrics:
-    """Load one run.
-
-    Args:
-        run_dir: the run folder (searched recursively for ``metrics.jsonl``) or the file itself.
-        label: the run's name in tables and plots; defaults to the run folder's name (its parent's for a
-            ``compare`` folder ``<algorithm>/seed<k>``).
-
-    Returns:
-        The run's header, site rows and round rows.
-
-    Raises:
-        DataError: no single metrics file, an empty file, malformed JSON, a line that is not an
-            object, two headers naming different algorithms, or a field of the wrong type; the message
-            names the file and the line number.
-    """
-    metrics_path = find_metrics_file(run_dir)
-    root = Path(run_dir)
-    if root.is_file():
-        root = root.parent
-    header: dict[str, Any] | None = None
-    site_rows: list[dict[str, Any]] = []
-    rounds: dict[int, dict[str, Any]] = {}
-    with metrics_path.open("r", encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(metrics_path, f"malformed JSON: {error.msg} (column {error.colno})",
-                                field=f"line {line_number}") from None
-            if not isinstance(row, dict):
-                raise DataError(metrics_path, f"expected a JSON object, got {type(row).__name__}",
-                                field=f"line {line_number}")
-            if "run" in row:
-                run_header = row["run"]
-                if not isinstance(run_header, dict):
-                    raise DataError(metrics_path, "the run header must be an object", field=f"line {line_number}.run")
-                if header is None:
-                    header = run_header
-                elif run_header.get("algorithm") != header.get("algorithm"):
-                    # A resumed server may repeat its header; two algorithms mean two runs in one file.
-                    raise DataError(metrics_path, f"a second run header names algorithm "
-                                                  f"{run_header.get('algorithm')!r} after {header.get('algorithm')!r}",
-                                    field=f"line {line_number}.run")
-                continue
-            if "round" not in row:
-                continue  # a line kind this reader does not know: tolerated
-            _check_types(metrics_path, line_number, row)
-            if "site" in row:
-                site_rows.append(row)
-            else:
-                rounds[row["round"]] = row
-    if header is None and not site_rows and not rounds:
-        raise DataError(metrics_path, "the metrics file holds no run header and no metrics")
-    return RunMetrics(
-        run_dir=root,
-        metrics_path=metrics_path,
-        label=label or _default_label(root),
-        header=dict(header or {}),
-        site_rows=site_rows,
-        round_rows=[rounds[index] for index in sorted(rounds)],
-    )
-
-
-def load_runs(run_dirs: Iterable[str | os.PathLike]) -> list[RunMetrics]:
-    """Load several runs and give each a unique label.
-
-    Labels are folder names; where two runs share one (``seed0/fedkper``, ``seed1/fedkper``) the seed
-    is appended (``fedkper@seed1``), and a counter where even that is not enough.
-
-    Raises:
-        DataError: as :func:`load_run`, or the same metrics file given twice.
-    """
-    runs = [load_run(run_dir) for run_dir in run_dirs]
-    seen: dict[Path, Path] = {}
-    for run in runs:
-        key = run.metrics_path.resolve()
-        if key in seen:
-            raise DataError(run.run_dir, f"the same run is given twice (also as {seen[key]})")
-        seen[key] = run.run_dir
-    names = [run.label for run in runs]
-    labels = [
-        f"{run.label}@seed{run.seed}" if names.count(run.label) > 1 and run.seed is not None else run.label
-        for run in runs
-    ]
-    unique: list[str] = []
-    for label in labels:
-        candidate, counter = label, 2
-        while candidate in unique:
-            candidate, counter = f"{label}#{counter}", counter + 1
-        unique.append(candidate)
-    return [
-        RunMetrics(run.run_dir, run.metrics_path, label, run.header, run.site_rows, run.round_rows)
-        for run, label in zip(runs, unique)
-    ]
 
 
 def _numbers(values: Iterable[Any]) -> list[float]:

@@ -147,8 +147,10 @@ def test_malformed_json_names_file_and_line(tmp_path, write_jsonl):
 @pytest.mark.parametrize("line, field", [
     ({"round": 0, "global_acc": "0.5"}, "line 2.global_acc"),
     ({"round": -1, "global_acc": 0.5}, "line 2.round"),
-    ({"round": 0, "site": "site-1", "per_class_forgetting_personalized": ["a"]},
-     "line 2.per_class_forgetting_personalized"),
+    ({"round": 0, "site": "site-1", "nfr_personalized": "0.1"}, "line 2.nfr_personalized"),
+    ({"round": 0, "site": "site-1", "task": "validate", "local_test_size": True}, "line 2.local_test_size"),
+    ({"round": 0, "global_per_class_forgetting": [0.0, "a"]}, "line 2.global_per_class_forgetting"),
+    ({"round": 0, "single_site_round": 1}, "line 2.single_site_round"),
     ([1, 2, 3], "line 2"),
 ])
 def test_wrong_types_name_the_line_and_field(tmp_path, line, field, write_jsonl):
