@@ -1,0 +1,37 @@
+"""GlobalEvaluator on the real RetinaMNIST global test list: its flip memory spans evaluations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedkper_monai.flare.evaluator import GlobalEvaluator
+from fedkper_monai.flare.weights import to_numpy
+from fedkper_monai.training import build_network
+
+
+def _always_predicts(network: dict, label: int) -> dict[str, np.ndarray]:
+    """Weights whose logits are the classifier bias alone: every sample is put in class ``label``."""
+    torch.manual_seed(0)
+    params = to_numpy(build_network(**network).state_dict())
+    params["classifier.weight"] = np.zeros_like(params["classifier.weight"])
+    bias = np.zeros_like(params["classifier.bias"])
+    bias[label] = 1.0
+    params["classifier.bias"] = bias
+    return params
+
+
+def test_global_nfr_counts_flips_since_the_previous_evaluation(retina_federation, retina_network):
+    evaluator = GlobalEvaluator(network=retina_network, data_root=str(retina_federation), device="cpu")
+    first = evaluator.evaluate(_always_predicts(retina_network, 0))
+    assert first is not None and first["nfr"] == 0.0, "nothing to flip from at the first evaluation"
+    share_of_class_0 = first["accuracy"]
+    assert share_of_class_0 > 0
+    # Every sample of class 0 was right and is now wrong; the others were wrong already.
+    second = evaluator.evaluate(_always_predicts(retina_network, 1))
+    assert second["nfr"] == pytest.approx(share_of_class_0)
+    assert second["per_class_forgetting"][0] == pytest.approx(1.0)
+    assert second["per_class_forgetting"][1] == pytest.approx(0.0)
+    # The same model again: nothing flips.
+    assert evaluator.evaluate(_always_predicts(retina_network, 1))["nfr"] == 0.0
