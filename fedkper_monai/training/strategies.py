@@ -17,8 +17,12 @@ Flags tell the caller what a strategy needs:
 - ``personal_model``: the site keeps a personalized model across rounds, trained with this strategy, and
   uploads a separate copy of the received model trained with plain cross-entropy (Ditto).
 
-To add an objective: subclass :class:`LocalStrategy`, set ``name`` and the flags, implement :meth:`loss`
-(call :meth:`_record` for diagnostics) and register the class in ``_STRATEGIES``.
+The parameters' defaults and the site-model flags (``federated``, ``personal_model``) are facts of the
+algorithm registry (:mod:`fedkper_monai.algorithm_registry`): the entry named after a strategy holds them.
+
+To add an objective: subclass :class:`LocalStrategy`, set ``name`` and the teacher flags, implement
+:meth:`loss` (call :meth:`_record` for diagnostics), register the class in ``_STRATEGIES`` and add its line
+to the registry.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedkper_monai.algorithm import KnowledgePersonalizationLoss, NotTrueDistillationLoss, proximal_term
+from fedkper_monai.algorithm_registry import get_algorithm, strategy_defaults
 
 __all__ = [
     "LocalStrategy",
@@ -50,7 +55,7 @@ class LocalStrategy:
     """Base of the local objectives: per-round state, the per-batch loss and diagnostics.
 
     Subclasses set ``name`` (the key used by :func:`make_strategy`) and ``uses_teacher`` and implement
-    :meth:`loss`.
+    :meth:`loss`; ``federated`` and ``personal_model`` follow the registry entry called ``name``.
     """
 
     name: ClassVar[str] = "base"
@@ -58,6 +63,12 @@ class LocalStrategy:
     needs_global_model: ClassVar[bool] = False
     federated: ClassVar[bool] = True
     personal_model: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        site_model = get_algorithm(cls.name).site_model
+        cls.federated = site_model != "own"
+        cls.personal_model = site_model == "personal"
 
     def __init__(self) -> None:
         self._sums: dict[str, float] = {}
@@ -120,16 +131,19 @@ class FedAvgStrategy(LocalStrategy):
         return ce
 
 
+_FEDPROX = strategy_defaults("fedprox")
+
+
 class FedProxStrategy(LocalStrategy):
     """FedProx: cross-entropy + ``mu / 2 * ||w - w_g||^2`` to the round's received global weights.
 
     Args:
-        mu: proximal weight, >= 0 (0 is FedAvg).
+        mu: proximal weight, >= 0 (0 is FedAvg). Default: the registry's.
     """
 
     name: ClassVar[str] = "fedprox"
 
-    def __init__(self, mu: float = 0.01) -> None:
+    def __init__(self, mu: float = _FEDPROX["mu"]) -> None:
         super().__init__()
         if mu < 0:
             raise ValueError(f"mu must be >= 0, got {mu}")
@@ -151,19 +165,24 @@ class FedProxStrategy(LocalStrategy):
         return ce + proximal
 
 
+_FEDNTD = strategy_defaults("fedntd")
+
+
 class FedNTDStrategy(LocalStrategy):
     """FedNTD: cross-entropy + ``beta`` * not-true distillation from the frozen global model.
 
     Args:
         tau: softmax temperature.
         beta: weight of the not-true distillation term.
+
+    Defaults: the registry's.
     """
 
     name: ClassVar[str] = "fedntd"
     uses_teacher: ClassVar[bool] = True
     needs_global_model: ClassVar[bool] = True
 
-    def __init__(self, tau: float = 1.0, beta: float = 1.0) -> None:
+    def __init__(self, tau: float = _FEDNTD["tau"], beta: float = _FEDNTD["beta"]) -> None:
         super().__init__()
         self.tau = float(tau)
         self.beta = float(beta)
@@ -175,6 +194,9 @@ class FedNTDStrategy(LocalStrategy):
         return loss
 
 
+_FEDKPER = strategy_defaults("fedkper")
+
+
 class FedKPerStrategy(LocalStrategy):
     """FedKPer: ``ce + beta * kl`` with ``beta = min(1 / CE(teacher), lambda_max)`` per batch (DESIGN section 1).
 
@@ -182,14 +204,15 @@ class FedKPerStrategy(LocalStrategy):
         tau: softmax temperature of the KL term.
         lambda_max: upper bound of ``beta``.
 
-    ``stats()`` gives the round means of ``ce``, ``kl`` and ``beta``.
+    Defaults: the registry's (the paper's tau = 1, lambda_max = 10). ``stats()`` gives the round means of
+    ``ce``, ``kl`` and ``beta``.
     """
 
     name: ClassVar[str] = "fedkper"
     uses_teacher: ClassVar[bool] = True
     needs_global_model: ClassVar[bool] = True
 
-    def __init__(self, tau: float = 1.0, lambda_max: float = 10.0) -> None:
+    def __init__(self, tau: float = _FEDKPER["tau"], lambda_max: float = _FEDKPER["lambda_max"]) -> None:
         super().__init__()
         self.tau = float(tau)
         self.lambda_max = float(lambda_max)
@@ -201,6 +224,9 @@ class FedKPerStrategy(LocalStrategy):
         return loss
 
 
+_DITTO = strategy_defaults("ditto")
+
+
 class DittoStrategy(FedProxStrategy):
     """Ditto (Li et al., ICML 2021): the site's personalized model ``v`` minimizes
     ``CE(v) + mu / 2 * ||v - w_g||^2`` with ``w_g`` the round's received global weights; the global update is
@@ -208,14 +234,13 @@ class DittoStrategy(FedProxStrategy):
 
     Args:
         mu: the paper's lambda, the pull of the personalized model towards the global one (>= 0; 0 is
-            Local-only training of the personalized model). Default 0.1, inside the paper's tuned range.
+            Local-only training of the personalized model). Default: the registry's (1, as the authors' runs).
     """
 
     name: ClassVar[str] = "ditto"
     needs_global_model: ClassVar[bool] = True
-    personal_model: ClassVar[bool] = True
 
-    def __init__(self, mu: float = 0.1) -> None:
+    def __init__(self, mu: float = _DITTO["mu"]) -> None:
         super().__init__(mu=mu)
 
 
@@ -223,7 +248,6 @@ class LocalOnlyStrategy(FedAvgStrategy):
     """Local-only training: cross-entropy on the site's own model, which never takes the global weights."""
 
     name: ClassVar[str] = "local"
-    federated: ClassVar[bool] = False
 
 
 def _diagnostics(criterion: nn.Module, names: tuple[str, ...]) -> dict[str, float]:

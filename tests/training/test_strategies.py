@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
 import torch
 
+from fedkper_monai.algorithm_registry import ALGORITHMS, strategy_defaults
 from fedkper_monai.training import (
     STRATEGY_NAMES,
     FedAvgStrategy,
@@ -148,6 +150,30 @@ def test_make_strategy_builds_every_name_with_parameters():
     assert repr(kper) == "FedKPerStrategy(tau=2.0, lambda_max=5.0)"
 
 
+def test_strategies_are_exactly_the_registry_strategies():
+    assert set(STRATEGY_NAMES) == {algorithm.strategy for algorithm in ALGORITHMS.values()}
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_defaults_and_flags_of_a_strategy_are_its_registry_entry(name):
+    """The constructor's defaults are the registry's parameters (same keys, same values), and the site-model
+    flags the learner reads follow the registry's site_model."""
+    strategy = make_strategy(name)
+    assert strategy.params() == strategy_defaults(name) == dict(ALGORITHMS[name].params)
+    signature = inspect.signature(type(strategy).__init__).parameters
+    assert {key: p.default for key, p in signature.items() if key != "self"} == strategy_defaults(name)
+    site_model = ALGORITHMS[name].site_model
+    assert (strategy.federated, strategy.personal_model) == (site_model != "own", site_model == "personal")
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_registered_algorithm_builds_its_strategy_with_its_parameters(name):
+    algorithm = ALGORITHMS[name]
+    strategy = make_strategy(algorithm.strategy, **algorithm.params)
+    assert strategy.params() == dict(algorithm.params)
+    assert (strategy.federated and not strategy.personal_model) == (not algorithm.keeps_site_model)
+
+
 def test_make_strategy_rejects_unknown_name_and_parameter():
     with pytest.raises(ValueError, match="unknown strategy 'scaffold'.*fedavg, fedprox, fedntd, fedkper, ditto, local"):
         make_strategy("scaffold")
@@ -173,7 +199,7 @@ def test_ditto_objective_by_hand():
     logits = model(torch.eye(3)[:2])
     expected = cross_entropy_by_hand(logits.detach(), TARGETS) + 0.4 / 2 * (0.5**2 + 0.2**2)
     assert strategy.loss(logits, TARGETS, None, model).item() == pytest.approx(expected, rel=1e-5)
-    assert make_strategy("ditto").mu == 0.1
+    assert make_strategy("ditto").mu == strategy_defaults("ditto")["mu"] == 1.0
 
 
 def test_local_only_is_cross_entropy_without_federation():
