@@ -1,11 +1,14 @@
 """FLARE job folders as data: one function builds every job of ``jobs/`` and the variants ``compare`` runs.
 
 The committed folders in ``jobs/`` are written by ``python -m fedkper_monai.flare.jobspec jobs`` and a
-test checks that they match, so the jobs never drift apart in the settings they share.
+test checks that they match, so the jobs never drift apart in the settings they share. What an algorithm
+sets in a job (the learner's strategy and parameters, the aggregator's weighting, the controller's label)
+comes from the algorithm registry, :mod:`fedkper_monai.algorithm_registry`, through :func:`set_algorithm`.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import sys
@@ -13,21 +16,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedkper_monai.algorithm_registry import Algorithm, get_algorithm
+from fedkper_monai.errors import DataError, FedKPerError
 from fedkper_monai.io import atomic_write_json
 
-__all__ = ["JobSettings", "job_configs", "write_job", "STANDARD_JOBS", "load_job", "save_job_configs"]
+__all__ = [
+    "JobSettings",
+    "job_configs",
+    "job_component",
+    "set_algorithm",
+    "write_job",
+    "STANDARD_JOBS",
+    "load_job",
+    "save_job_configs",
+]
 
 _PKG = "fedkper_monai.flare"
 
 
 @dataclass
 class JobSettings:
-    """Everything that differs between our jobs; defaults are the paper's setting (DESIGN §1)."""
+    """Everything that differs between our jobs; defaults are the paper's setting (DESIGN §1).
+
+    ``algorithm`` names an entry of the algorithm registry, which decides the local strategy, its
+    parameters and the aggregation weighting.
+    """
 
     name: str
     algorithm: str = "fedkper"
-    algorithm_args: dict[str, Any] = field(default_factory=dict)
-    weighting: str = "score"
     network: dict[str, Any] = field(
         default_factory=lambda: {
             "name": "reference_cnn",
@@ -48,6 +64,29 @@ class JobSettings:
     lr: float = 0.01
     lr_gamma: float = 0.99
     demo: bool = False
+
+
+def job_component(config: dict, component_id: str) -> dict:
+    """The component ``component_id`` of a job config (server or client)."""
+    for component in config.get("components", []):
+        if component.get("id") == component_id:
+            return component
+    raise FedKPerError(f"job config has no component {component_id!r}")
+
+
+def set_algorithm(meta: dict, server: dict, client: dict, algorithm: Algorithm) -> None:
+    """Make a job's configs (changed in place) run ``algorithm``.
+
+    Sets the controller's ``algorithm`` label (the name reports show), the learner's strategy and its
+    parameters, the aggregator's weighting; a pooled (centralized) job needs one site.
+    """
+    server["workflows"][0]["args"]["algorithm"] = algorithm.name
+    learner = job_component(client, "learner")["args"]
+    learner["algorithm"] = algorithm.strategy
+    learner["algorithm_args"] = dict(algorithm.params)
+    job_component(server, "aggregator")["args"]["weighting"] = algorithm.weighting
+    if algorithm.pooled:
+        meta["min_clients"] = 1
 
 
 def job_configs(settings: JobSettings) -> tuple[dict, dict, dict]:
@@ -73,13 +112,12 @@ def job_configs(settings: JobSettings) -> tuple[dict, dict, dict]:
                     "sample_fraction": settings.sample_fraction,
                     "seed": settings.seed,
                     "validate_every": settings.validate_every,
-                    "algorithm": settings.algorithm,
                 },
             }
         ],
         "components": [
             {"id": "persistor", "path": f"{_PKG}.persistor.NetworkPersistor", "args": {"network": settings.network, "seed": settings.seed}},
-            {"id": "aggregator", "path": f"{_PKG}.aggregator.FedKPerAggregator", "args": {"weighting": settings.weighting}},
+            {"id": "aggregator", "path": f"{_PKG}.aggregator.FedKPerAggregator", "args": {}},
             {"id": "global_evaluator", "path": f"{_PKG}.evaluator.GlobalEvaluator", "args": {"network": settings.network, **data}},
             {
                 "id": "tb_receiver",
@@ -105,8 +143,6 @@ def job_configs(settings: JobSettings) -> tuple[dict, dict, dict]:
                 "path": f"{_PKG}.learner.FedKPerLearner",
                 "args": {
                     **data,
-                    "algorithm": settings.algorithm,
-                    "algorithm_args": settings.algorithm_args,
                     "network": settings.network,
                     "local_epochs": settings.local_epochs,
                     "batch_size": settings.batch_size,
@@ -125,6 +161,7 @@ def job_configs(settings: JobSettings) -> tuple[dict, dict, dict]:
         "task_data_filters": [],
         "task_result_filters": [],
     }
+    set_algorithm(meta, server, client, get_algorithm(settings.algorithm))
     return meta, server, client
 
 
@@ -148,13 +185,14 @@ def load_job(folder: str | Path) -> tuple[dict, dict, dict]:
     paths = (folder / "meta.json", folder / "app" / "config" / "config_fed_server.json", folder / "app" / "config" / "config_fed_client.json")
     for path in paths:
         if not path.exists():
-            from fedkper_monai.errors import DataError
-
             raise DataError(path, "missing: a job folder needs meta.json and app/config/config_fed_{server,client}.json")
     return tuple(copy.deepcopy(json.loads(path.read_text())) for path in paths)  # type: ignore[return-value]
 
 
-_MEDMNIST = dict(num_rounds=200, sample_fraction=0.1, min_clients=2)
+def _medmnist_job(algorithm: str) -> JobSettings:
+    """The paper's setting (the :class:`JobSettings` defaults) for one algorithm of the registry."""
+    return JobSettings(name=f"{algorithm}_medmnist", algorithm=algorithm)
+
 
 STANDARD_JOBS: dict[str, JobSettings] = {
     "fedkper_demo": JobSettings(
@@ -168,20 +206,18 @@ STANDARD_JOBS: dict[str, JobSettings] = {
         lr=0.05,
         demo=True,
     ),
-    "fedkper_medmnist": JobSettings(name="fedkper_medmnist", **_MEDMNIST),
-    "fedavg_medmnist": JobSettings(name="fedavg_medmnist", algorithm="fedavg", weighting="samples", **_MEDMNIST),
-    "fedprox_medmnist": JobSettings(
-        name="fedprox_medmnist", algorithm="fedprox", algorithm_args={"mu": 0.01}, weighting="samples", **_MEDMNIST
-    ),
-    "fedntd_medmnist": JobSettings(
-        name="fedntd_medmnist", algorithm="fedntd", algorithm_args={"tau": 1.0, "beta": 1.0}, weighting="samples", **_MEDMNIST
-    ),
+    **{job.name: job for job in map(_medmnist_job, ("fedkper", "fedavg", "fedprox", "fedntd"))},
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Write every standard job under the given folder (default ``jobs``)."""
-    target = Path((argv or sys.argv[1:] or ["jobs"])[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m fedkper_monai.flare.jobspec",
+        description=f"Write the standard FLARE job folders ({', '.join(STANDARD_JOBS)}) under OUT.",
+    )
+    parser.add_argument("out", nargs="?", default="jobs", metavar="OUT", help="parent folder (default jobs)")
+    target = Path(parser.parse_args(argv).out)
     for name, settings in STANDARD_JOBS.items():
         print(write_job(target / name, settings))
     return 0

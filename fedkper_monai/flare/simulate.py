@@ -14,7 +14,7 @@ from typing import Any
 
 from fedkper_monai.errors import FedKPerError
 from fedkper_monai.flare.metrics import METRICS_FILE
-from fedkper_monai.flare.jobspec import load_job, save_job_configs
+from fedkper_monai.flare.jobspec import job_component, load_job, save_job_configs
 from fedkper_monai.flare.workspace import allow_package
 
 __all__ = ["SimulationOverrides", "job_component", "configure_job", "prepare_job", "run_simulator", "simulate", "find_metrics", "read_round_lines", "format_summary"]
@@ -30,14 +30,6 @@ class SimulationOverrides:
     local_epochs: int | None = None
     seed: int | None = None
     validate_every: int | None = None
-
-
-def job_component(config: dict, component_id: str) -> dict:
-    """The component ``component_id`` of a job config (server or client)."""
-    for component in config.get("components", []):
-        if component.get("id") == component_id:
-            return component
-    raise FedKPerError(f"job config has no component {component_id!r}")
 
 
 def _network_from_data(source: Path, network: dict, transforms: str) -> dict:

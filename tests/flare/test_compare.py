@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 from pathlib import Path
 
 import pytest
 
-from fedkper_monai.cli import main
+from fedkper_monai.algorithm_registry import ALGORITHMS
+from fedkper_monai.cli import build_parser, main
 from fedkper_monai.data import load_datalist, write_datalist
 from fedkper_monai.errors import DataError, FedKPerError
 from fedkper_monai.flare.compare import (
-    ALGORITHMS,
     DEFAULT_ALGORITHMS,
     DONE_FILE,
     algorithm_job,
@@ -25,8 +24,7 @@ from fedkper_monai.flare.compare import (
     run_compare,
     site_datalists,
 )
-from fedkper_monai.flare.jobspec import STANDARD_JOBS, job_configs
-from fedkper_monai.training import make_strategy
+from fedkper_monai.flare.jobspec import STANDARD_JOBS, job_component, job_configs
 
 
 @pytest.fixture(scope="module")
@@ -42,25 +40,12 @@ def federation(tmp_path_factory, retinamnist_npz) -> Path:
 # --- registry -------------------------------------------------------------------------------------------
 
 
-def test_registry_holds_the_issue_algorithms_and_the_two_ablations():
-    assert set(DEFAULT_ALGORITHMS) | {"fedkper_loss_only", "fedkper_weighting_only"} == set(ALGORITHMS)
-    assert ALGORITHMS["fedkper"].weighting == "score"
-    for name in ("fedavg", "fedprox", "fedntd", "ditto", "local", "centralized"):
-        assert ALGORITHMS[name].weighting == "samples", name
-    assert dict(ALGORITHMS["fedprox"].algorithm_args) == {"mu": 0.01}
-    assert dict(ALGORITHMS["fedntd"].algorithm_args) == {"tau": 1.0, "beta": 1.0}
-    # Ablations: each keeps one half of FedKPer.
-    loss_only, weighting_only = ALGORITHMS["fedkper_loss_only"], ALGORITHMS["fedkper_weighting_only"]
-    assert (loss_only.strategy, loss_only.weighting) == ("fedkper", "samples")
-    assert (weighting_only.strategy, weighting_only.weighting) == ("fedavg", "score")
-    assert ALGORITHMS["centralized"].pooled and not any(s.pooled for n, s in ALGORITHMS.items() if n != "centralized")
-
-
-@pytest.mark.parametrize("name", sorted(ALGORITHMS))
-def test_every_registered_algorithm_builds_its_local_strategy(name):
-    spec = ALGORITHMS[name]
-    strategy = make_strategy(spec.strategy, **spec.algorithm_args)
-    assert strategy.name == spec.strategy
+def test_the_default_comparison_runs_registered_algorithms_and_help_lists_every_one_with_its_parameters():
+    assert set(DEFAULT_ALGORITHMS) <= set(ALGORITHMS)
+    compare = next(a for a in build_parser()._actions if a.dest == "command").choices["compare"]
+    for algorithm in ALGORITHMS.values():
+        assert f"{algorithm.name:<24} {algorithm.summary()}" in compare.epilog
+    assert "mu=1)" in ALGORITHMS["ditto"].summary() and "(mu=1)" in compare.epilog
 
 
 def test_parse_algorithms_keeps_order_drops_duplicates_and_names_valid_ones():
@@ -72,35 +57,41 @@ def test_parse_algorithms_keeps_order_drops_duplicates_and_names_valid_ones():
         parse_algorithms(",")
 
 
-def test_algorithm_jobs_equal_the_standard_baseline_jobs():
-    """Derived from the FedKPer job, FedAvg/FedProx/FedNTD are exactly the committed baseline jobs."""
+def test_algorithm_jobs_equal_the_standard_jobs():
+    """Derived from the FedKPer job, FedKPer/FedAvg/FedProx/FedNTD are exactly the committed jobs."""
     base = job_configs(STANDARD_JOBS["fedkper_medmnist"])
-    for name in ("fedavg", "fedprox", "fedntd"):
+    for name in ("fedkper", "fedavg", "fedprox", "fedntd"):
         meta, server, client = algorithm_job(base, ALGORITHMS[name])
         standard_meta, standard_server, standard_client = job_configs(STANDARD_JOBS[f"{name}_medmnist"])
         assert (server, client) == (standard_server, standard_client), name
         assert meta == {**standard_meta, "name": name}
-    # FedKPer itself: only its parameters are spelled out (the strategy's defaults, DESIGN section 1).
-    meta, server, client = algorithm_job(base, ALGORITHMS["fedkper"])
-    assert server == base[1]
-    learner = next(c for c in client["components"] if c["id"] == "learner")["args"]
-    base_learner = next(c for c in base[2]["components"] if c["id"] == "learner")["args"]
-    assert learner == {**base_learner, "algorithm_args": {"tau": 1.0, "lambda_max": 10.0}}
-    defaults = inspect.signature(type(make_strategy("fedkper")).__init__).parameters
-    assert {key: defaults[key].default for key in learner["algorithm_args"]} == learner["algorithm_args"]
     assert base[0]["name"] == "fedkper_medmnist"  # the base is not modified
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_algorithm_job_sets_what_the_job_spec_would(name):
-    """Changing a job folder's configs equals building the job from JobSettings with the same changes."""
-    spec = ALGORITHMS[name]
-    settings = dataclasses.replace(STANDARD_JOBS["fedkper_medmnist"], name=name, **spec.job_changes())
-    if spec.pooled:
-        settings.min_clients = 1
-    meta, server, client = job_configs(settings)
-    server["workflows"][0]["args"]["algorithm"] = name  # the label; JobSettings ties it to the strategy
-    assert algorithm_job(job_configs(STANDARD_JOBS["fedkper_medmnist"]), spec) == (meta, server, client)
+    """Changing a job folder's configs equals building the job from JobSettings for that algorithm."""
+    settings = dataclasses.replace(STANDARD_JOBS["fedkper_medmnist"], name=name, algorithm=name)
+    assert algorithm_job(job_configs(STANDARD_JOBS["fedkper_medmnist"]), ALGORITHMS[name]) == job_configs(settings)
+
+
+def test_every_planned_run_trains_what_the_registry_says(federation, tmp_path):
+    """What compare would run, read back from each planned job (not from the code that wrote it)."""
+    runs = plan_runs(federation, list(ALGORITHMS.values()), tmp_path / "runs", rounds=1)
+    assert [run.algorithm.name for run in runs] == list(ALGORITHMS)
+    for run in runs:
+        algorithm, job = ALGORITHMS[run.algorithm.name], run.settings["job"]
+        learner = job_component(job["client"], "learner")["args"]
+        weighting = job_component(job["server"], "aggregator")["args"]["weighting"]
+        controller = job["server"]["workflows"][0]["args"]
+        assert (learner["algorithm"], learner["algorithm_args"], weighting) == (
+            algorithm.strategy, dict(algorithm.params), algorithm.weighting), algorithm.name
+        assert controller["algorithm"] == run.settings["algorithm"] == algorithm.name
+        assert controller["sample_fraction"] == (1.0 if algorithm.pooled else 0.1)
+        assert run.settings["n_clients"] == (1 if algorithm.pooled else 3)
+        assert job["meta"]["min_clients"] == (1 if algorithm.pooled else 2)
+    ditto = next(run for run in runs if run.algorithm.name == "ditto")
+    assert job_component(ditto.settings["job"]["client"], "learner")["args"]["algorithm_args"] == {"mu": 1.0}
 
 
 def test_ablation_and_centralized_jobs():
@@ -160,7 +151,7 @@ def _fake_finished(run, rounds: int) -> Path:
     """What a finished run leaves: a metrics file with all round lines and done.json with its settings."""
     metrics = run.workspace / "server" / "simulate_job" / "metrics.jsonl"
     metrics.parent.mkdir(parents=True)
-    lines = [{"run": {"algorithm": run.spec.name}}] + [
+    lines = [{"run": {"algorithm": run.algorithm.name}}] + [
         {"round": r, "global_acc": 0.5, "mean_personalized_acc": 0.6, "sampled_sites": ["site-1"]}
         for r in range(rounds)
     ]
@@ -174,7 +165,7 @@ def test_finished_runs_are_skipped_changed_ones_refused_unfinished_ones_redone(f
     algorithms = parse_algorithms("fedkper,fedavg")
     plan = dict(n_clients=3, rounds=2, local_epochs=1, sample_fraction=0.67)
     runs = plan_runs(federation, algorithms, out, **plan)
-    assert [(r.spec.name, r.status, r.rounds) for r in runs] == [("fedkper", "new", 2), ("fedavg", "new", 2)]
+    assert [(r.algorithm.name, r.status, r.rounds) for r in runs] == [("fedkper", "new", 2), ("fedavg", "new", 2)]
     assert runs[0].settings["data"] == runs[1].settings["data"]  # one partition for both
     for run in runs:
         run.folder.mkdir(parents=True)
@@ -249,7 +240,7 @@ def test_compare_runs_every_algorithm_on_the_same_partition_and_site_sampling(fe
         (client,) = (out / name / "job").glob("*/app/config/config_fed_client.json")
         learner = next(c for c in json.loads(client.read_text())["components"] if c["id"] == "learner")["args"]
         assert (learner["data_root"], learner["local_epochs"]) == (str(federation.resolve()), 1)
-        assert learner["algorithm"] == name
+        assert (learner["algorithm"], learner["algorithm_args"]) == (ALGORITHMS[name].strategy, dict(ALGORITHMS[name].params))
         done = json.loads((out / name / DONE_FILE).read_text())
         assert done["settings"]["data"] == fingerprint and done["rounds"] == 2
     samples = {name: {(r["round"], r["site"]): r["num_samples"] for r in rows if r.get("task") == "train"}

@@ -10,9 +10,10 @@ from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
 from nvflare.apis.fl_exception import UnsafeComponentError
 from nvflare.app_common.widgets.component_path_authorizer import ComponentPathAuthorizer
 
+from fedkper_monai.algorithm_registry import ALGORITHMS
 from fedkper_monai.errors import DataError
 from fedkper_monai.flare.controller import sample_sites, validation_due
-from fedkper_monai.flare.jobspec import STANDARD_JOBS, job_configs, load_job
+from fedkper_monai.flare.jobspec import STANDARD_JOBS, job_component, job_configs, load_job, main
 from fedkper_monai.flare.workspace import allow_package
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
@@ -72,6 +73,44 @@ def test_committed_jobs_match_their_spec_and_pass_flare_authorization(name, tmp_
             authorizer.authorize_component_config({"path": path}, workspace=SiteWorkspace())
     with pytest.raises(UnsafeComponentError):
         authorizer.authorize_component_config({"path": "evil.module.Class"}, workspace=SiteWorkspace())
+
+
+MEDMNIST_JOBS = sorted(name for name in STANDARD_JOBS if name.endswith("_medmnist"))
+
+
+@pytest.mark.parametrize("name", MEDMNIST_JOBS)
+def test_committed_paper_jobs_hold_the_paper_setting(name):
+    """DESIGN section 1, read from the committed JSON: 10% of sites per round, 200 rounds, 5 local epochs,
+    batch 12, SGD lr 0.01 decayed 0.99 per round, the reference CNN, the jobs' shared seed."""
+    meta, server, client = load_job(JOBS / name)
+    controller = server["workflows"][0]["args"]
+    learner = job_component(client, "learner")["args"]
+    assert (controller["sample_fraction"], controller["num_rounds"], controller["seed"]) == (0.1, 200, 0)
+    assert (learner["local_epochs"], learner["batch_size"], learner["lr"], learner["lr_gamma"]) == (5, 12, 0.01, 0.99)
+    assert learner["network"]["name"] == "reference_cnn" and learner["seed"] == controller["seed"]
+    assert meta["min_clients"] == 2
+
+
+@pytest.mark.parametrize("name", MEDMNIST_JOBS)
+def test_committed_jobs_run_their_registry_algorithm(name):
+    """Each <algorithm>_medmnist folder trains, weights and labels exactly what the registry says."""
+    algorithm = ALGORITHMS[name.removesuffix("_medmnist")]
+    meta, server, client = load_job(JOBS / name)
+    learner = job_component(client, "learner")["args"]
+    assert learner["algorithm"] == algorithm.strategy
+    assert learner["algorithm_args"] == dict(algorithm.params)
+    assert job_component(server, "aggregator")["args"]["weighting"] == algorithm.weighting
+    assert server["workflows"][0]["args"]["algorithm"] == algorithm.name
+
+
+def test_the_job_writer_prints_usage_for_help_and_writes_no_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0 and "usage:" in capsys.readouterr().out
+    assert not any(tmp_path.iterdir())
+    assert main([str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(STANDARD_JOBS)
 
 
 def test_sample_sites_is_seeded_per_round_and_independent_of_order():
