@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
-from fedkper_monai.flare.metrics import ROUND_FIELDS, MetricsFile, RoundRecord, RunBook
+from fedkper_monai.flare.metrics import ROUND_FIELDS, SITE_TRAIN_FIELDS, MetricsFile, RoundRecord, RunBook
+from fedkper_monai.metrics_schema import UnknownSiteFieldError
 
 
 def _train_metrics(acc: float, balanced: float, nfr: float) -> dict:
@@ -29,7 +31,7 @@ def test_personalized_summary_uses_each_sites_latest_result():
     assert round_line["mean_nfr_personalized"] == pytest.approx(0.1)
     assert round_line["mean_nfr_global_on_local"] == pytest.approx(0.2)
     assert round_line["single_site_round"] is True
-    assert set(ROUND_FIELDS) <= set(round_line)
+    assert tuple(round_line) == ("round",) + ROUND_FIELDS
 
 
 def test_backward_transfer_against_accuracy_right_after_last_sampling():
@@ -94,3 +96,30 @@ def test_close_round_without_validation_keeps_the_bwt_reference_pending():
     assert lines[-1]["bwt"] == pytest.approx(0.0)
     lines = book.close_round(_record(2, ["site-2"]), {"site-1": _evaluation(0.6, 0.0), "site-2": _evaluation(0.5, 0.0)}, seconds=1.0)
     assert lines[-1]["bwt"] == pytest.approx((0.2 + 0.0) / 2)
+
+
+def test_train_and_validate_lines_hold_the_schemas_fields_in_order():
+    book = RunBook(strict=True)
+    sent = {**_train_metrics(0.5, 0.4, 0.1), **_evaluation(0.3, 0.0), "bytes_received": 9, "lr": 0.01}
+    train = book.site_train_line(0, "site-1", sent, weight=1.0)
+    assert tuple(train) == ("round", "site", "task") + SITE_TRAIN_FIELDS + ("weight", "bytes_received")
+    assert "lr" not in train and train["bytes_received"] == 9 and train["num_samples"] is None
+    validate = book.site_validate_line(0, "site-1", sent)  # a train result holds its pre-train validation
+    assert validate == {"round": 0, "site": "site-1", "task": "validate", "global_on_local_acc": 0.3,
+                        "nfr_global_on_local": 0.0, "local_test_size": 10}
+
+
+def test_an_unknown_site_field_raises_when_strict_and_is_logged_once_and_dropped_otherwise(caplog):
+    sent = {**_train_metrics(0.5, 0.4, 0.1), "surprise": 1.0}
+    with pytest.raises(UnknownSiteFieldError, match="surprise"):
+        RunBook(strict=True).site_train_line(0, "site-1", sent, weight=1.0)
+    with pytest.raises(UnknownSiteFieldError, match="surprise"):
+        RunBook(strict=True).site_validate_line(0, "site-1", {**_evaluation(0.3, 0.0), "surprise": 1.0})
+    book = RunBook()
+    with caplog.at_level(logging.WARNING, logger="fedkper_monai.flare.metrics"):
+        first = book.site_train_line(0, "site-1", sent, weight=1.0)
+        book.site_train_line(1, "site-2", sent, weight=1.0)
+    assert "surprise" not in first and first == RunBook().site_train_line(0, "site-1", _train_metrics(0.5, 0.4, 0.1), 1.0)
+    assert [record.getMessage() for record in caplog.records] == [
+        "site-1 sent metrics the schema does not know, not written: ['surprise']"
+    ]
