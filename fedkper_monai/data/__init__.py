@@ -22,6 +22,7 @@ __all__ = [
     "LIST_KEYS",
     "Datalist",
     "FileImportOptions",
+    "ImportSettings",
     "PartitionError",
     "build_transforms",
     "class_counts",
@@ -49,10 +50,11 @@ _LAZY = {
     "make_loader": "fedkper_monai.data.pipeline",
     "resolve_transforms_config": "fedkper_monai.data.pipeline",
     "ensure_demo_data": "fedkper_monai.data.demo",
-    "FileImportOptions": "fedkper_monai.data.importers",
-    "import_folders": "fedkper_monai.data.importers",
-    "import_manifest": "fedkper_monai.data.importers",
-    "import_medmnist": "fedkper_monai.data.importers",
+    "FileImportOptions": "fedkper_monai.data.federation",
+    "ImportSettings": "fedkper_monai.data.federation",
+    "import_folders": "fedkper_monai.data.sources.folders",
+    "import_manifest": "fedkper_monai.data.sources.manifest",
+    "import_medmnist": "fedkper_monai.data.sources.npz",
 }
 
 

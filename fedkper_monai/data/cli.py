@@ -6,7 +6,7 @@ Heavy libraries (numpy, MONAI, PIL) are imported inside the handlers so ``fedkpe
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["add_prepare_parser"]
 
@@ -18,7 +18,8 @@ _CONTRACT = (
 
 
 def _add_partition_args(parser: argparse.ArgumentParser, *, sites_required: bool) -> None:
-    parser.add_argument("--sites", type=int, required=sites_required, help="number of sites N (site-1 .. site-N)")
+    # Each dest is the ImportSettings field the flag sets, so errors can name the flag (see _naming_flags).
+    parser.add_argument("--sites", dest="num_sites", metavar="SITES", type=int, required=sites_required, help="number of sites N (site-1 .. site-N)")
     parser.add_argument("--alpha", type=float, default=0.1, help="Dirichlet concentration; small = strong label skew (default 0.1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the partition and local splits (default 0)")
     parser.add_argument("--partition", choices=("dirichlet", "iid"), default="dirichlet", help="default dirichlet")
@@ -40,8 +41,38 @@ def _add_file_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--copy", action="store_true", help="copy the images under DIR/images (default: reference them in place)")
 
 
+def _naming_flags(parser: argparse.ArgumentParser, handler: Callable[[argparse.Namespace], int]):
+    """``handler`` whose DataError names the flag (``--sites``) where the importers name the parameter (``num_sites``).
+
+    A flag's dest is the Python parameter it sets, so the parser itself is the table.
+    """
+
+    def run(args: argparse.Namespace) -> int:
+        from fedkper_monai.errors import DataError
+
+        try:
+            return handler(args)
+        except DataError as error:
+            flags = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
+            if error.field not in flags:
+                raise
+            raise DataError(error.path, error.reason, field=flags[error.field]) from None
+
+    return run
+
+
+def _settings(args: argparse.Namespace):
+    """The ``ImportSettings`` that the flags of this command set (the others keep their defaults)."""
+    import dataclasses
+
+    from fedkper_monai.data.federation import ImportSettings
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ImportSettings) if hasattr(args, f.name)}
+    return ImportSettings(**given)
+
+
 def _print_summary(summary: dict[str, Any], out: str) -> int:
-    from fedkper_monai.data.importers import format_summary
+    from fedkper_monai.data.federation import format_summary
 
     print(format_summary(summary), end="")
     print(f"wrote {summary['num_sites']} site datalists, global_test.json, global_val.json and summary.* to {out}")
@@ -49,39 +80,26 @@ def _print_summary(summary: dict[str, Any], out: str) -> int:
 
 
 def _run_medmnist(args: argparse.Namespace) -> int:
-    from fedkper_monai.data.importers import import_medmnist
+    from fedkper_monai.data.sources.npz import import_medmnist
 
     summary = import_medmnist(
-        args.out, npz=args.npz, flag=args.flag, size=args.size, num_sites=args.sites, alpha=args.alpha,
-        seed=args.seed, partition=args.partition, min_samples=args.min_samples,
-        local_test_fraction=args.local_test_fraction, overwrite=args.overwrite, cache_dir=args.cache_dir,
-        mirror=args.mirror, progress=args.progress,
+        args.out, settings=_settings(args), npz=args.npz, flag=args.flag, size=args.size, cache_dir=args.cache_dir,
+        mirror=args.mirror,
     )
     return _print_summary(summary, args.out)
 
 
-def _file_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``FileImportOptions`` fields from the flags that ``prepare folders`` and ``prepare manifest`` share."""
-    return {
-        "num_sites": args.sites, "alpha": args.alpha, "seed": args.seed, "partition": args.partition,
-        "min_samples": args.min_samples, "local_test_fraction": args.local_test_fraction,
-        "global_test_fraction": args.global_test_fraction, "global_val_fraction": args.global_val_fraction,
-        "image_size": args.image_size, "spatial_dims": args.spatial_dims, "copy": args.copy,
-        "overwrite": args.overwrite, "progress": args.progress,
-    }
-
-
 def _run_folders(args: argparse.Namespace) -> int:
-    from fedkper_monai.data.importers import import_folders
+    from fedkper_monai.data.sources.folders import import_folders
 
-    summary = import_folders(args.root, args.out, **_file_options(args))
+    summary = import_folders(args.root, args.out, settings=_settings(args))
     return _print_summary(summary, args.out)
 
 
 def _run_manifest(args: argparse.Namespace) -> int:
-    from fedkper_monai.data.importers import import_manifest
+    from fedkper_monai.data.sources.manifest import import_manifest
 
-    summary = import_manifest(args.manifest, args.out, class_names=args.class_names, **_file_options(args))
+    summary = import_manifest(args.manifest, args.out, class_names=args.class_names, settings=_settings(args))
     return _print_summary(summary, args.out)
 
 
@@ -90,10 +108,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fedkper_monai.data.demo import ensure_demo_data
+    from fedkper_monai.data.federation import format_summary
 
-    root = ensure_demo_data(args.out, num_sites=args.sites, seed=args.seed, alpha=args.alpha, progress=args.progress)
-    from fedkper_monai.data.importers import format_summary
-
+    root = ensure_demo_data(args.root, num_sites=args.num_sites, seed=args.seed, alpha=args.alpha, progress=args.progress)
     print(format_summary(json.loads((Path(root) / "summary.json").read_text(encoding="utf-8"))), end="")
     print(f"synthetic demo data (not medical images) ready in {root}")
     return 0
@@ -126,7 +143,7 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
     medmnist.add_argument("--cache-dir", default=None, help="download folder (default ~/.cache/fedkper_monai/medmnist)")
     medmnist.add_argument("--mirror", default=None, help="base URL of a mirror of the Zenodo files (http(s):// or file://)")
     _add_partition_args(medmnist, sites_required=True)
-    medmnist.set_defaults(func=_run_medmnist)
+    medmnist.set_defaults(func=_naming_flags(medmnist, _run_medmnist))
 
     folders = kinds.add_parser(
         "folders", help="a class-folder tree root/<class_name>/*.png|jpg|nii|nii.gz|dcm", formatter_class=formatter,
@@ -137,7 +154,7 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
     folders.add_argument("--root", required=True, help="folder with one sub-folder per class")
     _add_partition_args(folders, sites_required=True)
     _add_file_args(folders)
-    folders.set_defaults(func=_run_folders)
+    folders.set_defaults(func=_naming_flags(folders, _run_folders))
 
     manifest = kinds.add_parser(
         "manifest", help="a CSV manifest image,label[,site][,split][,id]", formatter_class=formatter,
@@ -151,7 +168,7 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
     manifest.add_argument("--class-names", nargs="+", default=None, help="class names in label order (default: from the labels)")
     _add_partition_args(manifest, sites_required=False)
     _add_file_args(manifest)
-    manifest.set_defaults(func=_run_manifest)
+    manifest.set_defaults(func=_naming_flags(manifest, _run_manifest))
 
     demo = kinds.add_parser(
         "demo", help="the built-in synthetic demo set (no download)", formatter_class=formatter,
@@ -159,9 +176,9 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
         "images) in the same format as imported data. Reuses a complete DIR made with the same settings.",
         epilog="example:\n  fedkper-monai prepare demo --sites 4 --alpha 0.5 --seed 0 --out data/demo",
     )
-    demo.add_argument("--sites", type=int, default=4, help="number of sites (default 4)")
+    demo.add_argument("--sites", dest="num_sites", metavar="SITES", type=int, default=4, help="number of sites (default 4)")
     demo.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (default 0.5)")
     demo.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    demo.add_argument("--out", required=True, help="output folder DIR")
+    demo.add_argument("--out", dest="root", metavar="OUT", required=True, help="output folder DIR")
     demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    demo.set_defaults(func=_run_demo)
+    demo.set_defaults(func=_naming_flags(demo, _run_demo))

@@ -114,10 +114,14 @@ def ensure_demo_data(
         alpha: Dirichlet concentration of the label skew.
         progress: show progress bars.
 
+    The partition and local splits take the other :class:`~fedkper_monai.data.federation.ImportSettings`
+    defaults (Dirichlet, ``min_samples=10``, ``local_test_fraction=0.2``), as every importer does.
+
     Raises:
         DataError: ``root`` exists with other content, or holds demo data made with other settings.
     """
-    from fedkper_monai.data.importers import import_arrays
+    from fedkper_monai.data.federation import ImportSettings
+    from fedkper_monai.data.sources.npz import import_arrays
 
     target = Path(root).expanduser().absolute()
     settings = {"num_sites": num_sites, "seed": seed, "alpha": alpha, "version": 1}
@@ -144,9 +148,9 @@ def ensure_demo_data(
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         summary = import_arrays(
-            staging, generate_demo_arrays(seed), class_names=DEMO_CLASS_NAMES, num_sites=num_sites, alpha=alpha,
-            seed=seed, min_samples=10, source="fedkper_monai.data.demo (synthetic)", progress=progress,
-            info={"importer": "demo", "synthetic": True},
+            staging, generate_demo_arrays(seed), class_names=DEMO_CLASS_NAMES,
+            settings=ImportSettings(num_sites=num_sites, alpha=alpha, seed=seed, progress=progress),
+            source="fedkper_monai.data.demo (synthetic)", info={"importer": "demo", "synthetic": True},
         )
         (staging / DEMO_MARKER).write_text(json.dumps({"settings": settings, "num_train": sum(
             s["num_train"] for s in summary["sites"].values())}), encoding="utf-8")

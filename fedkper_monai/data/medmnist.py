@@ -104,10 +104,10 @@ def download_medmnist(
     """
     name = flag.lower()
     if name not in MEDMNIST:
-        raise DataError(flag, f"unknown MedMNIST data set; known: {', '.join(sorted(MEDMNIST))}", field="--flag")
+        raise DataError(flag, f"unknown MedMNIST data set; known: {', '.join(sorted(MEDMNIST))}", field="flag")
     info = MEDMNIST[name]
     if size not in info.md5:
-        raise DataError(flag, f"size {size} is not published; available: {sorted(info.md5)}", field="--size")
+        raise DataError(flag, f"size {size} is not published; available: {sorted(info.md5)}", field="size")
     filename = medmnist_filename(name, size)
     expected = info.md5[size]
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -134,7 +134,7 @@ def download_medmnist(
                 url,
                 f"cannot download ({error}). Offline? Download {filename} by hand (MD5 {expected}) and pass "
                 f"--npz PATH, or use --mirror",
-                field="--flag",
+                field="flag",
             ) from None
         actual = _md5(Path(tmp_name))
         if actual != expected:

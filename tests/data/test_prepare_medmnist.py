@@ -13,7 +13,7 @@ import torch
 
 from fedkper_monai.cli import main
 from fedkper_monai.data import build_transforms, load_datalist, make_dataset, make_loader
-from fedkper_monai.data.importers import load_npz_splits
+from fedkper_monai.data.sources.npz import load_npz_splits
 from fedkper_monai.data.medmnist import download_medmnist
 from fedkper_monai.errors import DataError
 
@@ -128,7 +128,7 @@ def test_download_offline_and_checksum(retinamnist_npz, tmp_path):
     # Offline / unreachable server: a clear error naming the URL and what to do instead.
     with pytest.raises(DataError, match="cannot download.*--npz PATH") as caught:
         download_medmnist("retinamnist", 28, cache_dir=tmp_path / "cache", mirror="http://127.0.0.1:9", progress=False)
-    assert caught.value.field == "--flag" and not list((tmp_path / "cache").glob("*"))
+    assert caught.value.field == "flag" and not list((tmp_path / "cache").glob("*"))
     with pytest.raises(DataError, match="unknown MedMNIST"):
         download_medmnist("nosuchmnist", cache_dir=tmp_path)
 

@@ -1,0 +1,392 @@
+"""The federation writer: rows from any source -> per-site datalists, global lists and summaries.
+
+Every importer (``sources/npz.py``, ``sources/folders.py``, ``sources/manifest.py``) and the demo data hand
+a :class:`Catalog` (one :class:`Row` per sample, plus what the datalists need to say about the images) and
+one :class:`ImportSettings` to this module, which carves the global splits, partitions the training pool over
+the sites and writes one output folder, built whole in a staging folder and moved into place at the end
+(``fedkper_monai.io.atomic_directory``), so an error leaves nothing in ``out``. Output contract::
+
+    DIR/site-1.json ... DIR/site-N.json   training + local test ("test") of each site (FLARE's site names)
+    DIR/global_test.json                   the global test set, under "test"
+    DIR/global_val.json                    the global validation set, under "validation" and again under "test"
+                                           (so it can be evaluated exactly like a test list)
+    DIR/summary.json, DIR/summary.txt      per-site class counts
+    DIR/images/<split>/<id>.png|.nii.gz    images written by the importer, shared by all datalists
+
+Every datalist carries num_classes, class_names, spatial_dims and image_size. Ids are unique across all
+files of one output (``train-000123``, ``test-000045``, ...).
+
+Errors name the Python parameter that is wrong in ``DataError.field`` (``num_sites``, ``out``, ...); the
+``prepare`` command turns it into the flag (``--sites``, ``--out``, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from fedkper_monai.data.datalist import class_counts, write_datalist
+from fedkper_monai.data.partition import (
+    PartitionError,
+    dirichlet_partition,
+    iid_partition,
+    natural_partition,
+    stratified_local_split,
+)
+from fedkper_monai.errors import DataError
+from fedkper_monai.io import atomic_directory, atomic_write_json, atomic_write_text
+
+__all__ = [
+    "PARTITIONS",
+    "SPLITS",
+    "Catalog",
+    "FederationPlan",
+    "FileImportOptions",
+    "ImportSettings",
+    "Row",
+    "format_summary",
+    "import_catalog",
+    "open_output",
+    "plan_federation",
+    "site_name",
+    "write_federation",
+]
+
+PARTITIONS = ("dirichlet", "iid")
+SPLITS = ("train", "val", "test")
+_FRACTIONS = ("local_test_fraction", "global_test_fraction", "global_val_fraction")
+
+
+@dataclass(frozen=True)
+class ImportSettings:
+    """How to turn a data set into a federation: the settings every importer and the demo data share.
+
+    The fields are the flags of ``fedkper-monai prepare`` (``num_sites`` is ``--sites``, the others are
+    spelled alike: ``local_test_fraction`` is ``--local-test-fraction``).
+
+    Attributes:
+        num_sites: sites of the Dirichlet/IID partition (a manifest's ``site`` column replaces it).
+        alpha: Dirichlet concentration; small = strong label skew.
+        seed: seed of the global carve, the partition and the local splits (site k uses ``seed + k``).
+        partition: ``"dirichlet"`` or ``"iid"``.
+        min_samples: minimum training samples per site.
+        local_test_fraction: each site's stratified local test share, in [0, 1).
+        global_test_fraction, global_val_fraction: stratified global shares, in [0, 1), carved when the
+            source gives no split (class folders, manifests; a MedMNIST file has its own).
+        image_size: task size after transforms (default: the images' common size; file importers only).
+        spatial_dims: 2 or 3 (default: from the images).
+        copy: copy the images under ``out/images`` instead of referencing them in place (file importers only).
+        overwrite: replace a non-empty ``out``.
+        progress: show progress bars.
+
+    Example:
+        >>> ImportSettings(num_sites=4, alpha=0.5).replace(seed=3).seed
+        3
+    """
+
+    num_sites: int | None = None
+    alpha: float = 0.1
+    seed: int = 0
+    partition: str = "dirichlet"
+    min_samples: int = 10
+    local_test_fraction: float = 0.2
+    global_test_fraction: float = 0.2
+    global_val_fraction: float = 0.1
+    image_size: Sequence[int] | None = None
+    spatial_dims: int | None = None
+    copy: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def replace(self, **changes: Any) -> "ImportSettings":
+        """A copy with ``changes`` (field names; an unknown name is a ``TypeError``)."""
+        return dataclasses.replace(self, **changes) if changes else self
+
+    @classmethod
+    def resolve(cls, settings: "ImportSettings | None", options: Mapping[str, Any]) -> "ImportSettings":
+        """``settings`` (default: the defaults) with the keyword ``options`` of an importer call applied."""
+        return (settings or cls()).replace(**options)
+
+    def check(self, source: str | os.PathLike) -> None:
+        """Refuse shares outside [0, 1) before any work; the error names the field and ``source``."""
+        for name in _FRACTIONS:
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise DataError(source, f"must be in [0, 1), got {value}", field=name)
+
+
+#: Former name of :class:`ImportSettings`, when only the folder and manifest importers shared it.
+FileImportOptions = ImportSettings
+
+
+@dataclass(frozen=True)
+class Row:
+    """One sample of a source.
+
+    Attributes:
+        id: unique id across the whole output (becomes the datalist ``id``).
+        label: class index.
+        image: the image file as the source found it ("" when the source writes the image itself).
+        split: ``"train"``, ``"val"`` or ``"test"`` when the source says; None to carve the global splits.
+        site: the natural site (a manifest's ``site`` column); None for a Dirichlet/IID partition.
+    """
+
+    id: str
+    label: int
+    image: str = ""
+    split: str | None = None
+    site: str | None = None
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What a source hands the writer: its rows and the facts every datalist states about the images.
+
+    Attributes:
+        rows: every sample, in the source's order (ids unique).
+        class_names: names of the classes in label order.
+        spatial_dims: 2 or 3.
+        image_size: task size written into the datalists.
+        source: where the data came from (for the summary and errors).
+        info: facts for ``summary.json`` in the order they appear there (``importer``, ...); the writer
+            adds or fills ``partition``, ``alpha`` and ``min_samples``.
+        place_images: called with the staging folder once the plan holds; returns one image path per row
+            (written, copied under ``images/`` or left in place).
+    """
+
+    rows: Sequence[Row]
+    class_names: Sequence[str]
+    spatial_dims: int
+    image_size: Sequence[int] | None
+    source: str
+    info: Mapping[str, Any]
+    place_images: Callable[[Path], Sequence[str]]
+
+
+@dataclass(frozen=True)
+class FederationPlan:
+    """Which rows go where.
+
+    Attributes:
+        splits: row indices of the global ``train`` pool, ``val`` and ``test``.
+        sites: one index array into ``splits["train"]`` per site.
+        partition: ``"dirichlet"``, ``"iid"`` or ``"natural"``.
+        source_sites: natural site names (manifest ``site`` column) of site-1..N, or None.
+    """
+
+    splits: Mapping[str, np.ndarray]
+    sites: Sequence[np.ndarray]
+    partition: str
+    source_sites: Sequence[str] | None = None
+
+
+def site_name(index: int) -> str:
+    """FLARE simulator's name of the ``index``-th site (0-based): ``site-1``, ``site-2``, ..."""
+    return f"site-{index + 1}"
+
+
+def partition_facts(partition: str, settings: ImportSettings) -> dict[str, Any]:
+    """The partition as ``summary.json`` records it."""
+    alpha = settings.alpha if partition == "dirichlet" else None
+    return {"partition": partition, "alpha": alpha, "min_samples": settings.min_samples}
+
+
+# --------------------------------------------------------------------------------------------- planning
+
+
+def _carve_global_splits(labels: np.ndarray, settings: ImportSettings) -> dict[str, np.ndarray]:
+    """Stratified global test / val / train split of a pool that has no official split."""
+    test_fraction, val_fraction = settings.global_test_fraction, settings.global_val_fraction
+    everything = np.arange(labels.size)
+    rest, test = stratified_local_split(everything, labels, test_fraction, settings.seed)
+    relative_val = val_fraction / (1.0 - test_fraction) if val_fraction else 0.0
+    train, val = stratified_local_split(rest, labels, min(relative_val, 0.99), settings.seed + 1)
+    return {"train": train, "val": val, "test": test}
+
+
+def _partition(labels: np.ndarray, settings: ImportSettings, source: str) -> list[np.ndarray]:
+    """Dirichlet or IID partition of the training pool; every failure is a DataError naming the source."""
+    if settings.num_sites is None:
+        raise DataError(source, "give --sites N (or a 'site' column for a natural partition)", field="num_sites")
+    try:
+        if settings.partition == "dirichlet":
+            return dirichlet_partition(
+                labels, settings.num_sites, settings.alpha, settings.seed, min_samples=settings.min_samples
+            )
+        if settings.partition == "iid":
+            return iid_partition(labels, settings.num_sites, settings.seed, min_samples=max(settings.min_samples, 1))
+    except (PartitionError, ValueError) as error:
+        raise DataError(source, str(error), field="num_sites") from None
+    raise DataError(source, f"unknown partition {settings.partition!r}; expected one of {PARTITIONS}", field="partition")
+
+
+def _natural_sites(
+    site_of_row: Sequence[str], train: np.ndarray, settings: ImportSettings, source: str
+) -> tuple[list[str], list[np.ndarray]]:
+    """One site per ``site`` value, in sorted order; each must keep ``min_samples`` training samples."""
+    names, members = natural_partition([site_of_row[i] for i in train])
+    for name in sorted(set(site_of_row)):
+        if name not in names:
+            raise DataError(source, f"site {name!r} has no training samples (all its rows are val/test)", field="site")
+    order = sorted(range(len(names)), key=lambda k: names[k])
+    source_sites = [names[k] for k in order]
+    sites = [np.sort(members[k]) for k in order]
+    for name, member in zip(source_sites, sites):
+        if member.size < settings.min_samples:
+            raise DataError(
+                source, f"site {name!r} has {member.size} < {settings.min_samples} training samples (--min-samples)",
+                field="site",
+            )
+    return source_sites, sites
+
+
+def plan_federation(catalog: Catalog, settings: ImportSettings) -> FederationPlan:
+    """Global splits (the source's, else a stratified carve) and the sites, before anything is written."""
+    settings.check(catalog.source)
+    rows = catalog.rows
+    labels = np.asarray([r.label for r in rows], dtype=np.int64)
+    if any(r.split is not None for r in rows):
+        split_of = np.asarray([r.split or "train" for r in rows])
+        splits = {s: np.flatnonzero(split_of == s) for s in SPLITS}
+    else:
+        splits = _carve_global_splits(labels, settings)
+    if any(r.site is not None for r in rows):
+        site_of_row = [r.site or "" for r in rows]
+        source_sites, sites = _natural_sites(site_of_row, splits["train"], settings, catalog.source)
+        return FederationPlan(splits, sites, "natural", source_sites)
+    sites = _partition(labels[splits["train"]], settings, catalog.source)
+    return FederationPlan(splits, sites, settings.partition)
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def open_output(out: str | os.PathLike, overwrite: bool):
+    """``atomic_directory`` whose refusal to overwrite is a DataError naming ``out``."""
+    target = Path(out).expanduser().absolute()
+    if target.exists() and not target.is_dir():
+        raise DataError(target, "exists and is not a folder", field="out")
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise DataError(target, "output folder exists and is not empty (use --overwrite to replace it)", field="out")
+    return atomic_directory(target, overwrite=overwrite)
+
+
+def import_catalog(out: str | os.PathLike, catalog: Catalog, settings: ImportSettings) -> dict:
+    """Plan, then write the federation into ``out`` atomically; returns the summary."""
+    plan = plan_federation(catalog, settings)
+    with open_output(out, settings.overwrite) as folder:
+        return write_federation(folder, catalog, plan, settings)
+
+
+def _write_site(
+    folder: Path, k: int, members: np.ndarray, pool: list[dict], labels: np.ndarray, common: dict, *,
+    settings: ImportSettings, plan: FederationPlan, source: str,
+) -> dict:
+    """Write ``site-{k+1}.json`` (stratified local split of its members); return its summary entry."""
+    name = site_name(k)
+    source_site = plan.source_sites[k] if plan.source_sites else None
+    where = name + (f" ({source_site})" if source_site else "")
+    if members.size == 0:
+        raise DataError(source, f"{where} is empty after partition", field=name)
+    train_idx, test_idx = stratified_local_split(members, labels, settings.local_test_fraction, settings.seed + k)
+    if train_idx.size == 0:
+        raise DataError(source, f"{where} has no training samples after the local split", field=name)
+    training = [pool[i] for i in train_idx]
+    local_test = [pool[i] for i in test_idx]
+    extra = {"site": name, **({"source_site": source_site} if source_site else {})}
+    write_datalist(folder / f"{name}.json", training=training, test=local_test, extra=extra, **common)
+    return {
+        **({"source_site": source_site} if source_site else {}),
+        "num_train": len(training),
+        "num_test": len(local_test),
+        "train_counts": class_counts(training, common["num_classes"]),
+        "test_counts": class_counts(local_test, common["num_classes"]),
+    }
+
+
+def _write_global_lists(folder: Path, validation: list[dict], test: list[dict], common: dict) -> None:
+    if test:
+        write_datalist(folder / "global_test.json", test=test, extra={"site": "global_test"}, **common)
+    if validation:
+        # The same list under "test" too, so evaluation code reads global_val.json like any test list.
+        write_datalist(
+            folder / "global_val.json",
+            validation=validation,
+            test=validation,
+            extra={"site": "global_val", "_comment_": "'test' repeats 'validation' so it evaluates like a test list"},
+            **common,
+        )
+
+
+def write_federation(folder: Path, catalog: Catalog, plan: FederationPlan, settings: ImportSettings) -> dict:
+    """Place the images, then write site datalists, global lists and the summary into ``folder``.
+
+    ``folder`` is a staging folder (:func:`import_catalog` and the demo data wrap it in an atomic rename);
+    image paths below it are written relative to it.
+
+    Returns:
+        the summary dict (also written to ``summary.json`` / ``summary.txt``).
+    """
+    paths = catalog.place_images(folder)
+    entries = [{"image": path, "label": int(row.label), "id": row.id} for row, path in zip(catalog.rows, paths)]
+    pool, validation, test = ([entries[i] for i in plan.splits[s]] for s in SPLITS)
+    num_classes = len(catalog.class_names)
+    common = dict(
+        num_classes=num_classes,
+        class_names=list(catalog.class_names),
+        spatial_dims=catalog.spatial_dims,
+        image_size=list(catalog.image_size) if catalog.image_size is not None else None,
+    )
+    source = catalog.source or str(folder)
+    labels = np.asarray([int(e["label"]) for e in pool], dtype=np.int64)
+    summary_sites = {
+        site_name(k): _write_site(folder, k, members, pool, labels, common, settings=settings, plan=plan, source=source)
+        for k, members in enumerate(plan.sites)
+    }
+    _write_global_lists(folder, validation, test, common)
+    info = dict(catalog.info)
+    info.update(partition_facts(plan.partition, settings))  # keys the source placed keep their position
+    summary = {
+        "source": catalog.source,
+        **info,
+        "seed": settings.seed,
+        "local_test_fraction": settings.local_test_fraction,
+        **common,
+        "num_sites": len(plan.sites),
+        "sites": summary_sites,
+        "global_val_counts": class_counts(validation, num_classes),
+        "global_test_counts": class_counts(test, num_classes),
+    }
+    atomic_write_json(folder / "summary.json", summary)
+    atomic_write_text(folder / "summary.txt", format_summary(summary))
+    return summary
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """Readable per-site class-count table: training count per class, local test count in brackets."""
+    names = summary["class_names"]
+    rows: list[tuple[str, str, str, list[str]]] = []
+    for name, site in summary["sites"].items():
+        cells = [f"{a}({b})" if b else str(a) for a, b in zip(site["train_counts"], site["test_counts"])]
+        rows.append((name, str(site["num_train"]), str(site["num_test"]), cells))
+    for label, key in (("global_val", "global_val_counts"), ("global_test", "global_test_counts")):
+        counts = summary[key]
+        rows.append((label, str(sum(counts)), "", [str(c) for c in counts]))
+    width = max([len(str(i)) for i in range(len(names))] + [len(c) for r in rows for c in r[3]]) + 1
+    lines = [
+        f"source: {summary.get('source', '')}",
+        f"partition: {summary.get('partition', '')}  alpha: {summary.get('alpha', '')}  seed: {summary['seed']}  "
+        f"sites: {summary['num_sites']}  classes: {len(names)}  spatial_dims: {summary['spatial_dims']}  "
+        f"image_size: {summary['image_size']}",
+        "classes: " + ", ".join(f"{i}={n}" for i, n in enumerate(names)),
+        "per-site counts: training per class (local test in brackets)",
+        f"{'site':<12}{'train':>7}{'test':>6} " + "".join(f"{i:>{width}}" for i in range(len(names))),
+    ]
+    for name, train, test, cells in rows:
+        lines.append(f"{name:<12}{train:>7}{test:>6} " + "".join(f"{c:>{width}}" for c in cells))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,130 @@
+"""Image files shared by the sources: which files are images, decode-checking them, writing arrays as images."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from fedkper_monai.data.federation import Catalog, ImportSettings, Row
+from fedkper_monai.errors import DataError
+
+__all__ = ["IMAGE_SUFFIXES", "file_catalog", "image_suffix", "probe_images", "progress_bar", "save_image"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".nii", ".nii.gz", ".dcm")
+
+
+def progress_bar(iterable: Iterable, *, total: int, desc: str, enabled: bool) -> Iterable:
+    from tqdm.auto import tqdm
+
+    # Short jobs do not need a bar; long ones (thousands of images) do.
+    return tqdm(iterable, total=total, desc=desc, unit="img", disable=not enabled or total < 500, leave=False)
+
+
+def image_suffix(path: Path) -> str:
+    """The lower-case suffix, ``.nii.gz`` counted as one."""
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def save_image(array: np.ndarray, path: Path, spatial_dims: int) -> None:
+    """Write one uint8 array as PNG (2D) or NIfTI (3D)."""
+    if spatial_dims == 2:
+        from PIL import Image
+
+        Image.fromarray(np.ascontiguousarray(array)).save(path, compress_level=1)
+    else:
+        import nibabel as nib
+
+        nib.Nifti1Image(np.ascontiguousarray(array), affine=np.eye(4)).to_filename(str(path))
+
+
+def _spatial_dims_of(image) -> int:
+    """2 or 3 from a channel-first image as LoadImage gives it (trailing singleton axes dropped)."""
+    squeezed = image
+    while squeezed.ndim > 3 and squeezed.shape[-1] == 1:
+        squeezed = squeezed[..., 0]
+    return 3 if squeezed.ndim == 4 and squeezed.shape[-1] not in (3, 4) else 2
+
+
+def probe_images(
+    paths: Sequence[str], *, fields: Sequence[str], source: str | os.PathLike, spatial_dims: int | None, progress: bool
+) -> tuple[int, list[int] | None]:
+    """Decode every image once (a corrupt file fails here, before any output), return (spatial_dims, size).
+
+    ``fields`` names each image in errors. The size is the common spatial size of all images; None when
+    they differ.
+    """
+    from monai.transforms import LoadImage
+
+    from fedkper_monai.data.transforms import EnsureSpatialDimsd
+
+    loader = LoadImage(image_only=True, ensure_channel_first=True)
+    sizes: set[tuple[int, ...]] = set()
+    dims = spatial_dims
+    for path, where in progress_bar(zip(paths, fields), total=len(paths), desc="checking images", enabled=progress):
+        if not Path(path).exists():
+            raise DataError(source, f"image file not found: {path}", field=where)
+        try:
+            image = loader(path)
+            dims = dims or _spatial_dims_of(image)
+            image = EnsureSpatialDimsd("image", spatial_dims=dims)({"image": image})["image"]
+        except Exception as error:
+            cause = error
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            raise DataError(source, f"cannot read image {path}: {type(cause).__name__}: {cause}", field=where) from None
+        sizes.add(tuple(int(s) for s in image.shape[1:]))
+    size = list(next(iter(sizes))) if len(sizes) == 1 else None
+    return dims or 2, size
+
+
+def file_catalog(
+    rows: Sequence[Row],
+    *,
+    fields: Sequence[str],
+    copy_as: Sequence[Path],
+    class_names: Sequence[str],
+    source: Path,
+    settings: ImportSettings,
+    importer: str,
+) -> Catalog:
+    """The catalog of image files (class folders, manifests), every image decoded once first.
+
+    Args:
+        rows: one row per image file (``row.image`` is its path).
+        fields: how errors name each row (``ct/01.dcm``, ``rows[3].image``).
+        copy_as: path of each image under ``out/images`` when ``settings.copy``.
+        class_names: names of the classes in label order.
+        source: the folder or manifest (for errors and the summary).
+        importer: ``"folders"`` or ``"manifest"`` (recorded in the summary).
+    """
+    dims, common_size = probe_images(
+        [r.image for r in rows], fields=fields, source=source, spatial_dims=settings.spatial_dims,
+        progress=settings.progress,
+    )
+    image_size = settings.image_size
+    if image_size is None:
+        if common_size is None:
+            raise DataError(source, "images differ in size: pass --image-size to resize them all to one size",
+                            field="image_size")
+        image_size = common_size
+    if len(image_size) != dims:
+        raise DataError(source, f"--image-size needs {dims} values for {dims}D images, got {list(image_size)}",
+                        field="image_size")
+
+    def place_images(folder: Path) -> list[str]:
+        if not settings.copy:
+            return [str(Path(r.image)) for r in rows]
+        placed = []
+        for row, relative in zip(rows, copy_as):
+            target = folder / "images" / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(row.image, target)
+            placed.append(str(target))
+        return placed
+
+    return Catalog(rows, list(class_names), dims, image_size, str(source), {"importer": importer}, place_images)
