@@ -65,7 +65,7 @@ def _settings(args: argparse.Namespace):
     """The ``ImportSettings`` that the flags of this command set (the others keep their defaults)."""
     import dataclasses
 
-    from fedkper_monai.data.federation import ImportSettings
+    from fedkper_monai.data.import_settings import ImportSettings
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ImportSettings) if hasattr(args, f.name)}
     return ImportSettings(**given)

@@ -114,14 +114,15 @@ def ensure_demo_data(
         alpha: Dirichlet concentration of the label skew.
         progress: show progress bars.
 
-    The partition and local splits take the other :class:`~fedkper_monai.data.federation.ImportSettings`
+    The partition and local splits take the other :class:`~fedkper_monai.data.import_settings.ImportSettings`
     defaults (Dirichlet, ``min_samples=10``, ``local_test_fraction=0.2``), as every importer does.
 
     Raises:
         DataError: ``root`` exists with other content, or holds demo data made with other settings.
     """
-    from fedkper_monai.data.federation import ImportSettings
-    from fedkper_monai.data.sources.npz import import_arrays
+    from fedkper_monai.data.federation import plan_federation, write_federation
+    from fedkper_monai.data.import_settings import ImportSettings
+    from fedkper_monai.data.sources.npz import array_catalog
 
     target = Path(root).expanduser().absolute()
     settings = {"num_sites": num_sites, "seed": seed, "alpha": alpha, "version": 1}
@@ -147,11 +148,12 @@ def ensure_demo_data(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
-        summary = import_arrays(
-            staging, generate_demo_arrays(seed), class_names=DEMO_CLASS_NAMES,
-            settings=ImportSettings(num_sites=num_sites, alpha=alpha, seed=seed, progress=progress),
+        import_settings = ImportSettings(num_sites=num_sites, alpha=alpha, seed=seed, progress=progress)
+        catalog = array_catalog(
+            generate_demo_arrays(seed), class_names=DEMO_CLASS_NAMES, settings=import_settings,
             source="fedkper_monai.data.demo (synthetic)", info={"importer": "demo", "synthetic": True},
         )
+        summary = write_federation(staging, catalog, plan_federation(catalog, import_settings), import_settings)
         (staging / DEMO_MARKER).write_text(json.dumps({"settings": settings, "num_train": sum(
             s["num_train"] for s in summary["sites"].values())}), encoding="utf-8")
         try:

@@ -2,7 +2,7 @@
 
 Every importer (``sources/npz.py``, ``sources/folders.py``, ``sources/manifest.py``) and the demo data hand
 a :class:`Catalog` (one :class:`Row` per sample, plus what the datalists need to say about the images) and
-one :class:`ImportSettings` to this module, which carves the global splits, partitions the training pool over
+one :class:`~fedkper_monai.data.import_settings.ImportSettings` to this module, which carves the global splits, partitions the training pool over
 the sites and writes one output folder, built whole in a staging folder and moved into place at the end
 (``fedkper_monai.io.atomic_directory``), so an error leaves nothing in ``out``. Output contract::
 
@@ -22,7 +22,6 @@ Errors name the Python parameter that is wrong in ``DataError.field`` (``num_sit
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +29,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from fedkper_monai.data import partition as partitioners
 from fedkper_monai.data.datalist import class_counts, write_datalist
-from fedkper_monai.data.partition import (
-    PartitionError,
-    dirichlet_partition,
-    iid_partition,
-    natural_partition,
-    stratified_local_split,
-)
+from fedkper_monai.data.import_settings import ImportSettings
 from fedkper_monai.errors import DataError
 from fedkper_monai.io import atomic_directory, atomic_write_json, atomic_write_text
 
@@ -46,8 +40,6 @@ __all__ = [
     "SPLITS",
     "Catalog",
     "FederationPlan",
-    "FileImportOptions",
-    "ImportSettings",
     "Row",
     "format_summary",
     "import_catalog",
@@ -59,69 +51,6 @@ __all__ = [
 
 PARTITIONS = ("dirichlet", "iid")
 SPLITS = ("train", "val", "test")
-_FRACTIONS = ("local_test_fraction", "global_test_fraction", "global_val_fraction")
-
-
-@dataclass(frozen=True)
-class ImportSettings:
-    """How to turn a data set into a federation: the settings every importer and the demo data share.
-
-    The fields are the flags of ``fedkper-monai prepare`` (``num_sites`` is ``--sites``, the others are
-    spelled alike: ``local_test_fraction`` is ``--local-test-fraction``).
-
-    Attributes:
-        num_sites: sites of the Dirichlet/IID partition (a manifest's ``site`` column replaces it).
-        alpha: Dirichlet concentration; small = strong label skew.
-        seed: seed of the global carve, the partition and the local splits (site k uses ``seed + k``).
-        partition: ``"dirichlet"`` or ``"iid"``.
-        min_samples: minimum training samples per site.
-        local_test_fraction: each site's stratified local test share, in [0, 1).
-        global_test_fraction, global_val_fraction: stratified global shares, in [0, 1), carved when the
-            source gives no split (class folders, manifests; a MedMNIST file has its own).
-        image_size: task size after transforms (default: the images' common size; file importers only).
-        spatial_dims: 2 or 3 (default: from the images).
-        copy: copy the images under ``out/images`` instead of referencing them in place (file importers only).
-        overwrite: replace a non-empty ``out``.
-        progress: show progress bars.
-
-    Example:
-        >>> ImportSettings(num_sites=4, alpha=0.5).replace(seed=3).seed
-        3
-    """
-
-    num_sites: int | None = None
-    alpha: float = 0.1
-    seed: int = 0
-    partition: str = "dirichlet"
-    min_samples: int = 10
-    local_test_fraction: float = 0.2
-    global_test_fraction: float = 0.2
-    global_val_fraction: float = 0.1
-    image_size: Sequence[int] | None = None
-    spatial_dims: int | None = None
-    copy: bool = False
-    overwrite: bool = False
-    progress: bool = True
-
-    def replace(self, **changes: Any) -> "ImportSettings":
-        """A copy with ``changes`` (field names; an unknown name is a ``TypeError``)."""
-        return dataclasses.replace(self, **changes) if changes else self
-
-    @classmethod
-    def resolve(cls, settings: "ImportSettings | None", options: Mapping[str, Any]) -> "ImportSettings":
-        """``settings`` (default: the defaults) with the keyword ``options`` of an importer call applied."""
-        return (settings or cls()).replace(**options)
-
-    def check(self, source: str | os.PathLike) -> None:
-        """Refuse shares outside [0, 1) before any work; the error names the field and ``source``."""
-        for name in _FRACTIONS:
-            value = getattr(self, name)
-            if not 0 <= value < 1:
-                raise DataError(source, f"must be in [0, 1), got {value}", field=name)
-
-
-#: Former name of :class:`ImportSettings`, when only the folder and manifest importers shared it.
-FileImportOptions = ImportSettings
 
 
 @dataclass(frozen=True)
@@ -203,9 +132,9 @@ def _carve_global_splits(labels: np.ndarray, settings: ImportSettings) -> dict[s
     """Stratified global test / val / train split of a pool that has no official split."""
     test_fraction, val_fraction = settings.global_test_fraction, settings.global_val_fraction
     everything = np.arange(labels.size)
-    rest, test = stratified_local_split(everything, labels, test_fraction, settings.seed)
+    rest, test = partitioners.stratified_local_split(everything, labels, test_fraction, settings.seed)
     relative_val = val_fraction / (1.0 - test_fraction) if val_fraction else 0.0
-    train, val = stratified_local_split(rest, labels, min(relative_val, 0.99), settings.seed + 1)
+    train, val = partitioners.stratified_local_split(rest, labels, min(relative_val, 0.99), settings.seed + 1)
     return {"train": train, "val": val, "test": test}
 
 
@@ -215,12 +144,14 @@ def _partition(labels: np.ndarray, settings: ImportSettings, source: str) -> lis
         raise DataError(source, "give --sites N (or a 'site' column for a natural partition)", field="num_sites")
     try:
         if settings.partition == "dirichlet":
-            return dirichlet_partition(
+            return partitioners.dirichlet_partition(
                 labels, settings.num_sites, settings.alpha, settings.seed, min_samples=settings.min_samples
             )
         if settings.partition == "iid":
-            return iid_partition(labels, settings.num_sites, settings.seed, min_samples=max(settings.min_samples, 1))
-    except (PartitionError, ValueError) as error:
+            return partitioners.iid_partition(
+                labels, settings.num_sites, settings.seed, min_samples=max(settings.min_samples, 1)
+            )
+    except (partitioners.PartitionError, ValueError) as error:
         raise DataError(source, str(error), field="num_sites") from None
     raise DataError(source, f"unknown partition {settings.partition!r}; expected one of {PARTITIONS}", field="partition")
 
@@ -229,7 +160,7 @@ def _natural_sites(
     site_of_row: Sequence[str], train: np.ndarray, settings: ImportSettings, source: str
 ) -> tuple[list[str], list[np.ndarray]]:
     """One site per ``site`` value, in sorted order; each must keep ``min_samples`` training samples."""
-    names, members = natural_partition([site_of_row[i] for i in train])
+    names, members = partitioners.natural_partition([site_of_row[i] for i in train])
     for name in sorted(set(site_of_row)):
         if name not in names:
             raise DataError(source, f"site {name!r} has no training samples (all its rows are val/test)", field="site")
@@ -293,7 +224,9 @@ def _write_site(
     where = name + (f" ({source_site})" if source_site else "")
     if members.size == 0:
         raise DataError(source, f"{where} is empty after partition", field=name)
-    train_idx, test_idx = stratified_local_split(members, labels, settings.local_test_fraction, settings.seed + k)
+    train_idx, test_idx = partitioners.stratified_local_split(
+        members, labels, settings.local_test_fraction, settings.seed + k
+    )
     if train_idx.size == 0:
         raise DataError(source, f"{where} has no training samples after the local split", field=name)
     training = [pool[i] for i in train_idx]
@@ -326,7 +259,7 @@ def _write_global_lists(folder: Path, validation: list[dict], test: list[dict], 
 def write_federation(folder: Path, catalog: Catalog, plan: FederationPlan, settings: ImportSettings) -> dict:
     """Place the images, then write site datalists, global lists and the summary into ``folder``.
 
-    ``folder`` is a staging folder (:func:`import_catalog` and the demo data wrap it in an atomic rename);
+    ``folder`` is a staging folder (:func:`import_catalog` and the demo data move it into place atomically);
     image paths below it are written relative to it.
 
     Returns:

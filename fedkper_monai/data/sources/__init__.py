@@ -7,5 +7,5 @@
 
 A new source builds a :class:`~fedkper_monai.data.federation.Catalog` and calls
 :func:`~fedkper_monai.data.federation.import_catalog` with the shared
-:class:`~fedkper_monai.data.federation.ImportSettings`.
+:class:`~fedkper_monai.data.import_settings.ImportSettings`.
 """

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fedkper_monai.data.federation import SPLITS, ImportSettings, Row, import_catalog
+from fedkper_monai.data.federation import SPLITS, Row, import_catalog
+from fedkper_monai.data.import_settings import ImportSettings
 from fedkper_monai.data.sources.images import IMAGE_SUFFIXES, file_catalog, image_suffix
 from fedkper_monai.errors import DataError
 
@@ -33,7 +34,7 @@ def import_folders(
 ) -> dict:
     """Import a class-folder tree ``root/<class_name>/*.png|jpg|nii|nii.gz|dcm`` into ``out``.
 
-    ``options`` are fields of :class:`~fedkper_monai.data.federation.ImportSettings` and override
+    ``options`` are fields of :class:`~fedkper_monai.data.import_settings.ImportSettings` and override
     ``settings`` (``num_sites`` is needed).
 
     Classes are the sub-folder names in sorted order. If ``root`` holds ``train/`` and ``test/`` (and

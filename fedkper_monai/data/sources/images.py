@@ -9,7 +9,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from fedkper_monai.data.federation import Catalog, ImportSettings, Row
+from fedkper_monai.data.federation import Catalog, Row
+from fedkper_monai.data.import_settings import ImportSettings
 from fedkper_monai.errors import DataError
 
 __all__ = ["IMAGE_SUFFIXES", "file_catalog", "image_suffix", "probe_images", "progress_bar", "save_image"]

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from fedkper_monai.data.federation import SPLITS, ImportSettings, Row, import_catalog
+from fedkper_monai.data.federation import SPLITS, Row, import_catalog
+from fedkper_monai.data.import_settings import ImportSettings
 from fedkper_monai.data.sources.images import file_catalog
 from fedkper_monai.errors import DataError
 
@@ -90,7 +91,7 @@ def import_manifest(
 ) -> dict:
     """Import a CSV manifest with columns ``image,label`` and optionally ``site``, ``split``, ``id`` into ``out``.
 
-    ``options`` are fields of :class:`~fedkper_monai.data.federation.ImportSettings` and override ``settings``.
+    ``options`` are fields of :class:`~fedkper_monai.data.import_settings.ImportSettings` and override ``settings``.
 
     ``image`` is a path relative to the CSV's folder or absolute (a DICOM series may be a folder). ``label``
     is a class index or a class name (names are sorted to indices unless ``class_names`` gives the order).

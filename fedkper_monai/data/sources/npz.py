@@ -17,17 +17,15 @@ import numpy as np
 from fedkper_monai.data.federation import (
     SPLITS,
     Catalog,
-    ImportSettings,
     Row,
     import_catalog,
     partition_facts,
-    plan_federation,
-    write_federation,
 )
+from fedkper_monai.data.import_settings import ImportSettings
 from fedkper_monai.data.sources.images import progress_bar, save_image
 from fedkper_monai.errors import DataError
 
-__all__ = ["array_catalog", "import_arrays", "import_medmnist", "load_npz_splits"]
+__all__ = ["array_catalog", "import_medmnist", "load_npz_splits"]
 
 Splits = Mapping[str, tuple[np.ndarray, np.ndarray]]
 
@@ -140,26 +138,6 @@ def array_catalog(
     # summary.json lists the partition before the importer for arrays (as it always has).
     facts = {**partition_facts(settings.partition, settings), **dict(info or {})}
     return Catalog(rows, names, dims, list(train_images.shape[1 : 1 + dims]), source, facts, place_images)
-
-
-def import_arrays(
-    folder: Path,
-    splits: Splits,
-    *,
-    class_names: Sequence[str] | None,
-    settings: ImportSettings,
-    source: str = "",
-    info: Mapping[str, Any] | None = None,
-) -> dict:
-    """Write image arrays and the federation into ``folder``, a staging folder the caller moves into place.
-
-    Partitioning runs first, so a bad partition fails before any image is written.
-
-    Returns:
-        the summary (see :func:`fedkper_monai.data.federation.write_federation`).
-    """
-    catalog = array_catalog(splits, class_names=class_names, settings=settings, source=source, info=info)
-    return write_federation(folder, catalog, plan_federation(catalog, settings), settings)
 
 
 def _known_class_names(npz_path: Path, flag: str | None) -> Sequence[str] | None:

@@ -1,0 +1,76 @@
+"""The settings of turning a data set into a federation, shared by every importer, the CLI and the demo data."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from fedkper_monai.errors import DataError
+
+__all__ = ["FileImportOptions", "ImportSettings"]
+
+_FRACTIONS = ("local_test_fraction", "global_test_fraction", "global_val_fraction")
+
+
+@dataclass(frozen=True)
+class ImportSettings:
+    """How to turn a data set into a federation: the settings every importer and the demo data share.
+
+    The fields are the flags of ``fedkper-monai prepare`` (``num_sites`` is ``--sites``, the others are
+    spelled alike: ``local_test_fraction`` is ``--local-test-fraction``).
+
+    Attributes:
+        num_sites: sites of the Dirichlet/IID partition (a manifest's ``site`` column replaces it).
+        alpha: Dirichlet concentration; small = strong label skew.
+        seed: seed of the global carve, the partition and the local splits (site k uses ``seed + k``).
+        partition: ``"dirichlet"`` or ``"iid"``.
+        min_samples: minimum training samples per site.
+        local_test_fraction: each site's stratified local test share, in [0, 1).
+        global_test_fraction, global_val_fraction: stratified global shares, in [0, 1), carved when the
+            source gives no split (class folders, manifests; a MedMNIST file has its own).
+        image_size: task size after transforms (default: the images' common size; file importers only).
+        spatial_dims: 2 or 3 (default: from the images).
+        copy: copy the images under ``out/images`` instead of referencing them in place (file importers only).
+        overwrite: replace a non-empty ``out``.
+        progress: show progress bars.
+
+    Example:
+        >>> ImportSettings(num_sites=4, alpha=0.5).replace(seed=3).seed
+        3
+    """
+
+    num_sites: int | None = None
+    alpha: float = 0.1
+    seed: int = 0
+    partition: str = "dirichlet"
+    min_samples: int = 10
+    local_test_fraction: float = 0.2
+    global_test_fraction: float = 0.2
+    global_val_fraction: float = 0.1
+    image_size: Sequence[int] | None = None
+    spatial_dims: int | None = None
+    copy: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def replace(self, **changes: Any) -> "ImportSettings":
+        """A copy with ``changes`` (field names; an unknown name is a ``TypeError``)."""
+        return dataclasses.replace(self, **changes) if changes else self
+
+    @classmethod
+    def resolve(cls, settings: "ImportSettings | None", options: Mapping[str, Any]) -> "ImportSettings":
+        """``settings`` (default: the defaults) with the keyword ``options`` of an importer call applied."""
+        return (settings or cls()).replace(**options)
+
+    def check(self, source: str | os.PathLike) -> None:
+        """Refuse shares outside [0, 1) before any work; the error names the field and ``source``."""
+        for name in _FRACTIONS:
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise DataError(source, f"must be in [0, 1), got {value}", field=name)
+
+
+#: Former name of :class:`ImportSettings`, when only the folder and manifest importers shared it.
+FileImportOptions = ImportSettings
