@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedkper_monai.training.strategies import LocalStrategy
+from fedkper_monai.training.tasks import ClassificationTask, Task
 
 __all__ = [
     "select_device",
@@ -141,6 +142,7 @@ def train_local(
     cache_teacher_logits: bool = False,
     amp: bool = False,
     max_grad_norm: float | None = None,
+    task: Task | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``epochs`` epochs with ``strategy``'s local objective.
 
@@ -159,6 +161,7 @@ def train_local(
             augmentation); the ids must be unique.
         amp: mixed precision (float16 autocast + gradient scaling) on CUDA; ignored on CPU (plain fp32).
         max_grad_norm: clip the gradient norm to this value when given.
+        task: the label format of the batches (:mod:`fedkper_monai.training.tasks`); classification by default.
 
     Returns:
         :class:`TrainResult`.
@@ -172,6 +175,7 @@ def train_local(
     if strategy.needs_global_model and teacher is None:
         raise ValueError(f"strategy {strategy.name!r} needs the frozen global model: pass teacher=frozen_copy(model)")
     use_amp = amp and device.type == "cuda"
+    task = task or ClassificationTask()
     model.to(device)
     if teacher is not None:
         teacher.to(device)
@@ -189,7 +193,7 @@ def train_local(
     for epoch in range(epochs):
         epoch_samples = 0
         for batch in loader:
-            images, targets = _batch_tensors(batch, device)
+            images, targets = _batch_tensors(batch, device, task)
             teacher_logits = None
             if strategy.uses_teacher:
                 assert teacher is not None  # guaranteed: uses_teacher implies needs_global_model
@@ -256,6 +260,7 @@ class EvalResult:
         accuracy: share of correct predictions.
         balanced_accuracy: mean per-class recall over the classes present in ``labels``.
         num_samples: number of samples evaluated.
+        task: the task that judged the predictions (decides what :attr:`correct` compares).
     """
 
     ids: list[str]
@@ -265,11 +270,12 @@ class EvalResult:
     accuracy: float
     balanced_accuracy: float
     num_samples: int
+    task: Task = field(default_factory=ClassificationTask, repr=False, compare=False)
 
     @property
     def correct(self) -> np.ndarray:
-        """Boolean ``(num_samples,)``: which samples were predicted right (for flip counting)."""
-        return self.predictions == self.labels
+        """Boolean per counted unit (per sample for classification): what the flip trackers compare."""
+        return self.task.correct(self.labels, self.predictions)
 
 
 @torch.no_grad()
@@ -280,6 +286,7 @@ def evaluate(
     device: torch.device,
     num_classes: int,
     amp: bool = False,
+    task: Task | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on every batch of ``loader`` (eval mode, no gradients; the previous mode is restored).
 
@@ -293,12 +300,14 @@ def evaluate(
         device: where to run.
         num_classes: the task's number of classes; logits and labels are checked against it.
         amp: float16 autocast on CUDA; ignored on CPU.
+        task: label format, predictions, correctness and summary metrics (classification by default).
 
     Raises:
         ValueError: the loader yields no samples (empty split: the caller decides what that means), the
             logits have the wrong width, or a label is outside ``[0, num_classes)``.
     """
     use_amp = amp and device.type == "cuda"
+    task = task or ClassificationTask()
     was_training = model.training
     model.to(device)
     model.eval()
@@ -308,18 +317,15 @@ def evaluate(
     loss_sum = 0.0
     try:
         for batch in loader:
-            images, targets = _batch_tensors(batch, device)
+            images, targets = _batch_tensors(batch, device, task)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 logits = model(images)
             logits = logits.float()
-            if logits.ndim != 2 or logits.shape[1] != num_classes:
-                raise ValueError(f"model produced logits of shape {tuple(logits.shape)}, expected (B, {num_classes})")
-            if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= num_classes):
-                raise ValueError(f"label out of range [0, {num_classes}): {targets.tolist()}")
+            task.check_outputs(logits, targets, num_classes)
             loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
             ids.extend(_batch_ids(batch, len(targets), start=len(ids)))
             labels.append(targets.cpu())
-            predictions.append(logits.argmax(dim=1).cpu())
+            predictions.append(task.predictions(logits).cpu())
     finally:
         model.train(was_training)
     if not ids:
@@ -327,15 +333,15 @@ def evaluate(
 
     label_array = torch.cat(labels).numpy().astype(np.int64)
     prediction_array = torch.cat(predictions).numpy().astype(np.int64)
-    correct = prediction_array == label_array
-    recalls = [correct[label_array == cls].mean() for cls in np.unique(label_array)]
+    accuracy, balanced_accuracy = task.summary(label_array, prediction_array)
     return EvalResult(
         ids=ids,
         labels=label_array,
         predictions=prediction_array,
         loss=loss_sum / len(ids),
-        accuracy=float(correct.mean()),
-        balanced_accuracy=float(np.mean(recalls)),
+        accuracy=accuracy,
+        balanced_accuracy=balanced_accuracy,
+        task=task,
         num_samples=len(ids),
     )
 
@@ -345,8 +351,8 @@ def _teacher_forward(teacher: nn.Module, images: torch.Tensor, use_amp: bool) ->
         return teacher(images).float()
 
 
-def _batch_tensors(batch: Mapping[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images, targets)`` on ``device``: plain tensors (no MONAI metadata), targets int64 ``(B,)``."""
+def _batch_tensors(batch: Mapping[str, Any], device: torch.device, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, targets)`` on ``device``: plain tensors (no MONAI metadata), targets as ``task`` takes them."""
     if "image" not in batch or "label" not in batch:
         raise ValueError(f"a batch must hold 'image' and 'label' keys, got {sorted(batch)}")
     images = batch["image"]
@@ -354,14 +360,9 @@ def _batch_tensors(batch: Mapping[str, Any], device: torch.device) -> tuple[torc
     # MetaTensor carries per-sample metadata through every op; the loop needs none of it.
     images = images.as_tensor() if hasattr(images, "as_tensor") else torch.as_tensor(images)
     targets = targets.as_tensor() if hasattr(targets, "as_tensor") else torch.as_tensor(targets)
-    if targets.ndim == 2 and targets.shape[1] == 1:
-        targets = targets[:, 0]
-    if targets.ndim != 1 or targets.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"labels of shape {tuple(targets.shape)} do not match {images.shape[0]} images: expected (B,) or (B, 1)"
-        )
+    targets = task.targets(targets, images.shape[0])
     non_blocking = device.type == "cuda"
-    return images.to(device, non_blocking=non_blocking).float(), targets.to(device, non_blocking=non_blocking).long()
+    return images.to(device, non_blocking=non_blocking).float(), targets.to(device, non_blocking=non_blocking)
 
 
 def _batch_ids(batch: Mapping[str, Any], batch_size: int, start: int | None = None) -> list[str]:

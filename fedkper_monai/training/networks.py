@@ -7,14 +7,18 @@ is what federated training from scratch needs and what an offline hospital site 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from monai.networks import nets
 from monai.networks.layers.factories import Conv, Pool
 from torch import nn
 
-__all__ = ["NETWORK_NAMES", "ReferenceCNN", "build_network"]
+from fedkper_monai.errors import FedKPerError
+
+__all__ = ["NETWORK_NAMES", "ReferenceCNN", "build_network", "check_network_matches"]
 
 
 class ReferenceCNN(nn.Module):
@@ -178,3 +182,17 @@ def build_network(
                 "resize the images (transforms config) or choose reference_cnn / a resnet"
             )
     return builder(spatial_dims, in_channels, num_classes)
+
+
+def check_network_matches(network: Mapping[str, Any], num_classes: int, source: str | os.PathLike) -> None:
+    """A network spec must have as many outputs as the datalist ``source`` has classes.
+
+    Raises:
+        FedKPerError: naming ``source`` and both class counts.
+    """
+    if int(network.get("num_classes", -1)) != int(num_classes):
+        raise FedKPerError(
+            f"{source}: num_classes {num_classes} differs from the job's network num_classes "
+            f"{network.get('num_classes')}: edit the job's network args or run `fedkper-monai simulate "
+            "--data-root`, which sets them from the datalist"
+        )

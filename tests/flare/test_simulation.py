@@ -3,16 +3,54 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from fedkper_monai.cli import main
+from fedkper_monai.flare.jobspec import load_job, save_job_configs
 from fedkper_monai.flare.metrics import ROUND_FIELDS, SITE_TRAIN_FIELDS
 from fedkper_monai.flare.simulate import find_metrics
 from fedkper_monai.report.metrics import load_run, summarize
 
 pytestmark = pytest.mark.slow
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# Wall-clock fields; everything else in metrics.jsonl is deterministic under the seed.
+_TIMING_FIELDS = {"started", "seconds", "train_seconds"}
+# The 3-site RetinaMNIST run every golden fixture was recorded with (before the site-round restructure).
+_GOLDEN_RUN = ["-n", "3", "-t", "3", "--rounds", "2", "--sample-fraction", "0.67", "--local-epochs", "1"]
+
+
+def _differences(expected, actual, where: str = "") -> list[str]:
+    """Every place where two metrics records differ (numbers to 1e-6; timings ignored)."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        if set(expected) != set(actual):
+            return [f"{where}: fields {sorted(set(expected) ^ set(actual))} differ"]
+        return [d for key in expected if key not in _TIMING_FIELDS for d in _differences(expected[key], actual[key], f"{where}.{key}")]
+    if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
+        return [d for i, (e, a) in enumerate(zip(expected, actual)) for d in _differences(e, a, f"{where}[{i}]")]
+    if isinstance(expected, float) and isinstance(actual, (int, float)) and not isinstance(actual, bool):
+        return [] if math.isclose(expected, actual, rel_tol=0, abs_tol=1e-6) else [f"{where}: {expected} != {actual}"]
+    return [] if expected == actual else [f"{where}: {expected!r} != {actual!r}"]
+
+
+def _normalized(record: dict) -> dict:
+    # The aggregator lists sites in the order their updates arrived, which FLARE does not fix.
+    if "aggregated_sites" in record:
+        record["aggregated_sites"] = sorted(record["aggregated_sites"])
+    return record
+
+
+def assert_matches_golden(metrics: Path, fixture: str) -> None:
+    """``metrics`` equals the recorded ``fixture`` line by line (a change that alters a metric on purpose
+    re-records the fixture and says why in its commit)."""
+    expected = [_normalized(json.loads(line)) for line in (FIXTURES / fixture).read_text().splitlines()]
+    actual = [_normalized(json.loads(line)) for line in metrics.read_text().splitlines()]
+    assert len(actual) == len(expected), f"{len(actual)} lines, fixture {fixture} has {len(expected)}"
+    problems = [d for i, (e, a) in enumerate(zip(expected, actual)) for d in _differences(e, a, f"line {i + 1}")]
+    assert not problems, f"metrics.jsonl differs from {fixture}:\n" + "\n".join(problems[:20])
 
 
 def _lines(metrics: Path) -> tuple[dict, list[dict], list[dict]]:
@@ -25,14 +63,12 @@ def _lines(metrics: Path) -> tuple[dict, list[dict], list[dict]]:
 
 def test_fedkper_on_real_retinamnist_sites(retina_federation, tmp_path, capsys):
     workspace = tmp_path / "ws"
-    code = main(
-        ["simulate", "jobs/fedkper_medmnist", "-w", str(workspace), "-n", "3", "-t", "3", "--data-root", str(retina_federation),
-         "--rounds", "2", "--sample-fraction", "0.67", "--local-epochs", "1"]
-    )
+    code = main(["simulate", "jobs/fedkper_medmnist", "-w", str(workspace), "--data-root", str(retina_federation), *_GOLDEN_RUN])
     assert code == 0
     printed = capsys.readouterr().out
     assert "metrics:" in printed and "tensorboard --logdir" in printed
     metrics = find_metrics(workspace)
+    assert_matches_golden(metrics, "golden_fedkper_retina_3sites.jsonl")
     header, sites, rounds = _lines(metrics)
     assert header["algorithm"] == "fedkper" and header["num_sites"] == 3 and header["num_classes"] == 5
     assert [r["round"] for r in rounds] == [0, 1]
@@ -76,6 +112,22 @@ def test_fedkper_on_real_retinamnist_sites(retina_federation, tmp_path, capsys):
     # FLARE enforced the allow-list: our prefix was added, never "*".
     allow_list = json.loads((workspace / "local" / "resources.json").read_text())["class_allow_list"]
     assert "fedkper_monai." in allow_list and "*" not in allow_list
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "algorithm_args"), [("ditto", {"mu": 1.0}), ("local", {})], ids=["ditto", "local"]
+)
+def test_personal_model_algorithms_reproduce_their_recorded_metrics(algorithm, algorithm_args, retina_federation, tmp_path):
+    # The sites that keep their own model across rounds (Ditto's personal model, Local-only's) take the
+    # other branch of the site round; their metrics were recorded with the same partition and settings.
+    meta, server, client = load_job("jobs/fedavg_medmnist")
+    learner = next(c for c in client["components"] if c["id"] == "learner")
+    learner["args"].update(algorithm=algorithm, algorithm_args=algorithm_args)
+    next(w for w in server["workflows"] if w["id"] == "controller")["args"]["algorithm"] = algorithm
+    job = save_job_configs(tmp_path / "job" / algorithm, meta, server, client)
+    workspace = tmp_path / "ws"
+    assert main(["simulate", str(job), "-w", str(workspace), "--data-root", str(retina_federation), *_GOLDEN_RUN]) == 0
+    assert_matches_golden(find_metrics(workspace), f"golden_{algorithm}_retina_3sites.jsonl")
 
 
 def test_readme_demo_improves_global_and_personalized_accuracy(tmp_path, monkeypatch):

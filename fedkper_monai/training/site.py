@@ -1,0 +1,330 @@
+"""One federated site and its round, without FLARE.
+
+:class:`Site` is everything a site does: it reads its datalist, builds its MONAI data and networks, and each
+round evaluates the received global model on its local test split (with flips), trains (the received model
+is the teacher or proximal anchor; Ditto also trains an upload copy), evaluates its personalized model
+(with flips), measures its training accuracy and computes its FedKPer score. Its flip memories and its
+personalized model live in ``state_dir`` so that a restarted site continues where it stopped.
+
+The FLARE learner, the in-process benchmark loop and the tests all drive this same class::
+
+    site = Site("site-1", "data/retina/site-1.json", SiteConfig(network=spec), state_dir="work/site-1")
+    report = site.train_round(global_weights, round_index=0, version=0)
+    report.upload, report.score, report.num_samples, report.metrics
+
+What leaves the site is :class:`SiteReport`: weights, the score, the sample count and scalar metrics of
+models on its own test split (DESIGN section 4).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedkper_monai.algorithm import FlipTracker, fedkper_score
+from fedkper_monai.errors import DataError, FedKPerError
+from fedkper_monai.io import atomic_write_bytes, atomic_write_json
+from fedkper_monai.training.loop import EvalResult, evaluate, make_optimizer, round_learning_rate, select_device, train_local
+from fedkper_monai.training.networks import build_network, check_network_matches
+from fedkper_monai.training.strategies import FedAvgStrategy, LocalStrategy, make_strategy
+from fedkper_monai.training.tasks import make_task
+
+__all__ = ["SiteConfig", "SiteReport", "Site", "STATE_FILE", "CHECKPOINT_FILE"]
+
+STATE_FILE = "fedkper_site_state.json"
+CHECKPOINT_FILE = "personalized_model.pt"
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """A site's local settings; the defaults are the paper's (DESIGN section 1).
+
+    Args:
+        network: ``build_network`` arguments (name, spatial_dims, in_channels, num_classes, image_size).
+        algorithm: local objective, a :func:`~fedkper_monai.training.make_strategy` name.
+        algorithm_args: the strategy's parameters (e.g. ``{"mu": 0.01}`` for FedProx).
+        task: a :func:`~fedkper_monai.training.tasks.make_task` name.
+        transforms: transform config name or path (``transforms/``), read with MONAI's ConfigParser.
+        augment: switch on the config's random augmentation for training.
+        batch_size, local_epochs, optimizer, lr, momentum, weight_decay: local training.
+        lr_gamma: learning-rate decay per round (StepLR over rounds).
+        cache: dataset caching, ``none``, ``memory`` or ``disk``.
+        num_workers: data loader worker processes.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        amp: mixed precision on CUDA.
+        seed: seed of this site's shuffling and initialization.
+    """
+
+    network: Mapping[str, Any] = field(default_factory=dict)
+    algorithm: str = "fedkper"
+    algorithm_args: Mapping[str, float] = field(default_factory=dict)
+    task: str = "classification"
+    transforms: str = "classification_2d"
+    augment: bool = False
+    batch_size: int = 12
+    local_epochs: int = 5
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    lr_gamma: float = 0.99
+    cache: str = "memory"
+    num_workers: int = 0
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "site settings") -> SiteConfig:
+        """Build from a job's learner arguments; an unknown key is an error naming it and the valid ones."""
+        valid = [f for f in cls.__dataclass_fields__]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise FedKPerError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(valid)}")
+        return cls(**values)
+
+
+@dataclass
+class SiteReport:
+    """What one train round sends to the server.
+
+    Attributes:
+        upload: the weights to aggregate (the trained model; Ditto's separately trained global update).
+        score: the FedKPer score (reliability x label diversity).
+        num_samples: training samples.
+        metrics: scalars only: the received model's global-on-local figures, the personalized model's
+            figures, training figures and strategy diagnostics (``strategy_<name>``).
+    """
+
+    upload: dict[str, torch.Tensor]
+    score: float
+    num_samples: int
+    metrics: dict[str, float | int]
+
+
+class Site:
+    """One site: its data, models, local objective and flip memories (see the module docstring).
+
+    Args:
+        name: the site's name (logs and errors).
+        datalist: the site's datalist JSON (``training`` and ``test`` lists).
+        config: local settings.
+        state_dir: where the flip memories and the personalized model are kept; ``None`` keeps nothing.
+
+    Raises:
+        DataError: the datalist is missing, malformed or has an empty training or test list.
+        FedKPerError: the network does not fit the datalist's classes, or a setting is invalid.
+    """
+
+    def __init__(self, name: str, datalist: str | os.PathLike, config: SiteConfig, state_dir: str | os.PathLike | None = None) -> None:
+        from fedkper_monai.data import load_datalist
+
+        self.name = name
+        self.config = config
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.task = make_task(config.task)
+        data = load_datalist(datalist)
+        for split in ("training", "test"):
+            if not getattr(data, split):
+                raise DataError(data.path, f"site {name} has no {'local test' if split == 'test' else split} samples", field=split)
+        check_network_matches(config.network, data.num_classes, data.path)
+        self.datalist_path = data.path
+        self.num_classes = data.num_classes
+        self.class_counts = self.task.label_histogram(data.training, data.num_classes)
+        self.num_train = len(data.training)
+        self.local_test_size = len(data.test)
+        self.device = select_device(config.device)
+        torch.manual_seed(config.seed)
+        self._build_loaders(data)
+        self.model = build_network(**config.network).to(self.device)
+        # The received global model, frozen each round: teacher (FedKPer, FedNTD) or anchor (FedProx, Ditto).
+        self.global_model = copy.deepcopy(self.model)
+        self.strategy: LocalStrategy = make_strategy(config.algorithm, **config.algorithm_args)
+        # Ditto uploads a separately trained copy of the received model; the others upload self.model.
+        self.upload_model = copy.deepcopy(self.model) if self.strategy.personal_model else None
+        self.has_own_model = False
+        self.trackers = {"personalized": FlipTracker(self.num_classes), "global_on_local": FlipTracker(self.num_classes)}
+        self._global_eval: dict[str, Any] = {}
+        self.restored = False
+        # torch imports its compiler stack (~800 modules, ~0.8 s) when a process builds its first optimizer;
+        # pay that at setup rather than inside this site's first round (and its train_seconds).
+        self._optimizer(self.model, config.lr)
+        self._load_state()
+
+    def _build_loaders(self, data: Any) -> None:
+        from fedkper_monai.data import build_transforms, is_deterministic, make_dataset, make_loader
+
+        config = self.config
+        image_size = config.network.get("image_size")
+        train_transform = build_transforms(config.transforms, image_size=image_size, augment=config.augment)
+        eval_transform = build_transforms(config.transforms, image_size=image_size, augment=False)
+        # Teacher logits can be computed once per round only when the same sample always looks the same.
+        self.cache_teacher_logits = is_deterministic(train_transform)
+        eval_batch = max(config.batch_size, 64)
+        train_set = make_dataset(data.training, train_transform, cache=config.cache)
+        self.train_loader = make_loader(train_set, batch_size=config.batch_size, shuffle=True, seed=config.seed, num_workers=config.num_workers)
+        # The score's training accuracy: the training split with the evaluation transforms, in order.
+        train_eval_set = train_set if not config.augment else make_dataset(data.training, eval_transform, cache=config.cache)
+        self.train_eval_loader = make_loader(train_eval_set, batch_size=eval_batch, shuffle=False, num_workers=config.num_workers)
+        test_set = make_dataset(data.test, eval_transform, cache=config.cache)
+        self.test_loader = make_loader(test_set, batch_size=eval_batch, shuffle=False, num_workers=config.num_workers)
+
+    # ------------------------------------------------------------------ the round
+    def evaluate_global(self, weights: Mapping[str, torch.Tensor], version: Any) -> dict[str, float | int]:
+        """The received global model on the local test split, with its flips; once per model ``version``.
+
+        FLARE validates before each train task and the train task needs the same figures: a version already
+        evaluated returns the stored metrics (also across a restart), so no model is counted twice in the flips.
+        """
+        version = _version_key(version)
+        if self._global_eval.get("version") == version:
+            return dict(self._global_eval["metrics"])
+        self.global_model.load_state_dict(weights)
+        result = self._evaluate(self.global_model, self.test_loader)
+        flips = self.trackers["global_on_local"].update(result.ids, result.correct, result.labels)
+        metric = self.task.metric
+        metrics = {
+            f"global_on_local_{metric}": result.accuracy,
+            f"global_on_local_balanced_{metric}": result.balanced_accuracy,
+            "nfr_global_on_local": flips.nfr,
+            "local_test_size": self.local_test_size,
+        }
+        self._global_eval = {"version": version, "metrics": metrics}
+        self._save_state(save_model=False)
+        return dict(metrics)
+
+    def train_round(
+        self,
+        weights: Mapping[str, torch.Tensor],
+        round_index: int,
+        version: Any,
+        is_aborted: Callable[[], bool] = lambda: False,
+    ) -> SiteReport | None:
+        """One round: evaluate the received model, train, evaluate the personalized model, score.
+
+        Args:
+            weights: the received global model's state dict.
+            round_index: the FL round (sets the decayed learning rate).
+            version: identity of the received model (see :meth:`evaluate_global`).
+            is_aborted: polled after training; when it returns True the round stops and returns ``None``.
+        """
+        metrics: dict[str, float | int] = self.evaluate_global(weights, version)
+        self.global_model.load_state_dict(weights)
+        self.global_model.eval()
+        self.global_model.requires_grad_(False)
+        # Local-only and Ditto keep their own model across rounds; everyone starts from the global initialization.
+        keeps_own_model = not self.strategy.federated or self.strategy.personal_model
+        if not keeps_own_model or not self.has_own_model:
+            self.model.load_state_dict(weights)
+        lr = round_learning_rate(self.config.lr, self.config.lr_gamma, round_index)
+        started = time.perf_counter()
+        if self.upload_model is not None:
+            # Ditto: the global update is the received model trained with plain cross-entropy.
+            self.upload_model.load_state_dict(weights)
+            self._fit(self.upload_model, FedAvgStrategy(), lr)
+        trained = self._fit(self.model, self.strategy, lr)
+        self.has_own_model = True
+        train_seconds = time.perf_counter() - started
+        if is_aborted():
+            return None
+        metrics.update(self._personalized_metrics())
+        score = fedkper_score(self.task.reliability(metrics[f"train_{self.task.metric}"]), self.class_counts, self.num_classes)
+        self._save_state(save_model=True)
+        upload = (self.upload_model if self.upload_model is not None else self.model).state_dict()
+        metrics.update(
+            {
+                "score": score,
+                "num_samples": self.num_train,
+                "train_loss": trained.mean_loss,
+                "train_seconds": train_seconds,
+                "lr": lr,
+                **{f"strategy_{key}": value for key, value in trained.stats.items()},
+            }
+        )
+        return SiteReport(upload=upload, score=float(score), num_samples=int(self.num_train), metrics=metrics)
+
+    def _personalized_metrics(self) -> dict[str, float]:
+        """The trained local model on the local test split (with flips) and on its own training split."""
+        metric = self.task.metric
+        personalized = self._evaluate(self.model, self.test_loader)
+        flips = self.trackers["personalized"].update(personalized.ids, personalized.correct, personalized.labels)
+        on_training = self._evaluate(self.model, self.train_eval_loader)
+        return {
+            f"personalized_{metric}": personalized.accuracy,
+            f"personalized_balanced_{metric}": personalized.balanced_accuracy,
+            "nfr_personalized": flips.nfr,
+            f"train_{metric}": on_training.accuracy,
+        }
+
+    def _evaluate(self, network: torch.nn.Module, loader: Any) -> EvalResult:
+        return evaluate(network, loader, device=self.device, num_classes=self.num_classes, amp=self.config.amp, task=self.task)
+
+    def _optimizer(self, network: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+        config = self.config
+        return make_optimizer(network, name=config.optimizer, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+    def _fit(self, network: torch.nn.Module, strategy: LocalStrategy, lr: float) -> Any:
+        """One round of local training of ``network`` with ``strategy`` (the shared loop)."""
+        return train_local(
+            network,
+            self.train_loader,
+            strategy,
+            epochs=self.config.local_epochs,
+            optimizer=self._optimizer(network, lr),
+            device=self.device,
+            teacher=self.global_model if strategy.needs_global_model else None,
+            cache_teacher_logits=self.cache_teacher_logits,
+            amp=self.config.amp,
+            task=self.task,
+        )
+
+    # ------------------------------------------------------------------ state on disk
+    def _load_state(self) -> None:
+        """Restore flip memories, the last global evaluation and the personalized model (a restarted site)."""
+        if self.state_dir is None:
+            return
+        path = self.state_dir / STATE_FILE
+        if path.exists():
+            state = json.loads(path.read_text())
+            for role, tracker in self.trackers.items():
+                tracker.load_state_dict(state["trackers"][role])
+            cache = state.get("global_eval") or {}
+            if cache:
+                self._global_eval = {"version": _version_key(cache["version"]), "metrics": cache["metrics"]}
+            self.restored = True
+        checkpoint = self.state_dir / CHECKPOINT_FILE
+        if checkpoint.exists():
+            self.model.load_state_dict(torch.load(checkpoint, map_location=self.device, weights_only=True))
+            self.has_own_model = True
+
+    def _save_state(self, save_model: bool) -> None:
+        if self.state_dir is None:
+            return
+        if save_model:
+            buffer = io.BytesIO()
+            torch.save(self.model.state_dict(), buffer)
+            atomic_write_bytes(self.state_dir / CHECKPOINT_FILE, buffer.getvalue())
+        state = {"trackers": {r: t.state_dict() for r, t in self.trackers.items()}, "global_eval": self._global_eval}
+        atomic_write_json(self.state_dir / STATE_FILE, state)
+
+    def describe(self) -> str:
+        """One line for the site's log."""
+        return (
+            f"{self.name}: {self.num_train} training / {self.local_test_size} local test samples from "
+            f"{self.datalist_path}; class counts {self.class_counts}; algorithm {self.config.algorithm}; "
+            f"device {self.device}"
+        )
+
+
+def _version_key(version: Any) -> Any:
+    """A global-model version as stored in the JSON state (lists there, tuples nowhere)."""
+    return list(version) if isinstance(version, (list, tuple)) else version

@@ -1,0 +1,175 @@
+"""The site round without FLARE (:class:`fedkper_monai.training.site.Site`) on real RetinaMNIST sites.
+
+These pin what a site computes and on which split: a mistake in any of them (training accuracy measured on
+the test split, the score's histogram taken from the test split, a federated site that stops taking the
+received weights, Ditto uploading the wrong model) changes a number these tests compare exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedkper_monai.algorithm import fedkper_score
+from fedkper_monai.errors import DataError, FedKPerError
+from fedkper_monai.training import build_network, evaluate
+from fedkper_monai.training.site import CHECKPOINT_FILE, STATE_FILE, Site, SiteConfig
+
+
+def _config(network: dict, algorithm: str = "fedkper", **overrides) -> SiteConfig:
+    settings = {"network": network, "algorithm": algorithm, "local_epochs": 1, "batch_size": 32, **overrides}
+    return SiteConfig(**settings)
+
+
+def _weights(network: dict, seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return build_network(**network).state_dict()
+
+
+def _max_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def test_a_round_reports_every_metric_and_keeps_its_state(retina_federation, tmp_path, retina_network):
+    site = Site("site-1", retina_federation / "site-1.json", _config(retina_network), state_dir=tmp_path)
+    received = _weights(retina_network, 0)
+    before = site.evaluate_global(received, version=0)  # FLARE's pre-train validation
+    report = site.train_round(received, round_index=0, version=0)
+    assert report is not None
+    assert before["global_on_local_acc"] == report.metrics["global_on_local_acc"]
+    for key in ("personalized_acc", "personalized_balanced_acc", "nfr_personalized", "train_acc", "nfr_global_on_local"):
+        assert 0.0 <= report.metrics[key] <= 1.0, key
+    assert set(report.upload) == set(received) and _max_distance(report.upload, received) > 0
+    assert (tmp_path / CHECKPOINT_FILE).exists() and (tmp_path / STATE_FILE).exists()
+    # Only scalars leave the site (DESIGN section 4).
+    assert all(isinstance(value, (int, float)) for value in report.metrics.values())
+
+
+def test_train_accuracy_and_score_come_from_the_training_split(retina_federation, tmp_path, retina_network):
+    # A site whose local test split holds one class only: its histogram differs from the training split's.
+    datalist = json.loads((retina_federation / "site-1.json").read_text())
+    first_class = datalist["test"][0]["label"]
+    datalist["test"] = [e for e in datalist["test"] if e["label"] == first_class]
+    for entry in datalist["training"] + datalist["test"]:
+        entry["image"] = str((retina_federation / entry["image"]).resolve())
+    path = tmp_path / "site-1.json"
+    path.write_text(json.dumps(datalist))
+    site = Site("site-1", path, _config(retina_network))
+    report = site.train_round(_weights(retina_network, 0), round_index=0, version=0)
+
+    on_training = evaluate(site.model, site.train_eval_loader, device=site.device, num_classes=5)
+    on_test = evaluate(site.model, site.test_loader, device=site.device, num_classes=5)
+    assert on_training.num_samples == len(datalist["training"])
+    assert report.metrics["train_acc"] == on_training.accuracy
+    assert report.metrics["train_acc"] != on_test.accuracy, "the test needs splits the model scores differently on"
+    histogram = [sum(e["label"] == c for e in datalist["training"]) for c in range(5)]
+    assert report.score == pytest.approx(fedkper_score(on_training.accuracy, histogram, 5), abs=1e-12)
+    assert report.score != pytest.approx(fedkper_score(on_training.accuracy, [len(datalist["test"]) if c == first_class else 0 for c in range(5)], 5))
+    assert report.num_samples == len(datalist["training"])
+
+
+@pytest.mark.parametrize("algorithm", ["fedkper", "fedavg", "fedprox", "fedntd", "ditto"])
+def test_a_federated_site_starts_every_round_from_the_received_weights(algorithm, retina_federation, tmp_path, retina_network):
+    # With a vanishing learning rate the upload is the model the site started the round from.
+    site = Site("site-1", retina_federation / "site-1.json", _config(retina_network, algorithm, lr=1e-12), state_dir=tmp_path)
+    for round_index, seed in enumerate((0, 1)):
+        received = _weights(retina_network, seed)
+        report = site.train_round(received, round_index=round_index, version=round_index)
+        assert _max_distance(report.upload, received) < 1e-6, f"round {round_index} did not start from the received weights"
+        assert _max_distance(site.global_model.state_dict(), received) == 0.0, "the teacher / anchor is the received model"
+
+
+def test_local_only_keeps_its_own_model(retina_federation, tmp_path, retina_network):
+    site = Site("site-1", retina_federation / "site-1.json", _config(retina_network, "local", lr=1e-12))
+    first = _weights(retina_network, 0)
+    site.train_round(first, round_index=0, version=0)
+    report = site.train_round(_weights(retina_network, 1), round_index=1, version=1)
+    assert _max_distance(report.upload, first) < 1e-6, "local-only ignores the received weights after its first round"
+
+
+def test_ditto_uploads_the_received_model_trained_with_cross_entropy(retina_federation, tmp_path, retina_network):
+    received = _weights(retina_network, 0)
+    ditto = Site("site-1", retina_federation / "site-1.json", _config(retina_network, "ditto", algorithm_args={"mu": 1.0}))
+    fedavg = Site("site-1", retina_federation / "site-1.json", _config(retina_network, "fedavg"))
+    ditto_report = ditto.train_round(received, round_index=0, version=0)
+    fedavg_report = fedavg.train_round(received, round_index=0, version=0)
+    # Same seed, same data order: Ditto's upload is exactly FedAvg's update of the received model.
+    assert _max_distance(ditto_report.upload, fedavg_report.upload) < 1e-6
+    assert _max_distance(ditto.model.state_dict(), ditto_report.upload) > 1e-4, "the personal model is trained apart"
+    # Round 1: the personal model continues from its own weights, the upload starts again from the received ones.
+    personal = {k: v.clone() for k, v in ditto.model.state_dict().items()}
+    second = _weights(retina_network, 1)
+    ditto.train_round(second, round_index=1, version=1)
+    assert _max_distance(ditto.model.state_dict(), personal) < _max_distance(second, personal)
+
+
+def test_flip_memory_and_personalized_model_survive_a_restart(retina_federation, tmp_path, retina_network):
+    first = Site("site-1", retina_federation / "site-1.json", _config(retina_network), state_dir=tmp_path)
+    update = first.train_round(_weights(retina_network, 0), round_index=0, version=0).upload
+    first.evaluate_global(update, version=1)
+    trained = first.train_round(_weights(retina_network, 1), round_index=1, version=2).metrics
+    assert trained["nfr_global_on_local"] > 0, "a trained model, then a random one: some samples flip"
+    state = json.loads((tmp_path / STATE_FILE).read_text())
+    restarted = Site("site-1", retina_federation / "site-1.json", _config(retina_network, "local"), state_dir=tmp_path)
+    assert restarted.restored
+    for role, tracker in restarted.trackers.items():
+        assert tracker.state_dict() == state["trackers"][role]
+        assert len(tracker) == restarted.local_test_size
+    # A restarted site reports the same global model's figures, not a re-count (which gives NFR 0).
+    again = restarted.evaluate_global(_weights(retina_network, 1), version=2)
+    assert again["nfr_global_on_local"] == trained["nfr_global_on_local"]
+    saved = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    for name, value in restarted.model.state_dict().items():
+        assert torch.equal(value, saved[name])
+
+
+def test_one_global_model_is_counted_once_in_the_flips(retina_federation, retina_network):
+    site = Site("site-1", retina_federation / "site-1.json", _config(retina_network))
+    trained = site.train_round(_weights(retina_network, 0), round_index=0, version=0).upload
+    site.evaluate_global(trained, version=1)
+    second = site.evaluate_global(_weights(retina_network, 1), version=2)
+    assert second["nfr_global_on_local"] > 0
+    # FLARE's pre-train validation and the train task evaluate the same version: same figures, no new flips.
+    assert site.evaluate_global(_weights(retina_network, 1), version=2) == second
+    assert site.train_round(_weights(retina_network, 1), round_index=1, version=2).metrics["nfr_global_on_local"] == second["nfr_global_on_local"]
+
+
+def test_bad_site_inputs_are_clear_errors(retina_federation, tmp_path, retina_network):
+    with pytest.raises(FedKPerError, match="site-9.json"):
+        Site("site-9", tmp_path / "site-9.json", _config(retina_network))
+    with pytest.raises(FedKPerError, match="num_classes 5 differs"):
+        Site("site-1", retina_federation / "site-1.json", _config({**retina_network, "num_classes": 8}))
+    datalist = json.loads((retina_federation / "site-1.json").read_text())
+    datalist["test"] = []
+    empty = retina_federation / "empty-test.json"
+    empty.write_text(json.dumps(datalist))
+    try:
+        with pytest.raises(DataError, match="no local test samples"):
+            Site("site-1", empty, _config(retina_network))
+    finally:
+        empty.unlink()
+    with pytest.raises(FedKPerError, match="unknown setting.*epochs"):
+        SiteConfig.from_mapping({"network": retina_network, "epochs": 3})
+
+
+def test_a_round_runs_without_flare(retina_federation, tmp_path, retina_network):
+    # The site round is FLARE-free: running one FedKPer round must not import nvflare.
+    script = f"""
+import sys, torch
+from fedkper_monai.training import build_network
+from fedkper_monai.training.site import Site, SiteConfig
+network = {retina_network!r}
+site = Site("site-1", {str(retina_federation / "site-1.json")!r}, SiteConfig(network=network, local_epochs=1, batch_size=32))
+report = site.train_round(build_network(**network).state_dict(), round_index=0, version=0)
+assert report.score >= 0
+print(sorted(m for m in sys.modules if m.split(".")[0] == "nvflare"))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
