@@ -18,8 +18,8 @@ of ``../shared/data/brain_tumor_mri/brain_tumor_mri_28.npz`` (seed 0) in a tempo
    10% = 2 sampled per round, validation of all sites every ``--validate-every`` rounds (default: the job's),
    global evaluation) in FLARE's simulator,
    read from the round lines (``seconds``) of the server's ``metrics.jsonl``, over the same round time of a
-   minimal in-process loop that does the same work without FLARE's messaging: one ``FedKPerLearner`` per
-   site (with the attributes FLARE's ``ModelLearnerExecutor`` would set), ``FedKPerAggregator``,
+   minimal in-process loop that does the same work without FLARE's messaging: one
+   ``fedkper_monai.training.site.Site`` per site (the site round FLARE's learner runs), ``FedKPerAggregator``,
    ``GlobalEvaluator``, the same seeded site sampling, the executor's validate-then-train call order, the
    server's model save and metrics lines. Round 0 (start-up) is excluded on both sides.
    Two in-process passes bracket the simulator run in time; the baseline is their per-round mean. Both sides
@@ -209,8 +209,8 @@ def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
     Mirrors, one call after another, ``FedKPerController.run`` (sampling; each round, train the sampled
     sites and validate the others on the previous round's model when it is due; global evaluation of that
     model; streaming aggregation; save; metrics lines; the final validation) and the site side of FLARE
-    (learner attributes as ``ModelLearnerExecutor`` sets them, ``initialize`` at the start of the run as
-    ``FedKPerLearner`` does on ``START_RUN``, validate before train, ``client_name`` in the result meta).
+    (the learner's ``Site`` set up at the start of the run, validate before train, the learner's
+    translation of the site's report, ``client_name`` in the result meta).
     """
     from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
@@ -218,36 +218,29 @@ def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
     from fedkper_monai.flare.controller import sample_sites, validation_due
     from fedkper_monai.flare.evaluator import GlobalEvaluator
     from fedkper_monai.flare.jobspec import load_job
-    from fedkper_monai.flare.learner import GLOBAL_VERSION_KEY, SITE_METRICS_KEY, FedKPerLearner
+    from fedkper_monai.flare.learner import GLOBAL_VERSION_KEY, SITE_METRICS_KEY, received_version, report_to_flmodel
     from fedkper_monai.flare.metrics import MetricsFile, RoundRecord, RunBook
     from fedkper_monai.flare.persistor import NetworkPersistor
+    from fedkper_monai.flare.sitedata import site_datalist_path
     from fedkper_monai.flare.weights import payload_bytes, to_numpy, to_torch
+    from fedkper_monai.training.site import Site, SiteConfig
 
     _, server, client = load_job(job_dir)
     controller = dict(server["workflows"][0]["args"])
     learner_args = _component_args(client, "learner")
+    data_root, demo = learner_args.pop("data_root", None), learner_args.pop("demo", False)
+    learner_args.pop("analytic_sender_id", None)
+    config = SiteConfig.from_mapping(learner_args)
     sites = sorted(f"site-{index}" for index in range(1, NUM_SITES + 1))
-    learners: dict[str, FedKPerLearner] = {}
-    for site in sites:
-        learner = FedKPerLearner(**learner_args)
-        # What ModelLearnerExecutor._setup_learner sets; no engine, so get_component() returns None.
-        learner.site_name = site
-        learner.job_id = "inprocess"
-        learner.job_root = str(work / site)
-        learner.app_root = str(work / site / "app")
-        Path(learner.job_root).mkdir(parents=True, exist_ok=True)
-        learners[site] = learner
-    for learner in learners.values():  # what the learner does at FLARE's START_RUN
-        learner.initialize()
+    # The same site round FLARE's learner runs, with each site's state in its own folder; set up at the start
+    # of the run as FedKPerLearner does on START_RUN.
+    site_rounds = {site: Site(site, site_datalist_path(site, data_root, demo=demo), config, state_dir=work / site) for site in sites}
 
     def task(site: str, name: str, model: FLModel) -> FLModel:
-        learner = learners[site]
-        learner.current_round, learner.total_rounds = model.current_round, model.total_rounds
-        if name == "train":
-            learner.validate(model)  # the executor's pre-train validation
-            result = learner.train(model)
-        else:
-            result = learner.validate(model)
+        weights, version = to_torch(model.params), received_version(model)
+        # Train: FLARE's executor validates first (the same model version: the site evaluates it once).
+        metrics = site_rounds[site].evaluate_global(weights, version)
+        result = report_to_flmodel(site_rounds[site].train_round(weights, model.current_round, version)) if name == "train" else FLModel(metrics=metrics)
         result.meta = dict(result.meta or {}, client_name=site)
         return result
 

@@ -36,6 +36,11 @@ def validate_update(
         num_samples: the site's number of training samples, expected a positive integer.
         reference: expected name -> shape, or None to accept any keys (the first update then defines them).
     """
+    return _weights_problem(params, reference) or _scalars_problem(score, num_samples)
+
+
+def _weights_problem(params: Mapping[str, Any] | None, reference: Mapping[str, tuple[int, ...]] | None) -> str | None:
+    """Why the weights of an update are unusable (keys, shapes, non-finite values), or ``None``."""
     if not params:
         return "no weights in the update"
     if reference is not None:
@@ -49,6 +54,11 @@ def validate_update(
             return f"{name}: shape {tuple(array.shape)} differs from the global model's {tuple(reference[name])}"
         if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
             return f"{name}: non-finite values"
+    return None
+
+
+def _scalars_problem(score: Any, num_samples: Any) -> str | None:
+    """Why an update's sample count or score is unusable, or ``None`` (a NaN score is usable)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples <= 0:
         return f"num_samples must be a positive integer, got {num_samples!r}"
     if not isinstance(score, (int, float, np.floating, np.integer)) or isinstance(score, bool):

@@ -19,7 +19,7 @@ from nvflare.app_common.executors.model_learner_executor import ModelLearnerExec
 from fedkper_monai.flare.sitedata import site_datalist_path
 from fedkper_monai.flare.weights import to_numpy, to_torch
 
-__all__ = ["FedKPerLearner", "GLOBAL_VERSION_KEY", "SITE_METRICS_KEY"]
+__all__ = ["FedKPerLearner", "GLOBAL_VERSION_KEY", "SITE_METRICS_KEY", "report_to_flmodel", "received_version"]
 
 # Meta key set by the controller: how many aggregations produced the model in this task.
 GLOBAL_VERSION_KEY = "global_version"
@@ -85,21 +85,17 @@ class FedKPerLearner(ModelLearner):
         """Global-on-local figures and their NFR (also run by FLARE before each train task)."""
         if not model.params:
             return ReturnCode.BAD_TASK_DATA
-        return FLModel(metrics=self.site.evaluate_global(to_torch(model.params), _version(model)))
+        return FLModel(metrics=self.site.evaluate_global(to_torch(model.params), received_version(model)))
 
     def train(self, model: FLModel) -> FLModel | str:
         if not model.params:
             return ReturnCode.BAD_TASK_DATA
         round_index = int(model.current_round or 0)
-        report = self.site.train_round(to_torch(model.params), round_index, _version(model), is_aborted=self.is_aborted)
+        report = self.site.train_round(to_torch(model.params), round_index, received_version(model), is_aborted=self.is_aborted)
         if report is None:
             return ReturnCode.TASK_ABORTED
         self._log(report.metrics, round_index)
-        return FLModel(
-            params_type=ParamsType.FULL,
-            params=to_numpy(report.upload),
-            meta={"score": report.score, "num_samples": report.num_samples, SITE_METRICS_KEY: report.metrics},
-        )
+        return report_to_flmodel(report)
 
     def _log(self, metrics: dict[str, Any], round_index: int) -> None:
         self.info(
@@ -114,7 +110,16 @@ class FedKPerLearner(ModelLearner):
                 self.writer.add_scalar(key, float(value), global_step=round_index)
 
 
-def _version(model: FLModel) -> Any:
+def report_to_flmodel(report: Any) -> FLModel:
+    """A :class:`~fedkper_monai.training.site.SiteReport` as the train result FLARE sends to the server."""
+    return FLModel(
+        params_type=ParamsType.FULL,
+        params=to_numpy(report.upload),
+        meta={"score": report.score, "num_samples": report.num_samples, SITE_METRICS_KEY: report.metrics},
+    )
+
+
+def received_version(model: FLModel) -> Any:
     """Identity of a received global model: the controller's version, else (another controller) the round.
 
     FLARE's pre-train validation and the train task of one round share it, so the model is evaluated once.

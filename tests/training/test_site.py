@@ -173,3 +173,10 @@ print(sorted(m for m in sys.modules if m.split(".")[0] == "nvflare"))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[2])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_site_defaults_are_the_papers_local_setting():
+    # DESIGN section 1: SGD lr 0.01 (momentum 0.9, weight decay 1e-5), decay 0.99 per round, batch 12, 5 epochs.
+    config = SiteConfig()
+    assert (config.optimizer, config.lr, config.momentum, config.weight_decay, config.lr_gamma) == ("sgd", 0.01, 0.9, 1e-5, 0.99)
+    assert (config.batch_size, config.local_epochs, config.algorithm, config.task) == (12, 5, "fedkper", "classification")
