@@ -6,7 +6,7 @@ and the schedule import it without torch or FLARE.
 
 Lines, in the order the writer puts their fields:
 
-- header: ``{"run": {HEADER_FIELDS}}`` (first line);
+- header: ``{"run": {...}}`` with :data:`HEADER_FIELDS` (first line);
 - train line: ``round``, ``site``, ``task`` ("train"), :data:`SITE_TRAIN_FIELDS` (as the site sent them),
   then :data:`SERVER_TRAIN_FIELDS`; its global-on-local fields are of the model the site received;
 - validate line: ``round``, ``site``, ``task`` ("validate"), :data:`VALIDATE_FIELDS`, of the global model
@@ -62,19 +62,20 @@ class MetricField:
     meaning: str
 
 
-HEADER_FIELDS: tuple[MetricField, ...] = (
-    MetricField("algorithm", UNCHECKED, "the algorithm's registry name"),
-    MetricField("job", UNCHECKED, "FLARE's job id"),
-    MetricField("seed", UNCHECKED, "seed of site sampling (and, by the job, of partition and initialization)"),
-    MetricField("num_rounds", UNCHECKED, "FL rounds of the run"),
-    MetricField("num_sites", UNCHECKED, "number of sites connected"),
-    MetricField("sites", UNCHECKED, "the site names, sorted"),
-    MetricField("sample_fraction", UNCHECKED, "share of sites trained per round"),
-    MetricField("num_classes", UNCHECKED, "classes of the network (null when the persistor does not say)"),
-    MetricField("class_names", UNCHECKED, "class names of the global test list (null without one)"),
-    MetricField("network", UNCHECKED, "the network's name"),
-    MetricField("started", UNCHECKED, "UTC start time, ISO 8601"),
-)
+# The header line's fields (name -> meaning); the report reads them as they are, so they have no kinds.
+HEADER_FIELDS: Mapping[str, str] = {
+    "algorithm": "the algorithm's registry name",
+    "job": "FLARE's job id",
+    "seed": "seed of site sampling (and, by the job, of partition and initialization)",
+    "num_rounds": "FL rounds of the run",
+    "num_sites": "number of sites connected",
+    "sites": "the site names, sorted",
+    "sample_fraction": "share of sites trained per round",
+    "num_classes": "classes of the network (null when the persistor does not say)",
+    "class_names": "class names of the global test list (null without one)",
+    "network": "the network's name",
+    "started": "UTC start time, ISO 8601",
+}
 
 # Sent by a site in a train result and written into its train line, in this order.
 SITE_TRAIN_FIELDS: tuple[MetricField, ...] = (

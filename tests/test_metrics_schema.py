@@ -25,7 +25,7 @@ VALIDATE_SENDS = ("global_on_local_acc", "global_on_local_balanced_acc", "nfr_gl
 
 def test_the_recorded_run_has_exactly_the_schemas_fields_in_its_order():
     lines = [json.loads(text) for text in GOLDEN.read_text().splitlines()]
-    assert tuple(lines[0]["run"]) == names(schema.HEADER_FIELDS)
+    assert tuple(lines[0]["run"]) == tuple(schema.HEADER_FIELDS)
     kinds = {"train": 0, "validate": 0, "round": 0}
     for line in lines[1:]:
         if "site" not in line:
