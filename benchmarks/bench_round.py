@@ -215,14 +215,14 @@ def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
     from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
     from fedkper_monai.flare.aggregator import FedKPerAggregator
-    from fedkper_monai.flare.controller import sample_sites, validation_due
     from fedkper_monai.flare.evaluator import GlobalEvaluator
     from fedkper_monai.flare.jobspec import load_job
     from fedkper_monai.flare.learner import GLOBAL_VERSION_KEY, SITE_METRICS_KEY, received_version, report_to_flmodel
-    from fedkper_monai.flare.metrics import MetricsFile, RoundRecord, RunBook
+    from fedkper_monai.flare.metrics import MetricsFile, RunBook
     from fedkper_monai.flare.persistor import NetworkPersistor
     from fedkper_monai.flare.sitedata import site_datalist_path
     from fedkper_monai.flare.weights import payload_bytes, to_numpy, to_torch
+    from fedkper_monai.schedule import RoundRecord, RoundSchedule
     from fedkper_monai.training.site import Site, SiteConfig
 
     _, server, client = load_job(job_dir)
@@ -262,27 +262,25 @@ def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
             metrics.append(line)
         round_seconds.append(seconds)
 
-    every = int(controller.get("validate_every", 1))
+    schedule = RoundSchedule(sites, rounds, controller["sample_fraction"], controller["seed"],
+                             controller.get("min_sites_per_round", 1), int(controller.get("validate_every", 1)))
     previous: RoundRecord | None = None
     for round_index in range(rounds):
         started = time.perf_counter()
-        sampled = sample_sites(sites, controller["sample_fraction"], controller["seed"], round_index,
-                               controller.get("min_sites_per_round", 1))
-        validators = [site for site in sites if site not in sampled] if previous is not None and previous.validate else []
+        broadcast = schedule.broadcast(round_index, previous)
         model = as_task_model(params, round_index, round_index)
         aggregator.reset_stats()
         aggregator.set_reference(model.params)
         site_metrics: dict[str, dict[str, Any]] = {}
-        for site in sampled:
+        for site in broadcast.sampled:
             result = task(site, "train", model)
             site_metrics[site] = dict(result.meta.get(SITE_METRICS_KEY) or {})
             site_metrics[site]["bytes_received"] = payload_bytes(result.params or {})
             aggregator.accept_model(result)
-        validations = {site: task(site, "validate", model).metrics or {} for site in validators}
+        validations = {site: task(site, "validate", model).metrics or {} for site in broadcast.validators}
         if previous is not None:
             previous.global_eval = evaluator.evaluate(model.params)
-            evaluations = {**validations, **(site_metrics if previous.validate else {})}
-            close(previous, evaluations, started - previous.started)
+            close(previous, schedule.evaluations(previous, validations, site_metrics), started - previous.started)
         params = aggregator.aggregate_model().params
         weights = dict(aggregator.last_weights)
         for site in sorted(site_metrics):
@@ -290,17 +288,13 @@ def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
         buffer = io.BytesIO()
         torch.save(to_torch(params), buffer)  # what NetworkPersistor.save_model writes
         atomic_write_bytes(work / "server" / "global_model.pt", buffer.getvalue())
-        previous = RoundRecord(
-            round=round_index, started=started, sampled=sampled, weights=weights, dropped=dict(aggregator.last_dropped),
-            bytes_sent=payload_bytes(model.params) * (len(sampled) + len(validators)),
-            bytes_received=sum(m["bytes_received"] for m in site_metrics.values()),
-            validate=validation_due(round_index, rounds, every),
-        )
+        previous = schedule.record(broadcast, started, weights, aggregator.last_dropped, payload_bytes(model.params), site_metrics)
         train_seconds.append({site: round(float(m["train_seconds"]), 3) for site, m in site_metrics.items()})
-        print(f"  in-process round {round_index}: {sampled}, {time.perf_counter() - started:.2f}s", flush=True)
+        print(f"  in-process round {round_index}: {broadcast.sampled}, {time.perf_counter() - started:.2f}s", flush=True)
     # The final broadcast: every site validates the last model; the server evaluates it.
     model = as_task_model(params, rounds - 1, rounds)
-    validations = {site: task(site, "validate", model).metrics or {} for site in sites} if previous.validate else {}
+    validators = schedule.final_broadcast(previous, payload_bytes(model.params))
+    validations = {site: task(site, "validate", model).metrics or {} for site in validators}
     previous.global_eval = evaluator.evaluate(model.params)
     close(previous, validations, time.perf_counter() - previous.started)
     return {"round_seconds": round_seconds, "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started_all}

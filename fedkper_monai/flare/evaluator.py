@@ -10,8 +10,9 @@ from nvflare.apis.fl_component import FLComponent
 
 from fedkper_monai.algorithm import FlipTracker
 from fedkper_monai.errors import FedKPerError
-from fedkper_monai.flare.sitedata import check_network_matches, resolve_data_root
+from fedkper_monai.flare.sitedata import resolve_data_root
 from fedkper_monai.flare.weights import to_torch
+from fedkper_monai.training.networks import check_network_matches
 
 __all__ = ["GlobalEvaluator"]
 

@@ -14,7 +14,6 @@ __all__ = [
     "default_demo_root",
     "resolve_data_root",
     "site_datalist_path",
-    "check_network_matches",
 ]
 
 DATA_ROOT_ENV = "FEDKPER_DATA_ROOT"
@@ -60,12 +59,3 @@ def site_datalist_path(site_name: str, data_root: str | None, *, demo: bool = Fa
         return Path(configured)
     return resolve_data_root(data_root, demo=demo) / f"{site_name}.json"
 
-
-def check_network_matches(network: dict, num_classes: int, source: str | os.PathLike) -> None:
-    """The job's network must have as many outputs as the datalist has classes."""
-    if int(network.get("num_classes", -1)) != int(num_classes):
-        raise FedKPerError(
-            f"{source}: num_classes {num_classes} differs from the job's network num_classes "
-            f"{network.get('num_classes')}: edit the job's network args or run `fedkper-monai simulate "
-            "--data-root`, which sets them from the datalist"
-        )
