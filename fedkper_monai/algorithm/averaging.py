@@ -123,7 +123,8 @@ class WeightedAverager:
         if isinstance(value, torch.Tensor):
             return value
         if isinstance(value, np.ndarray):
-            return torch.from_numpy(np.ascontiguousarray(value))
+            # ascontiguousarray turns a 0-d array (a scalar buffer) into shape (1,): keep its shape.
+            return torch.from_numpy(np.ascontiguousarray(value).reshape(value.shape))
         raise ValueError(f"{key}: expected a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
 
     def _start(self, state_dict: Mapping[str, Array], tensors: dict[str, torch.Tensor]) -> None:

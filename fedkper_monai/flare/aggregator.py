@@ -1,8 +1,11 @@
-"""FedKPer's server aggregation as a FLARE ``ModelAggregator``: validate, weight by score, average in a stream."""
+"""FedKPer's server aggregation as a FLARE ``ModelAggregator``: validate, weight by score, average in a stream.
+
+The checks are :mod:`fedkper_monai.algorithm.update_checks` (pure); this class keeps what spans rounds
+(each site's registered sample count) and logs what it drops, caps or bounds.
+"""
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -10,122 +13,119 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
 
 from fedkper_monai.algorithm import WeightedAverager, aggregation_weights, scores_usable
+from fedkper_monai.algorithm.update_checks import (
+    DEFAULT_MAX_NORM_RATIO,
+    capped_shares,
+    cast_to_reference,
+    norm_ratio,
+    sample_count_problem,
+    score_problem,
+)
 
-__all__ = ["FedKPerAggregator", "SCORE_KEY", "NUM_SAMPLES_KEY", "validate_update"]
+__all__ = ["FedKPerAggregator", "SCORE_KEY", "NUM_SAMPLES_KEY"]
 
 SCORE_KEY = "score"
 NUM_SAMPLES_KEY = "num_samples"
 _WEIGHTINGS = ("score", "samples")
-# accuracy 1 on a perfectly class-balanced site scores 1 * (1 + eps): allow that eps (fedkper_score's default).
-_MAX_SCORE = 1.0 + 1e-6
-
-
-def validate_update(
-    params: Mapping[str, Any] | None,
-    score: Any,
-    num_samples: Any,
-    reference: Mapping[str, tuple[int, ...]] | None,
-) -> str | None:
-    """Check one site update against DESIGN §4; returns the reason to drop it, or ``None`` when it is valid.
-
-    A NaN score is valid here: it makes the whole round fall back to sample-count weights (DESIGN §1).
-
-    Args:
-        params: the site's weights (name -> array).
-        score: the site's FedKPer score, expected in [0, 1] or NaN.
-        num_samples: the site's number of training samples, expected a positive integer.
-        reference: expected name -> shape, or None to accept any keys (the first update then defines them).
-    """
-    return _weights_problem(params, reference) or _scalars_problem(score, num_samples)
-
-
-def _weights_problem(params: Mapping[str, Any] | None, reference: Mapping[str, tuple[int, ...]] | None) -> str | None:
-    """Why the weights of an update are unusable (keys, shapes, non-finite values), or ``None``."""
-    if not params:
-        return "no weights in the update"
-    if reference is not None:
-        missing = sorted(set(reference) - set(params))
-        extra = sorted(set(params) - set(reference))
-        if missing or extra:
-            return f"unexpected keys: missing {missing[:5]}, extra {extra[:5]}"
-    for name, value in params.items():
-        array = np.asarray(value)
-        if reference is not None and tuple(array.shape) != tuple(reference[name]):
-            return f"{name}: shape {tuple(array.shape)} differs from the global model's {tuple(reference[name])}"
-        if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
-            return f"{name}: non-finite values"
-    return None
-
-
-def _scalars_problem(score: Any, num_samples: Any) -> str | None:
-    """Why an update's sample count or score is unusable, or ``None`` (a NaN score is usable)."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples <= 0:
-        return f"num_samples must be a positive integer, got {num_samples!r}"
-    if not isinstance(score, (int, float, np.floating, np.integer)) or isinstance(score, bool):
-        return f"score must be a number, got {score!r}"
-    if not math.isnan(float(score)) and not 0.0 <= float(score) <= _MAX_SCORE:
-        return f"score {float(score)!r} is outside [0, 1]"
-    return None
 
 
 class FedKPerAggregator(ModelAggregator):
     """Streaming FedKPer aggregation (DESIGN §1, §4).
 
-    Each accepted update is added to running sums at once and released; the aggregator keeps two
-    running sums (score-weighted and sample-weighted) so that the FedAvg fallback for a round whose
-    scores are NaN or sum to zero is exact without holding the site models. Invalid updates are dropped
-    with a logged reason and the round goes on with the others.
+    Each update is checked in full before it touches any sum (keys, shapes, a real numeric dtype cast to
+    the global model's, finite values, a norm bound, a score in [0, 1], a positive sample count); a bad
+    update is dropped with a logged reason and the round goes on with the others. A NaN or out-of-range
+    score drops that update only. A site's sample count is capped at the count it registered in its first
+    accepted round. Two running sums (score- and sample-weighted) keep the FedAvg fallback exact for a round
+    whose valid scores sum to zero, without holding the site models.
 
     Args:
         weighting: ``"score"`` (FedKPer) or ``"samples"`` (FedAvg weighting, for baselines and ablations).
+        max_norm_ratio: largest ``||w_site - w_global|| / ||w_global||`` accepted (0 disables the bound).
+        max_weight: largest share of the aggregate any one site may get (None: uncapped, the paper's
+            weighting). With a cap the round's updates are held until aggregation.
 
     After :meth:`aggregate_model`, ``last_weights`` maps each site to the weight it really got
     (0.0 for dropped sites) and ``last_dropped`` maps dropped sites to the reason.
     """
 
-    def __init__(self, weighting: str = "score") -> None:
+    def __init__(
+        self, weighting: str = "score", max_norm_ratio: float = DEFAULT_MAX_NORM_RATIO, max_weight: float | None = None
+    ) -> None:
         super().__init__()
         if weighting not in _WEIGHTINGS:
             raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
+        if not max_norm_ratio >= 0:
+            raise ValueError(f"max_norm_ratio must be >= 0 (0 disables it), got {max_norm_ratio!r}")
+        if max_weight is not None and not 0.0 < float(max_weight) <= 1.0:
+            raise ValueError(f"max_weight must be in (0, 1] or null, got {max_weight!r}")
         self.weighting = weighting
-        self.reference: dict[str, tuple[int, ...]] | None = None
+        self.max_norm_ratio = float(max_norm_ratio)
+        self.max_weight = None if max_weight is None else float(max_weight)
+        self.reference: dict[str, np.ndarray] | None = None
+        self.registered: dict[str, int] = {}  # site -> sample count of its first accepted round
         self.last_weights: dict[str, float] = {}
         self.last_dropped: dict[str, str] = {}
         self.reset_stats()
 
     def set_reference(self, params: Mapping[str, Any]) -> None:
-        """Expected keys and shapes of every update: those of the global model sent this round."""
-        self.reference = {name: tuple(np.asarray(value).shape) for name, value in params.items()}
+        """The global model sent this round: the keys, shapes, dtypes and norm every update is checked against."""
+        self.reference = {name: np.array(value, copy=True) for name, value in params.items()}
 
     def reset_stats(self) -> None:
         self._by_score = WeightedAverager()
         self._by_samples = WeightedAverager()
+        self._held: list[dict[str, np.ndarray]] = []  # only with max_weight
         self._sites: list[str] = []
         self._scores: list[float] = []
         self._num_samples: list[int] = []
         self._dropped: dict[str, str] = {}
 
+    def _check(self, model: FLModel) -> tuple[dict[str, np.ndarray] | None, float, int, str | None]:
+        """``(cast weights, score, sample count, None)`` or ``(None, nan, 0, reason)``."""
+        meta = model.meta or {}
+        if model.params_type not in (None, ParamsType.FULL):
+            return None, float("nan"), 0, f"params_type {model.params_type} is not FULL"
+        num_samples = meta.get(NUM_SAMPLES_KEY)
+        score = meta.get(SCORE_KEY) if self.weighting == "score" else 0.0
+        reason = sample_count_problem(num_samples) or score_problem(score)
+        if reason is not None:
+            return None, float("nan"), 0, reason
+        if self.reference is None:  # no global model given: the first update defines the contract
+            self.set_reference({name: np.asarray(value) for name, value in (model.params or {}).items()})
+        state, reason = cast_to_reference(model.params, self.reference)
+        if reason is not None:
+            return None, float("nan"), 0, reason
+        if self.max_norm_ratio:
+            ratio = norm_ratio(state, self.reference)
+            if ratio > self.max_norm_ratio:
+                return None, float("nan"), 0, (
+                    f"update norm bound: ||w_site - w_global|| is {ratio:.3g}x ||w_global|| "
+                    f"(max_norm_ratio {self.max_norm_ratio:g})"
+                )
+        return state, float(score), int(num_samples), None
+
     def accept_model(self, model: FLModel) -> bool:
-        """Validate one site's update and add it to the running sums; returns whether it was accepted."""
+        """Check one site's update and add it to the running sums; returns whether it was accepted."""
         meta = model.meta or {}
         site = str(meta.get("client_name", f"site#{len(self._sites) + len(self._dropped)}"))
-        score = meta.get(SCORE_KEY, float("nan") if self.weighting == "samples" else None)
-        num_samples = meta.get(NUM_SAMPLES_KEY)
-        reason = validate_update(model.params, score, num_samples, self.reference)
-        if reason is None and model.params_type not in (None, ParamsType.FULL):
-            reason = f"params_type {model.params_type} is not FULL"
-        if reason is not None:
-            self._dropped[site] = reason
+        state, score, num_samples, reason = self._check(model)
+        if state is None:
+            self._dropped[site] = str(reason)
             self.warning(f"dropped the update of {site}: {reason}")
             return False
-        state = {name: np.asarray(value) for name, value in model.params.items()}
-        score_value = float(score)
-        # A NaN score contributes nothing to the score-weighted sum; the fallback sum covers that round.
-        self._by_score.add(state, 0.0 if math.isnan(score_value) else score_value)
-        self._by_samples.add(state, float(num_samples))
+        registered = self.registered.setdefault(site, num_samples)
+        if num_samples > registered:
+            self.warning(f"{site} claims {num_samples} samples; capped at the {registered} it registered in its first round")
+            num_samples = registered
+        if self.max_weight is None:
+            self._by_score.add(state, score)
+            self._by_samples.add(state, float(num_samples))
+        else:
+            self._held.append(state)
         self._sites.append(site)
-        self._scores.append(score_value)
-        self._num_samples.append(int(num_samples))
+        self._scores.append(score)
+        self._num_samples.append(num_samples)
         return True
 
     def aggregate_model(self) -> FLModel:
@@ -133,11 +133,18 @@ class FedKPerAggregator(ModelAggregator):
         self.last_dropped = dict(self._dropped)
         if not self._sites:
             self.last_weights = {site: 0.0 for site in self._dropped}
-            raise RuntimeError(f"no valid update to aggregate (dropped: {self._dropped})")
-        scores = self._scores if self.weighting == "score" else [float("nan")] * len(self._scores)
-        weights = aggregation_weights(scores, self._num_samples)
-        by_score = self.weighting == "score" and scores_usable(scores)
-        averaged = (self._by_score if by_score else self._by_samples).result()
+            self.reset_stats()
+            raise RuntimeError(f"no valid update to aggregate (dropped: {self.last_dropped})")
+        by_score = self.weighting == "score" and scores_usable(self._scores)
+        weights = aggregation_weights(self._scores if by_score else [float("nan")] * len(self._sites), self._num_samples)
+        if self.max_weight is None:
+            averaged = (self._by_score if by_score else self._by_samples).result()
+        else:
+            weights = self._capped(weights)
+            averager = WeightedAverager()
+            for state, weight in zip(self._held, weights):
+                averager.add(state, weight)
+            averaged = averager.result()
         self.last_weights = {site: float(weight) for site, weight in zip(self._sites, weights)}
         self.last_weights.update({site: 0.0 for site in self._dropped})
         rule = "scores" if by_score else "sample counts"
@@ -145,3 +152,9 @@ class FedKPerAggregator(ModelAggregator):
         result = FLModel(params_type=ParamsType.FULL, params=averaged)
         self.reset_stats()
         return result
+
+    def _capped(self, weights: list[float]) -> list[float]:
+        capped = capped_shares(weights, float(self.max_weight))
+        if any(abs(a - b) > 1e-12 for a, b in zip(weights, capped)):
+            self.info(f"max_weight {self.max_weight:g} capped the shares {weights} to {capped}")
+        return capped
