@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -24,6 +25,7 @@ from fedkper_monai.errors import DataError
 __all__ = [
     "TRANSFORMS_DIR_ENV",
     "build_transforms",
+    "check_plain_settings",
     "is_deterministic",
     "make_dataset",
     "make_loader",
@@ -44,32 +46,79 @@ def _config_dirs() -> list[Path]:
     return dirs
 
 
-def resolve_transforms_config(name_or_path: str | os.PathLike) -> Path:
-    """Find a transform config: an existing path, or a name such as ``"classification_2d"``.
+# A config name: letters, digits, "_", "-", "." (no path separators, no "..").
+_CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# MONAI's ConfigParser evaluates "$" expressions, "%" macros (other files) and "_target_" instantiations.
+_CODE_MARKERS = ("$", "%", "@")
+_PIPELINE_KEYS = ("transforms", "preprocessing")
 
-    A name is looked up as ``<name>.json`` in ``$FEDKPER_TRANSFORMS_DIR``, then in the repository's
-    ``transforms/`` beside the package, then in ``<sys.prefix>/share/fedkper_monai/transforms``.
+
+def _trusted(path: Path) -> bool:
+    """Whether ``path`` lies in a folder the installation or the site operator controls."""
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(folder.resolve()) for folder in _config_dirs())
+
+
+def resolve_transforms_config(name_or_path: str | os.PathLike) -> Path:
+    """Find a transform config by name, such as ``"classification_2d"``, in the trusted folders only.
+
+    A name is looked up as ``<name>.json`` in ``$FEDKPER_TRANSFORMS_DIR`` (a site-local folder the site
+    operator sets), then in the repository's ``transforms/`` beside the package, then in
+    ``<sys.prefix>/share/fedkper_monai/transforms``. A path is accepted only when it lies in one of these
+    folders: MONAI evaluates a config's ``$`` expressions, so a file a job ships (or any other file) would
+    run the job's code at the site.
 
     Raises:
-        DataError: not found; the message lists every place searched.
+        DataError: a path outside the trusted folders, a name with path separators, or not found (the
+            message lists every place searched).
     """
-    candidate = Path(name_or_path).expanduser()
-    if candidate.is_file():
-        return candidate.absolute()
-    name = str(name_or_path)
+    text = str(name_or_path)
+    candidate = Path(text).expanduser()
+    if not _CONFIG_NAME.fullmatch(text) or ".." in text:
+        if candidate.is_file() and _trusted(candidate):
+            return candidate.absolute()
+        raise DataError(
+            text,
+            "refused: a job names a transform config (for example classification_2d), not a file; a config "
+            f"from elsewhere would run its '$' expressions at this site. A site's own configs go in ${TRANSFORMS_DIR_ENV}",
+            field="transforms",
+        )
+    filename = text if text.endswith(".json") else f"{text}.json"
     looked = []
-    if not (candidate.suffix == ".json" and len(candidate.parts) > 1):
-        filename = name if name.endswith(".json") else f"{name}.json"
-        for folder in _config_dirs():
-            path = folder / filename
-            looked.append(str(path))
-            if path.is_file():
-                return path
-    raise DataError(
-        name,
-        "transform config not found; looked at: " + ", ".join([str(candidate.absolute())] + looked),
-        field="transforms",
-    )
+    for folder in _config_dirs():
+        path = folder / filename
+        looked.append(str(path))
+        if path.is_file():
+            return path
+    raise DataError(text, "transform config not found; looked at: " + ", ".join(looked), field="transforms")
+
+
+def check_plain_settings(settings: Mapping[str, Any]) -> None:
+    """Refuse settings that are not plain values (what a job may set in a transform config).
+
+    Plain: null, booleans, numbers, strings without ``$``, ``%`` or ``@``, and lists of those; the keys
+    are top-level settings (not ``transforms``/``preprocessing``, not ``_target_`` or another ``_key_``).
+
+    Raises:
+        DataError: naming the setting.
+    """
+    for key, value in settings.items():
+        if not isinstance(key, str) or key.startswith("_") or key in _PIPELINE_KEYS:
+            raise DataError("transform settings", f"a job may not set {key!r} (plain settings only)", field=str(key))
+        _check_plain_value(str(key), value)
+
+
+def _check_plain_value(key: str, value: Any) -> None:
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check_plain_value(key, item)
+    elif isinstance(value, str):
+        if any(marker in value for marker in _CODE_MARKERS) or "_target_" in value:
+            raise DataError("transform settings", f"{value!r} is refused: '$', '%', '@' and '_target_' are code in "
+                                                  "a MONAI config; a job sets plain values only", field=key)
+    elif value is not None and not isinstance(value, (bool, int, float)):
+        raise DataError("transform settings", f"{type(value).__name__} values are refused; a job sets plain values "
+                                              "(numbers, booleans, strings, lists of them)", field=key)
 
 
 def build_transforms(
@@ -85,7 +134,7 @@ def build_transforms(
     parsing, so references such as ``@image_size`` see them.
 
     Args:
-        config: a config name (see :func:`resolve_transforms_config`) or path.
+        config: a config name (see :func:`resolve_transforms_config`); a path only inside the trusted folders.
         image_size: the task's spatial size (for example a datalist's ``image_size``); None keeps the config's.
         augment: switch on the config's random augmentation (training only).
         overrides: more top-level settings, for example ``{"channels": 3, "intensity_range": [0, 255]}``.
@@ -109,6 +158,7 @@ def build_transforms(
     if image_size is not None:
         settings["image_size"] = [int(s) for s in image_size]
     settings.update(overrides or {})
+    check_plain_settings(settings)
     for key, value in settings.items():
         parser[key] = value
     try:

@@ -23,7 +23,32 @@ def add_override_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_overrides(args: argparse.Namespace) -> None:
+    from fedkper_monai.flare.checks import check_ranges
+
+    check_ranges(rounds=args.rounds, sample_fraction=args.sample_fraction, local_epochs=args.local_epochs,
+                 validate_every=args.validate_every, seed=args.seed)
+
+
+def _check_simulate(args: argparse.Namespace) -> None:
+    """Every setting of ``simulate``, before FLARE starts (well under a second; stdlib only)."""
+    from fedkper_monai.flare import checks
+    from fedkper_monai.flare.jobspec import load_job
+
+    _check_overrides(args)
+    checks.check_threads(args.threads)
+    checks.check_workspace(args.workspace, args.overwrite)
+    data_root = checks.check_job_data(args.job, load_job(args.job)[2], args.data_root)
+    if data_root is None:  # the demo job on a fresh machine: its data is generated once, before any run
+        from fedkper_monai.data.demo import ensure_demo_data
+        from fedkper_monai.flare.sitedata import default_demo_root
+
+        data_root = ensure_demo_data(default_demo_root())
+    checks.check_site_count(args.n_clients, data_root)
+
+
 def _simulate(args: argparse.Namespace) -> int:
+    _check_simulate(args)
     from fedkper_monai.flare.simulate import SimulationOverrides, simulate
 
     overrides = SimulationOverrides(
@@ -34,10 +59,36 @@ def _simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         validate_every=args.validate_every,
     )
-    return simulate(args.job, args.workspace, args.n_clients, args.threads, overrides)
+    threads = args.n_clients if args.threads is None else args.threads
+    return simulate(args.job, args.workspace, args.n_clients, threads, overrides, verbose=args.verbose)
+
+
+def _describe_network(job: str) -> str:
+    from fedkper_monai.flare.jobspec import job_component, load_job
+
+    network = job_component(load_job(job)[2], "learner")["args"].get("network", {})
+    size = "x".join(str(side) for side in network.get("image_size") or [])
+    return (f"{network.get('name')}, {network.get('in_channels')} input channel(s), "
+            f"{network.get('num_classes')} classes, {size or 'any size'}")
+
+
+def _check_export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from fedkper_monai.flare.checks import SettingError, check_output
+
+    _check_overrides(args)
+    check_output(args.out, args.overwrite)
+    if args.network_from is None:
+        raise SettingError("--network-from", "required: a site's datalist (or a prepared folder) sets the network's "
+                                             f"classes, size and channels (the job's own network is {_describe_network(args.job)})")
+    if not Path(args.network_from).exists():
+        raise SettingError("--network-from", f"{args.network_from}: not found (give a datalist or a folder made by "
+                                             "`fedkper-monai prepare`)")
 
 
 def _export(args: argparse.Namespace) -> int:
+    _check_export(args)
     from fedkper_monai.flare.jobspec import save_job_configs
     from fedkper_monai.flare.simulate import SimulationOverrides, configure_job
     from fedkper_monai.io import atomic_directory
@@ -57,9 +108,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _allow(args: argparse.Namespace) -> int:
-    from fedkper_monai.flare.workspace import allow_package
+    from fedkper_monai.flare.workspace import allow_components, allowed_classes
 
-    print(f"allowed 'fedkper_monai.' in {allow_package(args.site_dir)}")
+    print(f"allowed {len(allowed_classes())} fedkper_monai component classes in {allow_components(args.site_dir)}")
     return 0
 
 
@@ -75,9 +126,13 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("job", help="job folder, e.g. jobs/fedkper_demo")
     parser.add_argument("-w", "--workspace", required=True, help="simulator workspace folder")
     parser.add_argument("-n", "--n-clients", type=int, required=True, help="number of sites (site-1 ... site-N)")
-    parser.add_argument("-t", "--threads", type=int, default=1, help="sites run in parallel")
+    parser.add_argument("-t", "--threads", type=int, help="sites run in parallel (default: all; with fewer, FLARE's "
+                        "simulator restarts site processes between tasks, which is slower)")
     parser.add_argument("--data-root", help="folder made by `fedkper-monai prepare` (sets data and network size)")
     add_override_options(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace a workspace that holds an earlier run")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show FLARE's own output (always written to WORKSPACE/simulator.log)")
     parser.set_defaults(func=_simulate)
 
     export = subparsers.add_parser(
@@ -91,7 +146,8 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     export.add_argument("job", help="job folder, e.g. jobs/fedkper_medmnist")
     export.add_argument("--out", required=True, help="folder to write the job into")
-    export.add_argument("--network-from", help="a datalist (or prepared folder) whose classes, size and channels set the network")
+    export.add_argument("--network-from", help="required: a datalist (or prepared folder) whose classes, size and "
+                        "channels set the network")
     add_override_options(export)
     export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     export.set_defaults(func=_export)
@@ -99,8 +155,9 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction) -> None:
     allow = subparsers.add_parser(
         "allow",
         help="let a FLARE site or simulator workspace build fedkper_monai components",
-        description="Add the 'fedkper_monai.' prefix to SITE_DIR/local/resources.json's class_allow_list "
-        "(keeping FLARE's default list; never '*').",
+        description="Add the exact component classes of our jobs to SITE_DIR/local/resources.json's "
+        "class_allow_list (keeping FLARE's default list; never a package prefix, never '*'). SITE_DIR must "
+        "exist and hold startup/ or local/.",
         epilog="example:\n  fedkper-monai allow /opt/nvflare/hospital-a   # a provisioned site's startup kit\n"
         "  fedkper-monai allow /tmp/fedkper_ws            # a simulator workspace",
         formatter_class=argparse.RawDescriptionHelpFormatter,

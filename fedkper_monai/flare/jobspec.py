@@ -24,6 +24,7 @@ __all__ = [
     "JobSettings",
     "job_configs",
     "job_component",
+    "component_classes",
     "set_algorithm",
     "write_job",
     "STANDARD_JOBS",
@@ -163,6 +164,27 @@ def job_configs(settings: JobSettings) -> tuple[dict, dict, dict]:
     }
     set_algorithm(meta, server, client, get_algorithm(settings.algorithm))
     return meta, server, client
+
+
+def _config_paths(config: dict) -> list[str]:
+    """Every class path a FLARE app config names (workflows, components, executors, filters)."""
+    paths = [entry["path"] for section in ("workflows", "components") for entry in config.get(section, [])]
+    paths += [entry["executor"]["path"] for entry in config.get("executors", [])]
+    for section in ("task_data_filters", "task_result_filters"):
+        paths += [item["path"] for entry in config.get(section, []) for item in entry.get("filters", [])]
+    return paths
+
+
+def component_classes() -> list[str]:
+    """The class paths of every component any of our jobs names (every registry algorithm), sorted.
+
+    A site allows exactly these (``fedkper-monai allow``); read from the configs :func:`job_configs`
+    generates, so a new component in a job is allowed once and nowhere restated.
+    """
+    from fedkper_monai.algorithm_registry import ALGORITHMS
+
+    settings = [*STANDARD_JOBS.values(), *(JobSettings(name=name, algorithm=name) for name in ALGORITHMS)]
+    return sorted({path for job in settings for config in job_configs(job)[1:] for path in _config_paths(config)})
 
 
 def save_job_configs(folder: str | Path, meta: dict, server: dict, client: dict) -> Path:

@@ -8,16 +8,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fedkper_monai.errors import FedKPerError
 from fedkper_monai.flare.metrics import METRICS_FILE
 from fedkper_monai.flare.jobspec import job_component, load_job, save_job_configs
-from fedkper_monai.flare.workspace import allow_package
+from fedkper_monai.flare.workspace import allow_components
 
-__all__ = ["SimulationOverrides", "job_component", "configure_job", "prepare_job", "run_simulator", "simulate", "find_metrics", "read_round_lines", "format_summary"]
+__all__ = ["SimulationOverrides", "RoundProgress", "simulator_command", "job_component", "configure_job", "prepare_job", "run_simulator", "simulate", "find_metrics", "read_round_lines", "format_summary"]
 
 
 @dataclass
@@ -108,8 +109,23 @@ def prepare_job(job: str | Path, workspace: str | Path, overrides: SimulationOve
     if target.exists():
         shutil.rmtree(target)
     save_job_configs(target, meta, server, client)
-    allow_package(Path(workspace).resolve())
+    allow_components(Path(workspace).resolve(), create=True)
     return target
+
+
+def simulator_command(job_folder: Path, workspace: Path, n_clients: int, threads: int, log_config: str | None = "concise") -> tuple[list[str], dict[str, str]]:
+    """The ``nvflare simulator`` command line and its environment."""
+    command = [sys.executable, "-m", "nvflare.cli", "simulator", str(job_folder), "-w", str(workspace), "-n", str(n_clients), "-t", str(threads)]
+    if log_config:
+        command += ["-l", log_config]
+    environment = dict(os.environ)
+    # Known FLARE deprecation notices, by message (other warnings still show in the log).
+    known = ",".join(f"ignore:{message}:DeprecationWarning" for message in FLARE_DEPRECATIONS)
+    environment["PYTHONWARNINGS"] = ",".join(filter(None, [environment.get("PYTHONWARNINGS"), known]))
+    # Site processes share this machine's cores: without a cap each one starts an OpenMP team as large as
+    # the machine, and the teams spin against each other (measured 6-18x slower local training).
+    environment.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, min(threads, n_clients)))))
+    return command, environment
 
 
 def run_simulator(
@@ -119,23 +135,26 @@ def run_simulator(
     threads: int,
     log_config: str | None = "concise",
     log_path: Path | None = None,
-) -> int:
-    """Run ``nvflare simulator`` in a child process; returns its exit code.
+    *,
+    echo: bool | None = None,
+    on_poll: Callable[[], None] | None = None,
+    attempts: int = 3,
+) -> WatchedRun:
+    """Run ``nvflare simulator`` in a watched child process (see :mod:`fedkper_monai.flare.process`).
 
-    With ``log_path`` the simulator's console output is appended to that file instead of this console.
+    Its console output is appended to ``log_path`` (None: a temporary file) and shown on this console
+    when ``echo`` (default: when there is no ``log_path``).
+    A start in which a simulated site could not start is ended at once and redone, up to ``attempts`` starts.
     """
-    command = [sys.executable, "-m", "nvflare.cli", "simulator", str(job_folder), "-w", str(workspace), "-n", str(n_clients), "-t", str(threads)]
-    if log_config:
-        command += ["-l", log_config]
-    environment = dict(os.environ)
-    environment.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
-    # Site processes share this machine's cores: without a cap each one starts an OpenMP team as large as
-    # the machine, and the teams spin against each other (measured 6-18x slower local training).
-    environment.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, min(threads, n_clients)))))
-    if log_path is None:
-        return subprocess.call(command, env=environment)
-    with open(log_path, "ab") as log:
-        return subprocess.call(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    command, environment = simulator_command(job_folder, workspace, n_clients, threads, log_config)
+    echo = log_path is None if echo is None else echo
+
+    def retry(result: WatchedRun, attempt: int) -> None:
+        print(f"a simulated site could not start ({result.cause}); starting again ({attempt + 1} of {attempts})", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="fedkper_simlog_") as scratch:
+        log = Path(log_path) if log_path is not None else Path(scratch) / "simulator.log"
+        return run_with_retries(command, environment, log, attempts=attempts, echo=echo, on_poll=on_poll, on_retry=retry)
 
 
 def find_metrics(workspace: str | Path) -> Path:
@@ -169,25 +188,80 @@ def format_summary(round_lines: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def simulate(job: str | Path, workspace: str | Path, n_clients: int, threads: int, overrides: SimulationOverrides) -> int:
-    """Prepare, run and summarize one simulation; returns the exit code (nonzero if rounds are missing)."""
-    workspace = Path(workspace).resolve()
-    with tempfile.TemporaryDirectory(prefix="fedkper_job_") as job_dir:
-        prepared = prepare_job(job, workspace, overrides, job_dir)
-        expected_rounds = load_job(prepared)[1]["workflows"][0]["args"]["num_rounds"]
-        code = run_simulator(prepared, workspace, n_clients, threads)
-    try:
-        metrics_path = find_metrics(workspace)
-    except FedKPerError as error:
-        print(f"simulation failed (exit code {code}): {error}", file=sys.stderr)
-        return code or 1
-    rounds = read_round_lines(metrics_path)
-    print(format_summary(rounds))
+class RoundProgress:
+    """Prints ``round k of R`` with an estimate of the time left as the server's round lines arrive."""
+
+    def __init__(self, workspace: Path, rounds: int) -> None:
+        self.workspace, self.rounds = workspace, rounds
+        self.started = time.monotonic()
+        self.shown = 0
+
+    def __call__(self) -> None:
+        try:
+            lines = read_round_lines(find_metrics(self.workspace))
+        except (FedKPerError, OSError, ValueError):
+            return  # not written yet, or a line half-written
+        for line in lines[self.shown:]:
+            done = int(line["round"]) + 1
+            elapsed = time.monotonic() - self.started
+            left = elapsed / done * (self.rounds - done)
+            accuracy = line.get("global_acc")
+            shown = f"global acc {accuracy:.3f}, " if isinstance(accuracy, (int, float)) else ""
+            print(f"round {done} of {self.rounds} done ({shown}{elapsed:.0f} s; about {left:.0f} s left)", flush=True)
+        self.shown = max(self.shown, len(lines))
+
+
+def _report_outputs(metrics_path: Path, workspace: Path) -> None:
     print(f"metrics:      {metrics_path}")
     print(f"global model: {metrics_path.parent / 'global_model.pt'}")
     print(f"personalized: {workspace}/site-*/simulate_job/personalized_model.pt")
     print(f"tensorboard:  tensorboard --logdir {metrics_path.parent / 'tb_events'}")
-    if len(rounds) != expected_rounds:
-        print(f"simulation incomplete: {len(rounds)} of {expected_rounds} rounds in {metrics_path}", file=sys.stderr)
-        return code or 1
-    return code
+
+
+def _failure(result: WatchedRun, found: int, expected: int, log: Path) -> int:
+    """Say why a run stopped; the last line is the cause (the first site error), not FLARE's wrapper."""
+    print(f"simulation failed: {found} of {expected} rounds (exit code {result.code}); FLARE's output: {log}", file=sys.stderr)
+    if result.cause:
+        print(("a simulated site could not start: " if result.port_clash else "") + result.cause, file=sys.stderr)
+    return result.code if result.code > 0 else 1
+
+
+def simulate(
+    job: str | Path,
+    workspace: str | Path,
+    n_clients: int,
+    threads: int,
+    overrides: SimulationOverrides,
+    *,
+    verbose: bool = False,
+) -> int:
+    """Prepare, run and summarize one simulation; returns the exit code (nonzero if rounds are missing).
+
+    Prints progress and the final table; FLARE's own output goes to ``WORKSPACE/simulator.log`` (and to
+    this console as well with ``verbose``).
+    """
+    workspace = Path(workspace).resolve()
+    log = workspace / "simulator.log"
+    with tempfile.TemporaryDirectory(prefix="fedkper_job_") as job_dir:
+        prepared = prepare_job(job, workspace, overrides, job_dir)
+        expected_rounds = load_job(prepared)[1]["workflows"][0]["args"]["num_rounds"]
+        print(f"simulating {Path(job).name}: {n_clients} sites, {expected_rounds} rounds, {threads} site(s) at a time; "
+              f"FLARE's output: {log}" + ("" if verbose else " (-v shows it)"), flush=True)
+        scratch_log = Path(job_dir) / "simulator.log"
+        progress = None if verbose else RoundProgress(workspace, expected_rounds)
+        result = run_simulator(prepared, workspace, n_clients, threads, log_path=scratch_log, echo=verbose, on_poll=progress)
+        # The simulator empties its workspace when it starts: the log is moved in afterwards.
+        workspace.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(scratch_log, log)
+    try:
+        metrics_path = find_metrics(workspace)
+        rounds = read_round_lines(metrics_path)
+    except FedKPerError:
+        return _failure(result, 0, expected_rounds, log)
+    if progress is not None:
+        progress()
+    print(format_summary(rounds))
+    _report_outputs(metrics_path, workspace)
+    if len(rounds) != expected_rounds or result.code != 0:
+        return _failure(result, len(rounds), expected_rounds, log)
+    return 0

@@ -12,6 +12,7 @@ from fedkper_monai.cli import main
 from fedkper_monai.flare.jobspec import load_job, save_job_configs
 from fedkper_monai.flare.metrics import ROUND_FIELDS, SITE_TRAIN_FIELDS
 from fedkper_monai.flare.simulate import find_metrics
+from fedkper_monai.flare.workspace import allowed_classes
 from fedkper_monai.report.metrics import load_run, summarize
 
 pytestmark = pytest.mark.slow
@@ -79,7 +80,9 @@ def test_fedkper_on_real_retinamnist_sites(retina_federation, tmp_path, capsys):
     train_lines = [s for s in sites if s["task"] == "train"]
     assert len(train_lines) == 4
     for line in train_lines:
-        assert all(line[field] is not None for field in SITE_TRAIN_FIELDS), line
+        # train_acc stays at the site unless it shares diagnostics (beside the score it gives away the label mix).
+        assert line["train_acc"] is None
+        assert all(line[field] is not None for field in SITE_TRAIN_FIELDS if field != "train_acc"), line
         assert line["weight"] > 0
     # Every site (sampled or not) reports global-on-local accuracy of every round's global model.
     validate_lines = [s for s in sites if s["task"] == "validate"]
@@ -90,6 +93,14 @@ def test_fedkper_on_real_retinamnist_sites(retina_federation, tmp_path, capsys):
         if line["round"] == 1:
             validated = next(v for v in validate_lines if v["round"] == 0 and v["site"] == line["site"])
             assert validated["global_on_local_acc"] == line["global_on_local_acc"]
+    # BwT as DESIGN section 2 defines it, recomputed from the file's own validate lines and sampled sites.
+    baselines: dict[str, float] = {}
+    for line in rounds:
+        current = {v["site"]: v["global_on_local_acc"] for v in validate_lines if v["round"] == line["round"]}
+        references = {site: acc for site, acc in baselines.items() if site in current}
+        expected = sum(current[site] - acc for site, acc in references.items()) / len(references) if references else None
+        assert line["bwt"] == pytest.approx(expected) and line["bwt_sites"] == len(references)
+        baselines.update({site: current[site] for site in line["sampled_sites"]})
     # File order: round r's validate lines and round line come before round r + 1's train lines.
     order = [(r.get("task", "round"), r["round"]) for r in (json.loads(x) for x in metrics.read_text().splitlines()[1:])]
     assert order.index(("round", 0)) < order.index(("train", 1)) and order[-1] == ("round", 1)
@@ -111,7 +122,9 @@ def test_fedkper_on_real_retinamnist_sites(retina_federation, tmp_path, capsys):
     assert not missing, f"report found no value for {missing}"
     # FLARE enforced the allow-list: our prefix was added, never "*".
     allow_list = json.loads((workspace / "local" / "resources.json").read_text())["class_allow_list"]
-    assert "fedkper_monai." in allow_list and "*" not in allow_list
+    assert "fedkper_monai." not in allow_list and "*" not in allow_list
+    assert set(allowed_classes()) <= set(allow_list)
+    assert [entry for entry in allow_list if entry.startswith("fedkper_monai")] == allowed_classes()
 
 
 @pytest.mark.parametrize(

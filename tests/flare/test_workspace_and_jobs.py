@@ -13,8 +13,8 @@ from nvflare.app_common.widgets.component_path_authorizer import ComponentPathAu
 from fedkper_monai.algorithm_registry import ALGORITHMS
 from fedkper_monai.errors import DataError
 from fedkper_monai.flare.controller import sample_sites, validation_due
-from fedkper_monai.flare.jobspec import STANDARD_JOBS, job_component, job_configs, load_job, main
-from fedkper_monai.flare.workspace import allow_package
+from fedkper_monai.flare.jobspec import STANDARD_JOBS, component_classes, job_component, job_configs, load_job, main
+from fedkper_monai.flare.workspace import allow_components, allowed_classes
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 
@@ -27,29 +27,70 @@ def _component_paths(config: dict) -> list[str]:
     return found
 
 
-def test_allow_package_keeps_the_default_list_and_is_idempotent(tmp_path):
-    path = allow_package(tmp_path)
-    allow_package(tmp_path)
+def _site(tmp_path: Path) -> Path:
+    (tmp_path / "startup").mkdir(exist_ok=True)
+    return tmp_path
+
+
+def test_allow_writes_the_exact_job_classes_keeps_the_default_list_and_is_idempotent(tmp_path):
+    path = allow_components(_site(tmp_path))
+    allow_components(tmp_path)
     allow_list = json.loads(path.read_text())["class_allow_list"]
-    assert allow_list.count("fedkper_monai.") == 1
-    assert "*" not in allow_list
+    ours = [entry for entry in allow_list if entry not in DEFAULT_CLASS_ALLOW_LIST]
+    assert ours == [
+        "fedkper_monai.flare.aggregator.FedKPerAggregator",
+        "fedkper_monai.flare.controller.FedKPerController",
+        "fedkper_monai.flare.evaluator.GlobalEvaluator",
+        "fedkper_monai.flare.learner.FedKPerLearner",
+        "fedkper_monai.flare.persistor.NetworkPersistor",
+    ]
+    assert "*" not in allow_list and not any(entry.endswith(".") for entry in ours)
     assert set(DEFAULT_CLASS_ALLOW_LIST) <= set(allow_list)
 
 
-def test_allow_package_starts_from_a_site_default_file(tmp_path):
+def test_allow_starts_from_a_site_default_file_and_drops_the_old_package_prefix(tmp_path):
     local = tmp_path / "local"
     local.mkdir()
-    (local / "resources.json.default").write_text(json.dumps({"format_version": 2, "class_allow_list": ["nvflare.app_common."]}))
-    resources = json.loads(allow_package(tmp_path).read_text())
-    assert resources["class_allow_list"] == ["nvflare.app_common.", "fedkper_monai."]
+    (local / "resources.json.default").write_text(
+        json.dumps({"format_version": 2, "class_allow_list": ["nvflare.app_common.", "fedkper_monai."]})
+    )
+    resources = json.loads(allow_components(tmp_path).read_text())
+    assert resources["class_allow_list"] == ["nvflare.app_common.", *allowed_classes()]
 
 
-def test_allow_package_refuses_a_disabled_list(tmp_path):
+def test_allow_refuses_a_disabled_list(tmp_path):
     local = tmp_path / "local"
     local.mkdir()
     (local / "resources.json").write_text(json.dumps({"class_allow_list": ["*"]}))
     with pytest.raises(DataError, match="class_allow_list"):
-        allow_package(tmp_path)
+        allow_components(tmp_path)
+
+
+def test_allow_refuses_what_is_not_a_site_folder_and_creates_nothing(tmp_path, capsys):
+    from fedkper_monai.cli import main as cli_main
+
+    typo = tmp_path / "typo" / "path"
+    afile = tmp_path / "somefile.csv"
+    afile.write_text("a,b\n")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    expected = {
+        typo: "no such folder; pass an existing FLARE site startup-kit folder or simulator workspace",
+        afile: "is a file; pass a FLARE site startup-kit folder or simulator workspace",
+        plain: "is not a FLARE site or workspace: it holds neither startup/ nor local/",
+    }
+    for target, message in expected.items():
+        assert cli_main(["allow", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not typo.exists() and not (plain / "local").exists() and afile.read_text() == "a,b\n"
+    assert cli_main(["allow", str(_site(plain))]) == 0
+    assert "allowed 5 fedkper_monai component classes" in capsys.readouterr().out
+
+
+def test_component_classes_are_read_from_the_generated_jobs():
+    named = {path for job in STANDARD_JOBS.values() for config in job_configs(job)[1:] for path in _component_paths(config)}
+    assert set(component_classes()) == named
 
 
 @pytest.mark.parametrize("name", sorted(STANDARD_JOBS))
@@ -57,7 +98,7 @@ def test_committed_jobs_match_their_spec_and_pass_flare_authorization(name, tmp_
     committed = load_job(JOBS / name)
     assert committed == job_configs(STANDARD_JOBS[name]), f"jobs/{name} drifted: run python -m fedkper_monai.flare.jobspec jobs"
     assert not (JOBS / name / "app" / "custom").exists(), "jobs carry no custom code (no BYOC)"
-    resources_file = allow_package(tmp_path)
+    resources_file = allow_components(tmp_path, create=True)
 
     class SiteWorkspace:  # the two methods FLARE's authorizer asks of a site workspace
         def get_resources_file_path(self) -> str:
