@@ -61,7 +61,7 @@ __all__ = [
 DEFAULT_ALGORITHMS = ("fedkper", "fedavg", "fedprox", "fedntd", "ditto", "local", "centralized")
 
 
-def _execute(run: CompareRun, data_root: Path, out: Path, threads: int, quiet: bool) -> bool:
+def _execute(run: CompareRun, data_root: Path, out: Path, threads: int | None, quiet: bool) -> bool:
     """Run one simulation from scratch in ``run.folder``; write ``done.json`` when all rounds are there."""
     if run.folder.exists():
         shutil.rmtree(run.folder)  # only our own entries (checked by plan_runs)
@@ -79,12 +79,14 @@ def _execute(run: CompareRun, data_root: Path, out: Path, threads: int, quiet: b
         prepared = prepare_job(source, run.workspace, SimulationOverrides(data_root=str(run_data)), run.folder / "job")
     log = run.folder / "simulator.log"
     n_clients = int(run.settings["n_clients"])
-    code = run_simulator(prepared, run.workspace, n_clients, max(1, min(threads, n_clients)), log_path=log if quiet else None)
+    result = run_simulator(prepared, run.workspace, n_clients, n_clients if threads is None else max(1, min(threads, n_clients)), log_path=log, echo=not quiet)
     seconds = time.perf_counter() - started
     found = finished_rounds(run.workspace)
     if found != run.rounds:
-        print(f"{run.label}: FAILED (exit code {code}, {found} of {run.rounds} rounds); see {log} and "
+        print(f"{run.label}: FAILED (exit code {result.code}, {found} of {run.rounds} rounds); see {log} and "
               f"{run.workspace}/server/log.txt", file=sys.stderr)
+        if result.cause:
+            print(f"{run.label}: {result.cause}", file=sys.stderr)
         return False
     atomic_write_json(run.folder / DONE_FILE, {
         "settings": run.settings,
@@ -101,7 +103,7 @@ def run_compare(
     algorithms: Sequence[Algorithm],
     out: str | Path,
     *,
-    threads: int = 1,
+    threads: int | None = None,
     quiet: bool = True,
     retries: int = 1,
     **plan_options: Any,
@@ -213,7 +215,23 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Every setting, before a job is built (one line naming the option; see :mod:`~fedkper_monai.flare.checks`)."""
+    from fedkper_monai.flare import checks
+
+    checks.check_ranges(rounds=args.rounds, sample_fraction=args.sample_fraction, local_epochs=args.local_epochs,
+                        validate_every=args.validate_every)
+    checks.check_threads(args.threads)
+    if args.retries < 0:
+        raise checks.SettingError("--retries", f"must be at least 0, got {args.retries}")
+    for seed in _parse_seeds(args.seeds) if args.seeds is not None else []:
+        checks.check_ranges(seed=seed)
+    if args.n_clients is not None:
+        checks.check_site_count(args.n_clients, Path(args.data_root))
+
+
 def _run(args: argparse.Namespace) -> int:
+    _check(args)
     algorithms = parse_algorithms(args.algorithms)
     seeds = _parse_seeds(args.seeds) if args.seeds is not None else None
     runs, failed = run_compare(
@@ -241,7 +259,7 @@ _EXAMPLE = """\
 example:
   fedkper-monai prepare medmnist --npz ../shared/data/medmnist/retinamnist.npz --sites 20 --alpha 0.1 --seed 0 --out data/retina
   fedkper-monai compare --data-root data/retina --algorithms fedkper,fedavg,fedprox,fedntd,ditto,local,centralized \\
-      -n 20 -t 2 --rounds 50 --seeds 0,1,2 --out runs/retina
+      -n 20 --rounds 50 --seeds 0,1,2 --out runs/retina
   fedkper-monai report runs/retina/*/seed* --out reports/retina
 
 algorithms (the same base job, only these change):
@@ -269,7 +287,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--algorithms", default=",".join(DEFAULT_ALGORITHMS),
                         help=f"comma-separated names (default {','.join(DEFAULT_ALGORITHMS)})")
     parser.add_argument("-n", "--n-clients", type=int, help="number of sites (default: the site datalists in D)")
-    parser.add_argument("-t", "--threads", type=int, default=1, help="sites run in parallel (default 1)")
+    parser.add_argument("-t", "--threads", type=int, help="sites run in parallel (default: all; with fewer, FLARE's "
+                        "simulator restarts site processes between tasks, which is slower)")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--sample-fraction", type=float, help="override the share of sites trained per round")
     parser.add_argument("--local-epochs", type=int, help="override local epochs")

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from fedkper_monai.algorithm_registry import ALGORITHMS, Algorithm
 from fedkper_monai.errors import FedKPerError
+from fedkper_monai.flare.checks import check_site_count
 from fedkper_monai.flare.compare_data import data_fingerprint, site_datalists
 from fedkper_monai.flare.jobspec import STANDARD_JOBS, load_job, save_job_configs, set_algorithm, write_job
 from fedkper_monai.flare.simulate import SimulationOverrides, find_metrics, prepare_job, read_round_lines
@@ -178,9 +179,9 @@ def plan_runs(
             ``overwrite``) finished runs whose settings differ from the requested ones.
     """
     root = Path(data_root).resolve()
+    if n_clients is not None:
+        check_site_count(n_clients, root)
     sites = site_datalists(root)
-    if n_clients is not None and n_clients != len(sites):
-        raise FedKPerError(f"{root} holds {len(sites)} site datalists but -n is {n_clients}: they must match")
     fingerprint = data_fingerprint(root)
     out = Path(out).resolve()
     runs: list[CompareRun] = []

@@ -202,7 +202,7 @@ def test_cli_errors_name_the_problem(federation, tmp_path, capsys):
     assert main(["compare", "--data-root", str(federation), "--algorithms", "fedavg,nope", "--out", str(tmp_path)]) == 2
     assert "unknown algorithm(s) 'nope'" in capsys.readouterr().err
     assert main(["compare", "--data-root", str(federation), "-n", "4", "--out", str(tmp_path)]) == 2
-    assert "3 site datalists but -n is 4" in capsys.readouterr().err
+    assert f"-n: 4 sites, but {federation} holds datalists for 3 (site-1 .. site-3): use -n 3" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
