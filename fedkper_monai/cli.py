@@ -17,6 +17,9 @@ _REGISTRARS: tuple[tuple[str, str], ...] = (
     ("fedkper_monai.flare.cli", "add_simulate_parser"),
     ("fedkper_monai.flare.cli", "add_compare_parser"),
     ("fedkper_monai.report.cli", "add_report_parser"),
+    ("fedkper_monai.bundle.cli", "add_bundle_parser"),
+    ("fedkper_monai.bundle.cli", "add_predict_parser"),
+    ("fedkper_monai.bundle.cli", "add_evaluate_parser"),
 )
 
 

@@ -1,0 +1,258 @@
+"""Batch inference with a run's model: from a MONAI bundle folder or a state dict (``personalized_model.pt``).
+
+A bundle brings its own preprocessing and ``network_def`` (read with MONAI's ``ConfigParser``, as
+``python -m monai.bundle run`` does); a state dict is rebuilt from its run's job config (or an explicit
+network spec) with this package's transform pipeline, exactly as the site evaluated it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedkper_monai.bundle.netconfig import check_state_dict
+from fedkper_monai.bundle.preprocessing import IMAGE_SUFFIXES
+from fedkper_monai.errors import DataError, FedKPerError
+from fedkper_monai.io import atomic_write_text
+
+__all__ = ["LoadedModel", "load_model", "load_inputs", "predict", "write_predictions_csv"]
+
+
+@dataclass
+class LoadedModel:
+    """A network with its weights, the preprocessing it expects and its class names.
+
+    Attributes:
+        network: maps ``(N, in_channels, *image_size)`` to logits ``(N, len(class_names))``.
+        preprocessing: maps ``{"image": path}`` to ``{"image": float tensor (C, *spatial)}``.
+        class_names: one per output.
+        in_channels: channels the network takes.
+        image_size: spatial size the network takes, or None when any size works.
+        source: where it came from (for messages).
+    """
+
+    network: nn.Module
+    preprocessing: Callable[[dict], Mapping[str, Any]]
+    class_names: list[str]
+    in_channels: int
+    image_size: list[int] | None
+    source: str
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FedKPerError(f"{path}: model file not found")
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated or foreign file
+        raise FedKPerError(f"{path}: cannot read the model: {error}") from None
+    if not isinstance(weights, Mapping):
+        raise FedKPerError(f"{path}: not a state dict ({type(weights).__name__})")
+    return dict(weights)
+
+
+def _load_bundle(bundle_dir: Path) -> LoadedModel:
+    from monai.bundle import ConfigParser
+
+    config_path = bundle_dir / "configs" / "inference.json"
+    if not config_path.is_file():
+        raise FedKPerError(f"{bundle_dir}: not a MONAI bundle (no configs/inference.json)")
+    weights = _load_weights(bundle_dir / "models" / "model.pt")
+    parser = ConfigParser()
+    try:
+        parser.read_config(str(config_path))
+        meta_path = bundle_dir / "configs" / "metadata.json"
+        if meta_path.is_file():
+            parser.read_meta(str(meta_path))
+        parser["bundle_root"] = str(bundle_dir)
+        network = parser.get_parsed_content("network_def")
+        preprocessing = parser.get_parsed_content("preprocessing")
+    except Exception as error:  # a bundle config is data: report which file failed and why
+        raise FedKPerError(f"{config_path}: cannot build the bundle's network or preprocessing: {error}") from None
+    check_state_dict(network, weights, source=str(bundle_dir / "models" / "model.pt"))
+    network.load_state_dict(weights)
+    image_format = ((parser.get("_meta_", {}) or {}).get("network_data_format") or {}).get("inputs", {}).get("image", {})
+    names = parser.get("class_names") or list((parser.get("_meta_", {}) or {}).get("pred_classes", {}).values())
+    if not names:
+        raise FedKPerError(f"{config_path}: no class_names (nor metadata pred_classes)")
+    return LoadedModel(
+        network=network,
+        preprocessing=preprocessing,
+        class_names=[str(n) for n in names],
+        in_channels=int(image_format.get("num_channels") or 0),
+        image_size=[int(s) for s in image_format.get("spatial_shape") or []] or None,
+        source=str(bundle_dir),
+    )
+
+
+def _with_dummy_label(pipeline: Callable) -> Callable[[dict], Mapping[str, Any]]:
+    # The package's pipelines also convert "label"; unlabelled images get a placeholder there.
+    return lambda entry: pipeline({"label": 0, **entry})
+
+
+def _find_run(weights_path: Path) -> Path | None:
+    """The run folder holding ``RUN/<participant>/<job>/<model>.pt``, when the file sits in one."""
+    parents = weights_path.absolute().parents
+    if len(parents) > 2 and (parents[2] / "server").is_dir():
+        return parents[2]
+    return None
+
+
+def load_model(
+    model: str | os.PathLike,
+    *,
+    run_dir: str | os.PathLike | None = None,
+    network: Mapping[str, Any] | None = None,
+    transforms: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> LoadedModel:
+    """A bundle folder, or a state dict with its run (``run_dir`` or the run it sits in) or a network spec.
+
+    Raises:
+        FedKPerError: missing ``models/model.pt``, a network that does not match the weights (naming the first
+            mismatched key and both shapes), or a state dict with neither a run nor a network spec.
+    """
+    from fedkper_monai.bundle.runs import locate_model
+    from fedkper_monai.data import build_transforms
+    from fedkper_monai.training.networks import build_network
+
+    path = Path(model)
+    if path.is_dir():
+        return _load_bundle(path)
+    weights = _load_weights(path)
+    if network is None:
+        run = Path(run_dir) if run_dir is not None else _find_run(path)
+        if run is None:
+            raise FedKPerError(f"{path}: a state dict needs --run RUN_DIR (the run it came from) or --network SPEC")
+        participant = path.absolute().parent.parent.name
+        located = locate_model(run, site=None if participant == "server" else participant)
+        network, transforms = located.network, transforms or located.transforms
+        class_names = class_names or located.class_names
+    spec = dict(network)
+    try:
+        net = build_network(**spec)
+    except (TypeError, ValueError) as error:
+        raise FedKPerError(f"network spec {spec}: {error}") from None
+    check_state_dict(net, weights, source=str(path))
+    net.load_state_dict(weights)
+    pipeline = build_transforms(transforms or "classification_2d", image_size=spec.get("image_size"))
+    names = list(class_names or [str(i) for i in range(int(spec["num_classes"]))])
+    return LoadedModel(net, _with_dummy_label(pipeline), names, int(spec["in_channels"]), spec.get("image_size"), str(path))
+
+
+def load_inputs(images: str | os.PathLike, split: str = "test") -> tuple[list[dict], list[str] | None]:
+    """Entries ``{"image", "id"[, "label"]}`` from a folder of images or a datalist JSON (its ``split`` list).
+
+    Returns:
+        the entries and the datalist's class names (None for a folder).
+    """
+    from fedkper_monai.data import load_datalist
+
+    path = Path(images)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(tuple(IMAGE_SUFFIXES)))
+        if not files:
+            raise DataError(path, f"no image files ({', '.join(IMAGE_SUFFIXES)})")
+        return [{"image": str(p), "id": str(p.relative_to(path))} for p in files], None
+    datalist = load_datalist(path)
+    entries = datalist.entries(split)
+    if not entries:
+        raise DataError(path, f"the {split!r} list is empty", field=split)
+    return [dict(entry) for entry in entries], list(datalist.class_names)
+
+
+class _CheckedImages(torch.utils.data.Dataset):
+    """Preprocessed images whose load errors and wrong shapes name the file."""
+
+    def __init__(self, entries: Sequence[Mapping[str, Any]], model: LoadedModel) -> None:
+        self.entries = entries
+        self.model = model
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image_path = str(self.entries[index]["image"])
+        try:
+            image = torch.as_tensor(self.model.preprocessing({"image": image_path})["image"], dtype=torch.float32)
+        except FedKPerError:
+            raise
+        except Exception as error:
+            cause = error.__cause__ or error
+            raise DataError(image_path, f"cannot load or preprocess image: {type(cause).__name__}: {cause}") from None
+        expected_channels, expected_size = self.model.in_channels, self.model.image_size
+        if expected_channels and image.shape[0] != expected_channels:
+            raise DataError(
+                image_path,
+                f"image has {image.shape[0]} channel(s) after preprocessing, the model takes {expected_channels} "
+                "(set `channels` in the transform config: 1 turns RGB into gray, 3 repeats gray)",
+            )
+        if expected_size and list(image.shape[1:]) != list(expected_size):
+            raise DataError(image_path, f"image size {list(image.shape[1:])} after preprocessing, the model takes {list(expected_size)} (the config does not resize)")
+        return torch.as_tensor(image).as_subclass(torch.Tensor)
+
+
+def predict(
+    model: LoadedModel,
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    batch_size: int = 64,
+    device: str = "auto",
+    progress: bool = True,
+) -> np.ndarray:
+    """Softmax probabilities ``(len(entries), num_classes)`` in the order of ``entries``.
+
+    Raises:
+        DataError: an image cannot be read, or has the wrong channels or size for the model (naming the file).
+    """
+    from tqdm.auto import tqdm
+
+    from fedkper_monai.training.loop import select_device
+
+    target = select_device(device)
+    network = model.network.to(target).eval()
+    loader = torch.utils.data.DataLoader(_CheckedImages(entries, model), batch_size=batch_size, shuffle=False, num_workers=0)
+    chunks = []
+    with torch.no_grad():
+        for images in tqdm(loader, desc="predict", unit="batch", disable=not progress):
+            logits = network(images.to(target)).float()
+            if logits.ndim != 2 or logits.shape[1] != len(model.class_names):
+                raise FedKPerError(f"{model.source}: the network gives logits {tuple(logits.shape)}, expected (N, {len(model.class_names)})")
+            chunks.append(torch.softmax(logits, dim=1).cpu())
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, len(model.class_names)), dtype=np.float32)
+
+
+def write_predictions_csv(path: str | os.PathLike, entries: Sequence[Mapping[str, Any]], probabilities: np.ndarray, class_names: Sequence[str]) -> Path:
+    """One row per entry: id, image, predicted_index, predicted_class, prob_<class>..., label (when known)."""
+    labelled = any("label" in entry for entry in entries)
+    header = ["id", "image", "predicted_index", "predicted_class", *[f"prob_{name}" for name in class_names]]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header + (["label", "label_class"] if labelled else []))
+    for entry, row in zip(entries, probabilities):
+        index = int(row.argmax())
+        line = [entry.get("id", entry["image"]), entry["image"], index, class_names[index], *[f"{v:.8g}" for v in row.tolist()]]
+        if labelled:
+            label = entry.get("label")
+            line += ["", ""] if label is None else [int(label), class_names[int(label)]]
+        writer.writerow(line)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def parse_network_spec(text: str) -> dict[str, Any]:
+    """A ``--network`` value: inline JSON or a JSON file."""
+    candidate = Path(text)
+    try:
+        return dict(json.loads(candidate.read_text() if candidate.is_file() else text))
+    except (OSError, ValueError, TypeError) as error:
+        raise FedKPerError(f"--network {text!r}: not a JSON network spec or file: {error}") from None
