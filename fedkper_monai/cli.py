@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fedkper-monai",
         description="FedKPer for medical imaging with MONAI and NVIDIA FLARE.",
     )
+    from fedkper_monai import __version__
+
+    parser.add_argument("--version", action="version", version=f"fedkper-monai {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name, function_name in _REGISTRARS:
         module = importlib.import_module(module_name)

@@ -12,7 +12,8 @@ __all__ = ["add_prepare_parser"]
 
 _CONTRACT = (
     "Output: DIR/site-1.json .. site-N.json (training + stratified local test), DIR/global_test.json, "
-    "DIR/global_val.json, DIR/summary.json and summary.txt, images under DIR/images/. "
+    "DIR/global_val.json, DIR/summary.json and summary.txt. Images stay where they are (with --copy: under "
+    "DIR/images/; medmnist and demo always write theirs there). "
     "Nothing is left in DIR when the command fails."
 )
 

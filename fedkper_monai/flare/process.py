@@ -23,8 +23,10 @@ __all__ = ["WatchedRun", "run_watched", "run_with_retries", "first_error", "PORT
 
 # A simulated site that could not start: the run cannot go on, a fresh start (fresh ports) can.
 PORT_CLASH_LINES = ("Address already in use", "Failed to create connection to the child process")
-# Known FLARE notices that say nothing to a user of our commands (kept in the log file, never echoed).
-HIDDEN_LINES = ("WARNING: 'nvflare simulator' is deprecated",)
+# Known FLARE deprecation notices about what our jobs use on purpose (kept in the log file, never echoed).
+# FLARE emits them with warnings forced to "always" (nvflare.fuel.utils.deprecated), so no warnings filter
+# reaches them: they are dropped here, by message.
+HIDDEN_LINES = ("WARNING: 'nvflare simulator' is deprecated", "DeprecationWarning: ModelLearner is deprecated")
 # Our own errors carry their cause in the message (file and field); FLARE wraps them in longer lines.
 _OWN_ERROR = re.compile(r"\b(?:FedKPerError|DataError|OutputExistsError): (?P<message>.+)$")
 _ANY_ERROR = re.compile(r" - ERROR - (?P<message>.+)$|^(?P<exception>[A-Za-z_.]*(?:Error|Exception): .+)$")
@@ -74,7 +76,7 @@ class _Reader(threading.Thread):
             line = raw.decode("utf-8", errors="replace")
             self.log.write(line)
             self.log.flush()
-            if self.echo and not line.startswith(HIDDEN_LINES):
+            if self.echo and not any(marker in line for marker in HIDDEN_LINES):
                 sys.stdout.write(line)
                 sys.stdout.flush()
             if self.clash is None and any(marker in line for marker in PORT_CLASH_LINES):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -16,6 +15,7 @@ from typing import Any, Callable
 from fedkper_monai.errors import FedKPerError
 from fedkper_monai.flare.metrics import METRICS_FILE
 from fedkper_monai.flare.jobspec import job_component, load_job, save_job_configs
+from fedkper_monai.flare.process import WatchedRun, run_with_retries
 from fedkper_monai.flare.workspace import allow_components
 
 __all__ = ["SimulationOverrides", "RoundProgress", "simulator_command", "job_component", "configure_job", "prepare_job", "run_simulator", "simulate", "find_metrics", "read_round_lines", "format_summary"]
@@ -119,9 +119,6 @@ def simulator_command(job_folder: Path, workspace: Path, n_clients: int, threads
     if log_config:
         command += ["-l", log_config]
     environment = dict(os.environ)
-    # Known FLARE deprecation notices, by message (other warnings still show in the log).
-    known = ",".join(f"ignore:{message}:DeprecationWarning" for message in FLARE_DEPRECATIONS)
-    environment["PYTHONWARNINGS"] = ",".join(filter(None, [environment.get("PYTHONWARNINGS"), known]))
     # Site processes share this machine's cores: without a cap each one starts an OpenMP team as large as
     # the machine, and the teams spin against each other (measured 6-18x slower local training).
     environment.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, min(threads, n_clients)))))

@@ -13,7 +13,7 @@ example:
   fedkper-monai report runs_seed*/* --out reports/all_seeds --overwrite
 
 Each RUN_DIR is one run: a folder holding exactly one metrics.jsonl at any depth (a FLARE
-simulator workspace such as RUN_DIR/server/simulate_job/app_server/metrics.jsonl works as is).
+simulator workspace, whose metrics are in RUN_DIR/server/simulate_job/metrics.jsonl, works as is).
 Writes R/report.md, R/summary.csv (one row per run), the PNG plots and, when one algorithm has
 several runs (seeds), R/summary_by_algorithm.csv with mean and std per algorithm.
 """

@@ -99,6 +99,15 @@ def test_bad_npz_leaves_no_output(retinamnist_npz, tmp_path, capsys):
     assert str(truncated) in err and "truncated or corrupt" in err
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
+    # A text file named .npz is not a .npz, whatever np.load would say about pickles.
+    text = tmp_path / "download.npz"
+    text.write_text("<html>not found</html>\n")
+    assert _prepare(text, out, sites=4) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"fedkper-monai prepare: error: {text}: --npz: not a .npz archive (a .npz is a zip of .npy arrays, this "
+        "file does not start like a zip); is it a text or HTML file?")
+    assert not out.exists()
+
     # An impossible partition (a site would be empty) fails before anything is written.
     assert _prepare(retinamnist_npz, out, sites=200) == 2
     err = capsys.readouterr().err

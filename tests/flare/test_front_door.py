@@ -203,3 +203,25 @@ def test_the_first_site_error_is_the_cause_not_flares_wrapper(tmp_path):
     assert (result.code, result.cause) == (1, "/d/site-2.json: training[0].image: file not found")
     assert first_error(["2026 - ERROR - something broke", "ValueError: later"]) == "something broke"
     assert first_error(["all fine"]) is None
+
+
+def test_verbose_output_drops_only_known_flare_deprecation_lines(tmp_path, capsys):
+    fake = ("print(\"WARNING: 'nvflare simulator' is deprecated. Use 'python job.py' with SimEnv instead.\")\n"
+            "print('2026 - WARNING - learner.py:49: DeprecationWarning: ModelLearner is deprecated but remains')\n"
+            "print('2026 - WARNING - some other warning')\n")
+    assert run_watched([sys.executable, "-c", fake], {}, tmp_path / "sim.log", echo=True, poll_seconds=0.1).code == 0
+    assert capsys.readouterr().out == "2026 - WARNING - some other warning\n"
+    assert len((tmp_path / "sim.log").read_text().splitlines()) == 3, "the log keeps every line"
+
+
+@pytest.mark.slow
+def test_the_readme_demo_is_quiet(tmp_path, capsys):
+    workspace = tmp_path / "demo"
+    assert main(["simulate", DEMO, "-w", str(workspace), "-n", "4", "-t", "4"]) == 0
+    captured = capsys.readouterr()
+    shown = (captured.out + captured.err).splitlines()
+    assert len(shown) < 30, shown
+    assert not [line for line in shown if "Traceback" in line or "eprecat" in line]
+    assert [line.split(" (")[0] for line in shown if line.startswith("round ") and " of " in line] == [
+        f"round {k} of 5 done" for k in range(1, 6)]
+    assert (workspace / "simulator.log").stat().st_size > 0

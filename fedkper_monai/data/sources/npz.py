@@ -52,6 +52,12 @@ def load_npz_splits(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.n
     npz_path = Path(path).expanduser().absolute()
     if not npz_path.is_file():
         raise DataError(npz_path, "file not found", field="npz")
+    with open(npz_path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"PK\x03\x04":
+        # np.load would read a text file as a pickle and refuse it as one: say what the file is not.
+        raise DataError(npz_path, "not a .npz archive (a .npz is a zip of .npy arrays, this file does not start "
+                                  "like a zip); is it a text or HTML file?", field="npz")
     splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     try:
         with np.load(npz_path, allow_pickle=False) as archive:
