@@ -1,0 +1,64 @@
+"""Run folders for the bundle tests: a laid-out run (fast, no FLARE) and a real 2-round simulation (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bundle_helpers import RETINA_NETWORK
+
+from fedkper_monai.cli import main
+from fedkper_monai.data import load_datalist
+from fedkper_monai.training.networks import build_network
+
+JOBS = Path(__file__).resolve().parents[2] / "jobs"
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2))
+
+
+def lay_out_run(run: Path, federation: Path, network: dict, sites=("site-1",), seed: int = 0) -> Path:
+    """The files a `fedkper-monai simulate` run leaves, with seeded (untrained) models."""
+    names = load_datalist(federation / "site-1.json").class_names
+    job = run / "server" / "simulate_job"
+    header = {"run": {"algorithm": "fedkper", "seed": seed, "num_classes": network["num_classes"], "class_names": names, "network": network["name"]}}
+    job.mkdir(parents=True, exist_ok=True)
+    (job / "metrics.jsonl").write_text(json.dumps(header) + "\n")
+    torch.manual_seed(seed)
+    torch.save(build_network(**network).state_dict(), job / "global_model.pt")
+    server = {"components": [
+        {"id": "persistor", "path": "fedkper_monai.flare.persistor.NetworkPersistor", "args": {"network": network}},
+        {"id": "global_evaluator", "path": "fedkper_monai.flare.evaluator.GlobalEvaluator", "args": {"network": network, "transforms": "classification_2d"}},
+    ]}
+    _write_json(job / "app_server" / "config" / "config_fed_server.json", server)
+    for index, site in enumerate(sites):
+        site_job = run / site / "simulate_job"
+        site_job.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(seed + 1 + index)
+        torch.save(build_network(**network).state_dict(), site_job / "personalized_model.pt")
+        client = {"components": [{"id": "learner", "path": "fedkper_monai.flare.learner.FedKPerLearner", "args": {"network": network, "transforms": "classification_2d"}}]}
+        _write_json(site_job / f"app_{site}" / "config" / "config_fed_client.json", client)
+    return run
+
+
+@pytest.fixture(scope="session")
+def laid_out_run(tmp_path_factory, retina_federation) -> Path:
+    """A RetinaMNIST run folder (global model, site-1's personalized model) without running FLARE."""
+    return lay_out_run(tmp_path_factory.mktemp("run") / "ws", retina_federation, RETINA_NETWORK)
+
+
+@pytest.fixture(scope="module")
+def simulated_run(tmp_path_factory, retina_federation) -> Path:
+    """A real 2-round FedKPer simulation on 3 RetinaMNIST sites, every site trained every round (slow)."""
+    workspace = tmp_path_factory.mktemp("sim") / "ws"
+    code = main([
+        "simulate", str(JOBS / "fedkper_medmnist"), "-w", str(workspace), "--data-root", str(retina_federation),
+        "-n", "3", "-t", "3", "--rounds", "2", "--sample-fraction", "1.0", "--local-epochs", "1",
+    ])
+    assert code == 0
+    return workspace
