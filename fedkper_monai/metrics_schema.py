@@ -33,6 +33,7 @@ __all__ = [
     "SITE_TRAIN_FIELDS",
     "SERVER_TRAIN_FIELDS",
     "VALIDATE_FIELDS",
+    "FAILED_SITE_FIELDS",
     "ROUND_FIELDS",
     "DROPPED_SITE_FIELDS",
     "UnknownSiteFieldError",
@@ -95,6 +96,12 @@ SERVER_TRAIN_FIELDS: tuple[MetricField, ...] = (
     MetricField("weight", NUMBER, "the weight the aggregator really used (0 for a dropped update)"),
     MetricField("bytes_received", NUMBER, "bytes of the update the server received (measured by the server)"),
 )
+# A site line of a failed task (train or validate): ``round``, ``site``, ``task``, these fields (and ``weight`` 0
+# for train); the site was dropped for that round (fedkper_monai.flare.failures writes it).
+FAILED_SITE_FIELDS: tuple[MetricField, ...] = (
+    MetricField("status", UNCHECKED, '"failed": the site did not answer the task (error, timeout or stopped)'),
+    MetricField("reason", UNCHECKED, "why: the site's error code or the timeout it exceeded"),
+)
 # Sent by a site in a validate result (and inside a train result) and written into its validate line.
 VALIDATE_FIELDS: tuple[MetricField, ...] = (
     MetricField("global_on_local_acc", NUMBER, "the round's global model on the local test split"),
@@ -142,7 +149,7 @@ def names(fields: tuple[MetricField, ...]) -> tuple[str, ...]:
 
 def site_line_kinds() -> dict[str, str]:
     """Name -> kind of every field of a site line (train or validate)."""
-    return {item.name: item.kind for item in SITE_TRAIN_FIELDS + SERVER_TRAIN_FIELDS + VALIDATE_FIELDS}
+    return {item.name: item.kind for item in SITE_TRAIN_FIELDS + SERVER_TRAIN_FIELDS + VALIDATE_FIELDS + FAILED_SITE_FIELDS}
 
 
 def round_line_kinds() -> dict[str, str]:

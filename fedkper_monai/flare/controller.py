@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE, AnalyticsDataType, LogWriterName
+from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.utils.analytix_utils import create_analytic_dxo, send_analytic_dxo
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedkper_monai.flare.aggregator import FedKPerAggregator
+from fedkper_monai.flare.failures import SiteFailures, failed_site_lines
 from fedkper_monai.flare.learner import GLOBAL_VERSION_KEY, SITE_METRICS_KEY
 from fedkper_monai.flare.metrics import METRICS_FILE, MetricsFile, RunBook
 from fedkper_monai.flare.weights import payload_bytes
@@ -65,7 +67,16 @@ class FedKPerController(ModelController):
         evaluator_id: id of a :class:`GlobalEvaluator` component ("" for none).
         tensorboard: send round scalars as FLARE analytics events (recorded by a ``TBAnalyticsReceiver``).
         persistor_id: id of the persistor component.
-        train_timeout: seconds to wait for a site's train result (0 waits forever).
+        min_responses: sampled sites that must answer a round's train task for the run to go on (default 1:
+            a round proceeds with whoever answered; a site that fails, times out or dies is dropped for
+            that round, written to ``metrics.jsonl`` as ``status: failed`` with the reason, and sampled
+            again in later rounds like any other site).
+        task_timeout: seconds any site may take for a task; None sizes it from the run: ``first_task_timeout``
+            until a site has answered, then ``timeout_factor`` times the slowest answer so far, at least
+            ``min_task_timeout``. Never infinite.
+        first_task_timeout: the timeout before any site has answered (loading and caching the data included).
+        min_task_timeout: the least timeout once sized from the run.
+        timeout_factor: the sized timeout in multiples of the slowest answer so far.
     """
 
     def __init__(
@@ -80,12 +91,24 @@ class FedKPerController(ModelController):
         evaluator_id: str = "global_evaluator",
         tensorboard: bool = True,
         persistor_id: str = "persistor",
-        train_timeout: int = 0,
+        min_responses: int = 1,
+        task_timeout: float | None = None,
+        first_task_timeout: float = 1800.0,
+        min_task_timeout: float = 60.0,
+        timeout_factor: float = 5.0,
     ) -> None:
         # Check for finished tasks every 0.1 s (FLARE's default 0.5 s adds up to a second per round).
-        super().__init__(persistor_id=persistor_id, task_check_period=0.1)
+        # ignore_result_error: a site's error never panics the job; this loop drops the site and checks
+        # min_responses itself (FLARE's dynamic mode aborted the run when any of 3 sampled sites failed).
+        super().__init__(persistor_id=persistor_id, task_check_period=0.1, ignore_result_error=True)
         if num_rounds < 1:
             raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
+        if min_responses < 1:
+            raise ValueError(f"min_responses must be >= 1, got {min_responses}")
+        for name, value in (("first_task_timeout", first_task_timeout), ("min_task_timeout", min_task_timeout),
+                            ("timeout_factor", timeout_factor), ("task_timeout", task_timeout or 1.0)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
         self.num_rounds = int(num_rounds)
         self.sample_fraction = float(sample_fraction)
         self.min_sites_per_round = int(min_sites_per_round)
@@ -95,7 +118,8 @@ class FedKPerController(ModelController):
         self.aggregator_id = aggregator_id
         self.evaluator_id = evaluator_id
         self.tensorboard = bool(tensorboard)
-        self.train_timeout = int(train_timeout)
+        self.min_responses = int(min_responses)
+        self.failures = SiteFailures(task_timeout, first_task_timeout, min_task_timeout, timeout_factor)
 
     def _component(self, component_id: str) -> Any:
         return self.get_component(component_id) if component_id else None
@@ -140,11 +164,15 @@ class FedKPerController(ModelController):
         model = self._as_task_model(params, round_index, version=round_index)
         run.aggregator.reset_stats()
         run.aggregator.set_reference(model.params)
+        self.failures.start_round(started)
         train_metrics = self._send_train(model, broadcast.sampled, run.aggregator)
         validations = self._send_validate(model, broadcast.validators)
         if previous is not None and run.evaluator is not None:
             previous.global_eval = run.evaluator.evaluate(model.params)  # while the sites work
         if not self._wait_for_tasks():
+            return None
+        failed = self.failures.close_round(broadcast.sampled, broadcast.validators, train_metrics, validations)
+        if not self._enough_answers(round_index, broadcast.sampled, train_metrics, failed):
             return None
         if previous is not None:
             evaluations = run.schedule.evaluations(previous, validations, train_metrics)
@@ -154,22 +182,29 @@ class FedKPerController(ModelController):
         except RuntimeError as error:
             self.warning(f"round {round_index}: {error}; the global model is unchanged")
         record = run.schedule.record(
-            broadcast, started, run.aggregator.last_weights, run.aggregator.last_dropped,
+            broadcast, started, run.aggregator.last_weights, {**run.aggregator.last_dropped, **failed.get("train", {})},
             payload_bytes(model.params), train_metrics,
         )
         for site in sorted(train_metrics):
             run.metrics.append(run.book.site_train_line(round_index, site, train_metrics[site], record.weights.get(site, 0.0)))
+        for line in failed_site_lines(round_index, failed):
+            run.metrics.append(line)
         self.save_model(self._as_task_model(params, round_index, version=round_index + 1))
         return params, record
 
     def _finish(self, run: _Run, params: dict, last: RoundRecord) -> None:
         """The last global model: validated by every site in one broadcast while the server evaluates it."""
         model = self._as_task_model(params, self.num_rounds - 1, version=self.num_rounds)
+        self.failures.start_round()
         validations = self._send_validate(model, run.schedule.final_broadcast(last, payload_bytes(model.params)))
         if run.evaluator is not None:
             last.global_eval = run.evaluator.evaluate(model.params)
         if not self._wait_for_tasks():
             return
+        targets = run.schedule.sites if last.validate else []
+        failed = self.failures.close_round([], targets, {}, validations)
+        for line in failed_site_lines(self.num_rounds - 1, failed, validate_round=self.num_rounds - 1):
+            run.metrics.append(line)
         self._write_round(run, last, validations, seconds=time.perf_counter() - last.started)
         self.info(f"finished {self.num_rounds} rounds; metrics in {run.metrics.path}")
 
@@ -182,13 +217,14 @@ class FedKPerController(ModelController):
 
         def on_train(result: FLModel) -> bool:
             site = str(result.meta.get("client_name"))
+            self.failures.answered()
             train_metrics[site] = dict(result.meta.get(SITE_METRICS_KEY) or result.metrics or {})
             train_metrics[site]["bytes_received"] = payload_bytes(result.params or {})
             accepted = aggregator.accept_model(result)
             result.params = None  # streaming: the update is in the running sums now
             return accepted
 
-        self.send_model(task_name="train", data=model, targets=targets, timeout=self.train_timeout, callback=on_train)
+        self.send_model(task_name="train", data=model, targets=targets, timeout=self.failures.timeout(), callback=on_train)
         return train_metrics
 
     def _send_validate(self, model: FLModel, targets: list[str]) -> dict[str, dict[str, Any]]:
@@ -197,11 +233,30 @@ class FedKPerController(ModelController):
         if targets:
 
             def on_validate(result: FLModel) -> bool:
+                self.failures.answered()
                 results[str(result.meta.get("client_name"))] = dict(result.metrics or {})
                 return True
 
-            self.send_model(task_name="validate", data=model, targets=targets, callback=on_validate)
+            self.send_model(task_name="validate", data=model, targets=targets, timeout=self.failures.timeout(), callback=on_validate)
         return results
+
+    def _accept_train_result(self, client_name: str, result: Any, fl_ctx: Any, is_unknown_task: bool = False) -> bool:
+        """FLARE's check of a result's return code; a site's error is recorded as its failure reason."""
+        return_code = result.get_return_code()
+        if return_code and return_code != ReturnCode.OK and not is_unknown_task:
+            self.failures.failed(client_name, f"the site's task ended with {return_code} (its own log has the error)")
+        return super()._accept_train_result(client_name, result, fl_ctx, is_unknown_task)
+
+    def _enough_answers(self, round_index: int, sampled: list[str], train_metrics: dict, failed: dict) -> bool:
+        """Whether enough sampled sites answered to go on; otherwise the run stops naming each failure."""
+        if len(train_metrics) >= min(self.min_responses, len(sampled)):
+            for site, reason in sorted(failed.get("train", {}).items()):
+                self.warning(f"round {round_index}: {site} dropped for this round: {reason}")
+            return True
+        reasons = "; ".join(f"{site}: {reason}" for site, reason in sorted(failed.get("train", {}).items()))
+        self.panic(f"round {round_index}: {len(train_metrics)} of {len(sampled)} sampled sites answered, "
+                   f"min_responses is {self.min_responses}: {reasons}")
+        return False
 
     def _wait_for_tasks(self) -> bool:
         """Wait until no task is standing; False when the run was aborted meanwhile."""
