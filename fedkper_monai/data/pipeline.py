@@ -73,6 +73,10 @@ def resolve_transforms_config(name_or_path: str | os.PathLike) -> Path:
             message lists every place searched).
     """
     text = str(name_or_path)
+    if text == "bundle":  # the preprocessing of this site's own MONAI bundle ($FEDKPER_BUNDLE_ROOT)
+        from fedkper_monai.bundle.importing import local_bundle_config
+
+        return local_bundle_config()
     candidate = Path(text).expanduser()
     if not _CONFIG_NAME.fullmatch(text) or ".." in text:
         if candidate.is_file() and _trusted(candidate):

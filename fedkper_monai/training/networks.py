@@ -167,6 +167,10 @@ def build_network(
         torch.Size([2, 3])
     """
     _check_spatial_dims(spatial_dims)
+    if name == "bundle":  # this participant's own MONAI bundle ($FEDKPER_BUNDLE_ROOT), never a path from the job
+        from fedkper_monai.bundle.importing import build_bundle_network
+
+        return build_bundle_network(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
     if name == "reference_cnn":
         size = tuple(image_size) if image_size is not None else (28,) * spatial_dims
         return ReferenceCNN(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes, image_size=size)
