@@ -217,7 +217,7 @@ def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
     from fedkper_monai.flare.aggregator import FedKPerAggregator
     from fedkper_monai.flare.evaluator import GlobalEvaluator
     from fedkper_monai.flare.jobspec import load_job
-    from fedkper_monai.flare.learner import GLOBAL_VERSION_KEY, SITE_METRICS_KEY, received_version, report_to_flmodel
+    from fedkper_monai.flare.learner import GLOBAL_VERSION_KEY, SITE_METRICS_KEY, is_initial, received_version, report_to_flmodel
     from fedkper_monai.flare.metrics import MetricsFile, RunBook
     from fedkper_monai.flare.persistor import NetworkPersistor
     from fedkper_monai.flare.sitedata import site_datalist_path
@@ -237,10 +237,13 @@ def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
     site_rounds = {site: Site(site, site_datalist_path(site, data_root, demo=demo), config, state_dir=work / site) for site in sites}
 
     def task(site: str, name: str, model: FLModel) -> FLModel:
-        weights, version = to_torch(model.params), received_version(model)
+        weights, version, initial = to_torch(model.params), received_version(model), is_initial(model)
         # Train: FLARE's executor validates first (the same model version: the site evaluates it once).
-        metrics = site_rounds[site].evaluate_global(weights, version)
-        result = report_to_flmodel(site_rounds[site].train_round(weights, model.current_round, version)) if name == "train" else FLModel(metrics=metrics)
+        metrics = site_rounds[site].evaluate_global(weights, version, initial=initial)
+        if name == "train":
+            result = report_to_flmodel(site_rounds[site].train_round(weights, model.current_round, version, initial=initial))
+        else:
+            result = FLModel(metrics=metrics)
         result.meta = dict(result.meta or {}, client_name=site)
         return result
 

@@ -85,11 +85,18 @@ SITE_TRAIN_FIELDS: tuple[MetricField, ...] = (
     MetricField("global_on_local_acc", NUMBER, "the received global model on the local test split"),
     MetricField("nfr_personalized", NUMBER, "negative flip rate of the local model since its previous evaluation"),
     MetricField("nfr_global_on_local", NUMBER, "negative flip rate of the global model on the local test split"),
-    MetricField("train_acc", NUMBER, "the local model on the site's training split (the score's reliability)"),
+    MetricField("train_acc", NUMBER, "the local model on its training split (the score's reliability); null unless the site shares diagnostics"),
     MetricField("score", NUMBER, "the site's FedKPer score (its aggregation weight before normalization)"),
     MetricField("num_samples", NUMBER, "training samples of the site"),
     MetricField("local_test_size", NUMBER, "samples of the local test split"),
     MetricField("train_seconds", NUMBER, "wall time of the local training"),
+    MetricField("negative_flips_personalized", NUMBER, "local test samples the local model got right last time and wrong now"),
+    MetricField("positive_flips_personalized", NUMBER, "local test samples it got wrong (or never saw) last time and right now"),
+    MetricField("unchanged_personalized", NUMBER, "local test samples whose correctness did not change"),
+    # The initial, never-trained model is no previous evaluation: flips start with the first trained model.
+    MetricField("negative_flips_global_on_local", NUMBER, "the received global model's negative flips on the local test split"),
+    MetricField("positive_flips_global_on_local", NUMBER, "its positive flips there"),
+    MetricField("unchanged_global_on_local", NUMBER, "samples whose correctness did not change"),
 )
 # Added by the server to each train line, after the site's fields.
 SERVER_TRAIN_FIELDS: tuple[MetricField, ...] = (
@@ -107,13 +114,20 @@ VALIDATE_FIELDS: tuple[MetricField, ...] = (
     MetricField("global_on_local_acc", NUMBER, "the round's global model on the local test split"),
     MetricField("nfr_global_on_local", NUMBER, "its negative flip rate on that split"),
     MetricField("local_test_size", NUMBER, "samples of the local test split"),
+    MetricField("negative_flips_global_on_local", NUMBER, "its negative flips (counts) on that split"),
+    MetricField("positive_flips_global_on_local", NUMBER, "its positive flips"),
+    MetricField("unchanged_global_on_local", NUMBER, "samples whose correctness did not change"),
 )
 ROUND_FIELDS: tuple[MetricField, ...] = (
     MetricField("global_acc", NUMBER, "the round's global model on the global test set"),
     MetricField("global_balanced_acc", NUMBER, "the same, mean of per-class recalls"),
     MetricField("global_nfr", NUMBER, "negative flip rate of the global model on the global test set"),
     MetricField("global_per_class_forgetting", NUMBER_LIST, "per class: share of its samples that flipped to wrong"),
-    MetricField("bwt", NUMBER, "backward transfer (DESIGN section 2); null on rounds without validation"),
+    MetricField("global_negative_flips", NUMBER, "global test samples the global model got right last round and wrong now"),
+    MetricField("global_positive_flips", NUMBER, "global test samples it got wrong last round and right now"),
+    MetricField("global_unchanged", NUMBER, "global test samples whose correctness did not change"),
+    MetricField("bwt", NUMBER, "backward transfer (DESIGN section 2); null on rounds that are not a full validation"),
+    MetricField("bwt_sites", NUMBER, "sites BwT averages: those with an exact baseline from an earlier round (0 when null)"),
     MetricField("mean_personalized_acc", NUMBER, "mean over every site trained so far of its latest personalized acc"),
     MetricField("worst_personalized_acc", NUMBER, "the lowest of those"),
     MetricField("balanced_personalized_acc", NUMBER, "mean of their class-balanced personalized accuracies"),

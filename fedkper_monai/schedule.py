@@ -101,29 +101,39 @@ class RoundSchedule:
     def broadcast(self, round_index: int, previous: RoundRecord | None) -> Broadcast:
         """Round ``round_index``'s targets; ``previous`` is the round whose model is being sent (None at first)."""
         sampled = sample_sites(self.sites, self.sample_fraction, self.seed, round_index, self.min_sites_per_round)
-        due = previous is not None and previous.validate
-        validators = [site for site in self.sites if site not in sampled] if due else []
+        if previous is None:
+            return Broadcast(round=round_index, sampled=sampled, validators=[])
+        # A full validation asks every site; otherwise the previous round's sampled sites still evaluate the
+        # model their update went into, which is their exact BwT baseline (DESIGN section 2).
+        validators = [site for site in self.asked(previous) if site not in sampled]
         return Broadcast(round=round_index, sampled=sampled, validators=validators)
 
     def final_broadcast(self, last: RoundRecord, payload_bytes: int) -> list[str]:
         """The sites that validate the last round's model in the final broadcast; its bytes count to ``last``."""
-        validators = list(self.sites) if last.validate else []
+        validators = self.asked(last)
         last.bytes_sent += payload_bytes * len(validators)
         return validators
 
-    @staticmethod
+    def asked(self, record: RoundRecord) -> list[str]:
+        """The sites whose evaluation of ``record``'s model the server needs: all on a full validation, else
+        its sampled sites (their BwT baselines), none when validation is off (``validate_every`` 0)."""
+        if record.validate:
+            return list(self.sites)
+        return list(record.sampled) if self.validate_every else []
+
     def evaluations(
+        self,
         previous: RoundRecord,
         validations: Mapping[str, Mapping[str, Any]],
         train_metrics: Mapping[str, Mapping[str, Any]],
     ) -> dict[str, Mapping[str, Any]]:
-        """Per site, its global-on-local metrics of ``previous``'s model (empty when it is not validated).
+        """Per site, its global-on-local metrics of ``previous``'s model: every site's on a full validation,
+        else those of ``previous``'s sampled sites (their BwT baselines).
 
         The sampled sites evaluated the received model before training: their train metrics hold it.
         """
-        if not previous.validate:
-            return dict(validations)
-        return {**validations, **train_metrics}
+        asked = set(self.asked(previous))
+        return {site: metrics for site, metrics in {**validations, **train_metrics}.items() if site in asked}
 
     def record(
         self,

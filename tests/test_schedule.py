@@ -47,7 +47,9 @@ def test_the_others_validate_when_the_previous_model_is_due():
     schedule = RoundSchedule(SITES, num_rounds=4, sample_fraction=0.5, seed=0, validate_every=2)
     round_0 = _record(schedule, 0, None, reported=sample_sites(SITES, 0.5, 0, 0))
     assert not round_0.validate  # validated every 2 rounds: round 1's model is the first
-    assert schedule.broadcast(1, round_0).validators == []
+    # Between full validations the previous round's sampled sites still evaluate its model (BwT baselines).
+    broadcast = schedule.broadcast(1, round_0)
+    assert broadcast.validators == [site for site in round_0.sampled if site not in broadcast.sampled]
     round_1 = _record(schedule, 1, round_0, reported=sample_sites(SITES, 0.5, 0, 1))
     assert round_1.validate
     broadcast = schedule.broadcast(2, round_1)
@@ -76,10 +78,13 @@ def test_final_broadcast_validates_everyone_when_due_and_counts_its_bytes():
     assert schedule.final_broadcast(last, payload_bytes=100) == SITES and last.bytes_sent == 200 + 400
 
 
-def test_evaluations_of_the_previous_model_include_the_trained_sites_only_when_validated():
-    validations = {"site-2": {"global_on_local_acc": 0.5}}
-    trained = {"site-1": {"global_on_local_acc": 0.7, "train_acc": 0.9}}
-    due = RoundRecord(0, 0.0, ["site-1"], {}, {}, 0, 0, validate=True)
-    assert RoundSchedule.evaluations(due, validations, trained) == {**validations, **trained}
+def test_evaluations_of_the_previous_model_are_everyones_when_validated_else_its_sampled_sites():
+    schedule = RoundSchedule(SITES, num_rounds=4, sample_fraction=0.5, seed=0, validate_every=2)
+    validations = {"site-2": {"global_on_local_acc": 0.5}, "site-3": {"global_on_local_acc": 0.4}}
+    trained = {"site-1": {"global_on_local_acc": 0.7}}
+    due = RoundRecord(0, 0.0, ["site-2"], {}, {}, 0, 0, validate=True)
+    assert schedule.evaluations(due, validations, trained) == {**validations, **trained}
     due.validate = False
-    assert RoundSchedule.evaluations(due, {}, trained) == {}
+    assert schedule.evaluations(due, validations, trained) == {"site-2": validations["site-2"]}
+    off = RoundSchedule(SITES, num_rounds=4, sample_fraction=0.5, seed=0, validate_every=0)
+    assert off.evaluations(due, validations, trained) == {}

@@ -108,5 +108,8 @@ class GlobalEvaluator(FLComponent):
             "balanced_accuracy": result.balanced_accuracy,
             "nfr": flips.nfr,
             "per_class_forgetting": list(flips.per_class_forgetting),
+            "negative_flips": flips.negative_flips,
+            "positive_flips": flips.positive_flips,
+            "unchanged": flips.unchanged,
             "num_samples": result.num_samples,
         }

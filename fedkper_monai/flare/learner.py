@@ -19,7 +19,7 @@ from nvflare.app_common.executors.model_learner_executor import ModelLearnerExec
 from fedkper_monai.flare.sitedata import site_datalist_path
 from fedkper_monai.flare.weights import to_numpy, to_torch
 
-__all__ = ["FedKPerLearner", "GLOBAL_VERSION_KEY", "SITE_METRICS_KEY", "report_to_flmodel", "received_version"]
+__all__ = ["FedKPerLearner", "GLOBAL_VERSION_KEY", "SITE_METRICS_KEY", "report_to_flmodel", "received_version", "is_initial"]
 
 # Meta key set by the controller: how many aggregations produced the model in this task.
 GLOBAL_VERSION_KEY = "global_version"
@@ -85,22 +85,28 @@ class FedKPerLearner(ModelLearner):
         """Global-on-local figures and their NFR (also run by FLARE before each train task)."""
         if not model.params:
             return ReturnCode.BAD_TASK_DATA
-        return FLModel(metrics=self.site.evaluate_global(to_torch(model.params), received_version(model)))
+        return FLModel(metrics=self.site.evaluate_global(to_torch(model.params), received_version(model), initial=is_initial(model)))
 
     def train(self, model: FLModel) -> FLModel | str:
         if not model.params:
             return ReturnCode.BAD_TASK_DATA
         round_index = int(model.current_round or 0)
-        report = self.site.train_round(to_torch(model.params), round_index, received_version(model), is_aborted=self.is_aborted)
+        report = self.site.train_round(
+            to_torch(model.params), round_index, received_version(model), is_aborted=self.is_aborted, initial=is_initial(model)
+        )
         if report is None:
             return ReturnCode.TASK_ABORTED
-        self._log(report.metrics, round_index)
+        self._log(report, round_index)
         return report_to_flmodel(report)
 
-    def _log(self, metrics: dict[str, Any], round_index: int) -> None:
+    def _log(self, report: Any, round_index: int) -> None:
+        """The round in the site's own log (diagnostics included); shared metrics only to TensorBoard, whose
+        scalars FLARE forwards to the server."""
+        metrics, diagnostics = report.metrics, report.diagnostics
         self.info(
             f"{self.site_name} round {round_index}: global-on-local {metrics['global_on_local_acc']:.3f}, "
-            f"personalized {metrics['personalized_acc']:.3f}, train acc {metrics['train_acc']:.3f}, score {metrics['score']:.4f}"
+            f"personalized {metrics['personalized_acc']:.3f}, score {report.score:.4f}; site-only: "
+            + ", ".join(f"{key} {value:.4g}" for key, value in diagnostics.items())
         )
         if self.writer is None:
             return
@@ -117,6 +123,11 @@ def report_to_flmodel(report: Any) -> FLModel:
         params=to_numpy(report.upload),
         meta={"score": report.score, "num_samples": report.num_samples, SITE_METRICS_KEY: report.metrics},
     )
+
+
+def is_initial(model: FLModel) -> bool:
+    """Whether ``model`` is the controller's never-trained initial model (version 0: no aggregation yet)."""
+    return (model.meta or {}).get(GLOBAL_VERSION_KEY) == 0
 
 
 def received_version(model: FLModel) -> Any:

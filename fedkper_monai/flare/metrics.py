@@ -70,8 +70,9 @@ class RunBook:
     """Cross-round bookkeeping for the round lines (personalized summary and BwT).
 
     - ``personalized``: each site's latest personalized accuracies (from its last train task).
-    - ``after_last_sampled``: each site's global-on-local accuracy measured at the first validation at
-      or after the round in which it was last sampled (exact when validation runs every round).
+    - ``baselines``: each site's BwT baseline, its global-on-local accuracy of the global model made in the
+      round it was last sampled (DESIGN section 2; exact: the schedule has every sampled site evaluate
+      that model in the next broadcast, also between full validations).
 
     A site field the schema does not know is never written: it is logged once and dropped, or, with
     ``strict`` (tests), raises :class:`~fedkper_monai.metrics_schema.UnknownSiteFieldError`.
@@ -80,8 +81,7 @@ class RunBook:
     def __init__(self, strict: bool = False) -> None:
         self.strict = bool(strict)
         self.personalized: dict[str, dict[str, float]] = {}
-        self.after_last_sampled: dict[str, float] = {}
-        self._awaiting_post_round_accuracy: set[str] = set()
+        self.baselines: dict[str, float] = {}
         self._reported_unknown: set[str] = set()
 
     def _check_fields(self, site: str, metrics: Mapping[str, Any], task: str | None) -> None:
@@ -108,10 +108,6 @@ class RunBook:
             }
         return line
 
-    def mark_sampled(self, sites: Iterable[str]) -> None:
-        """These sites were sampled this round: their next validation sets their BwT reference."""
-        self._awaiting_post_round_accuracy.update(sites)
-
     def site_validate_line(self, round_index: int, site: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """The metrics line of one site's global-on-local validation.
 
@@ -123,23 +119,33 @@ class RunBook:
         line.update({field: metrics.get(field) for field in VALIDATE_FIELDS})
         return line
 
-    def backward_transfer(self, current: Mapping[str, float]) -> float | None:
-        """BwT over sites sampled before; ``current`` is this validation's global-on-local accuracy per site.
+    def backward_transfer(self, current: Mapping[str, float], sampled: Iterable[str], full: bool) -> tuple[float | None, int]:
+        """BwT of a round's global model (DESIGN section 2) and the number of sites it averages.
 
-        Sites sampled this round get their reference set to ``current`` (so they contribute 0 now).
-        Returns None when no site has a reference yet.
+        Over every site with a baseline from an earlier round (a re-sampled site against its previous
+        baseline; sites never sampled left out): the mean of its accuracy in ``current`` minus its baseline.
+        None (and 0 sites) on a round that is not a ``full`` validation or without baselines. Then the
+        round's ``sampled`` sites take their ``current`` accuracy as their new baseline; one without a
+        current figure (it failed) loses its baseline rather than keep an inexact one.
+
+        Args:
+            current: site -> global-on-local accuracy of the round's global model.
+            sampled: the sites trained in the round.
+            full: whether every site validated the round's model.
         """
-        for site in list(self._awaiting_post_round_accuracy):
-            if site in current:
-                self.after_last_sampled[site] = float(current[site])
-                self._awaiting_post_round_accuracy.discard(site)
-        references = {site: acc for site, acc in self.after_last_sampled.items() if site in current}
-        if not references:
-            return None
-        # Imported here: the algorithm package loads torch, and the CLI imports this module for its names.
-        from fedkper_monai.algorithm import backward_transfer
+        references = {site: acc for site, acc in self.baselines.items() if site in current}
+        bwt = None
+        if full and references:
+            # Imported here: the algorithm package loads torch, and the CLI imports this module for its names.
+            from fedkper_monai.algorithm import backward_transfer
 
-        return backward_transfer(dict(current), references)
+            bwt = backward_transfer(dict(current), references)
+        for site in sampled:
+            if site in current:
+                self.baselines[site] = float(current[site])
+            else:
+                self.baselines.pop(site, None)
+        return bwt, len(references) if bwt is not None else 0
 
     def close_round(
         self, record: RoundRecord, evaluations: Mapping[str, Mapping[str, Any]], seconds: float
@@ -149,8 +155,8 @@ class RunBook:
         Args:
             record: the round, as kept since its aggregation.
             evaluations: per site, the global-on-local metrics of the round's global model (a validate
-                result, or the pre-train validation inside a next-round train result); empty when the
-                round's model is not validated.
+                result, or the pre-train validation inside a next-round train result): every site's on a
+                full validation, else the round's sampled sites' (their BwT baselines).
             seconds: the round's wall time.
 
         Returns:
@@ -158,14 +164,13 @@ class RunBook:
         """
         lines = [self.site_validate_line(record.round, site, evaluations[site]) for site in sorted(evaluations)]
         current = {line["site"]: float(line["global_on_local_acc"]) for line in lines if line["global_on_local_acc"] is not None}
-        # The round's sampled sites take this validation as their BwT reference (they contribute 0 now).
-        self.mark_sampled(record.sampled)
-        bwt = self.backward_transfer(current) if current else None
+        bwt, bwt_sites = self.backward_transfer(current, record.sampled, full=record.validate)
         lines.append(
             self.round_line(
                 record.round,
                 global_eval=record.global_eval,
                 bwt=bwt,
+                bwt_sites=bwt_sites,
                 site_nfr_global_on_local=[float(line["nfr_global_on_local"]) for line in lines if line["nfr_global_on_local"] is not None],
                 sampled=record.sampled,
                 weights=record.weights,
@@ -183,6 +188,7 @@ class RunBook:
         *,
         global_eval: Mapping[str, Any] | None,
         bwt: float | None,
+        bwt_sites: int,
         site_nfr_global_on_local: Iterable[float],
         sampled: list[str],
         weights: Mapping[str, float],
@@ -193,7 +199,8 @@ class RunBook:
     ) -> dict[str, Any]:
         """The round's summary line; personalized figures are over every site trained so far."""
         accs = [entry["acc"] for entry in self.personalized.values()]
-        aggregated = [site for site, weight in weights.items() if site not in dropped]
+        # Sorted: the aggregator lists sites in the order their updates arrived, which FLARE does not fix.
+        aggregated = sorted(site for site in weights if site not in dropped)
         top_share = max((weights[s] for s in aggregated), default=0.0)
         global_eval = global_eval or {}
         return {
@@ -202,7 +209,11 @@ class RunBook:
             "global_balanced_acc": global_eval.get("balanced_accuracy"),
             "global_nfr": global_eval.get("nfr"),
             "global_per_class_forgetting": global_eval.get("per_class_forgetting"),
+            "global_negative_flips": global_eval.get("negative_flips"),
+            "global_positive_flips": global_eval.get("positive_flips"),
+            "global_unchanged": global_eval.get("unchanged"),
             "bwt": bwt,
+            "bwt_sites": bwt_sites,
             "mean_personalized_acc": _mean(accs),
             "worst_personalized_acc": min(accs) if accs else None,
             "balanced_personalized_acc": _mean(e["balanced"] for e in self.personalized.values()),

@@ -24,6 +24,7 @@ __all__ = [
     "load_runs",
     "summarize",
     "summarize_by_algorithm",
+    "stability",
     "round_series",
     "final_site_accuracies",
     "mean_per_class_forgetting",
@@ -58,12 +59,21 @@ SUMMARY_COLUMNS: tuple[SummaryColumn, ...] = (
                   "last round: personalized accuracy of the worst site"),
     SummaryColumn("final_balanced_personalized_acc", "bal. pers. acc", ".3f",
                   "last round: class-balanced personalized accuracy (mean of per-class recalls), averaged over sites"),
+    SummaryColumn("final_balance", "balance", ".3f",
+                  "the paper's balance: (final global acc + final mean personalized acc) / 2"),
+    SummaryColumn("global_acc_stability", "global acc change", ".4f",
+                  "mean absolute round-to-round change of global accuracy over the last 20% of rounds (lower is steadier)"),
     SummaryColumn("mean_global_nfr", "global NFR", ".4f",
                   "negative flip rate of the global model on the global test set (share of samples right at the "
                   "previous round and wrong now), mean over rounds after the first"),
+    SummaryColumn("mean_global_pfr", "global PFR", ".4f",
+                  "positive flip rate of the global model on the global test set (share of samples wrong at the "
+                  "previous round and right now), mean over rounds after the first"),
     SummaryColumn("mean_local_nfr", "local NFR", ".4f",
                   "negative flip rate of each site's personalized model on its local test split since its previous "
                   "evaluation, mean over all site train lines"),
+    SummaryColumn("mean_local_pfr", "local PFR", ".4f",
+                  "positive flip rate of the personalized models on their local test splits, mean over site train lines"),
     SummaryColumn("final_bwt", "final BwT", "+.4f",
                   "backward transfer after the last round: mean over previously sampled sites of global-on-local "
                   "accuracy now minus right after the round they were last sampled (negative = forgetting)"),
@@ -103,6 +113,8 @@ def summarize(run: RunMetrics) -> dict[str, Any]:
     after_first = rows[1:]
     global_accs = _numbers(row.get("global_acc") for row in rows)
     single_site = [row["single_site_round"] for row in rows if row.get("single_site_round") is not None]
+    train_rows = [row for row in run.site_rows if _is_train(row)]
+    final_global, final_personalized = last.get("global_acc"), last.get("mean_personalized_acc")
     return {
         "run": run.label,
         "algorithm": run.algorithm,
@@ -113,14 +125,42 @@ def summarize(run: RunMetrics) -> dict[str, Any]:
         "final_mean_personalized_acc": last.get("mean_personalized_acc"),
         "final_worst_personalized_acc": last.get("worst_personalized_acc"),
         "final_balanced_personalized_acc": last.get("balanced_personalized_acc"),
+        "final_balance": (final_global + final_personalized) / 2 if None not in (final_global, final_personalized) else None,
+        "global_acc_stability": stability(global_accs),
         "mean_global_nfr": _mean(row.get("global_nfr") for row in after_first),
-        "mean_local_nfr": _mean(row.get("nfr_personalized") for row in run.site_rows if _is_train(row)),
+        "mean_global_pfr": _mean(_flip_rate(row, "global_positive_flips", "global_negative_flips", "global_unchanged") for row in after_first),
+        "mean_local_nfr": _mean(row.get("nfr_personalized") for row in train_rows),
+        "mean_local_pfr": _mean(
+            _flip_rate(row, "positive_flips_personalized", "negative_flips_personalized", "unchanged_personalized") for row in train_rows
+        ),
         "final_bwt": last.get("bwt"),
         "mean_bwt": _mean(row.get("bwt") for row in rows),
         "seconds_per_round": _mean(row.get("seconds") for row in rows),
         "bytes_sent_per_round": _mean(row.get("bytes_sent") for row in rows),
         "single_site_round_fraction": (sum(single_site) / len(single_site)) if single_site else None,
     }
+
+
+def stability(global_accs: Sequence[float], share: float = 0.2) -> float | None:
+    """Mean absolute round-to-round change of global accuracy over the last ``share`` of rounds (DESIGN
+    section 2); at least two rounds are taken, ``None`` with fewer than two.
+
+    Example:
+        >>> round(stability([0.1, 0.2, 0.5, 0.4, 0.6], share=0.6), 6)  # last 3 rounds: |0.4-0.5|, |0.6-0.4|
+        0.15
+    """
+    if len(global_accs) < 2:
+        return None
+    window = list(global_accs[-max(2, math.ceil(share * len(global_accs))):])
+    return statistics.fmean(abs(b - a) for a, b in zip(window, window[1:]))
+
+
+def _flip_rate(row: Mapping[str, Any], key: str, *other_keys: str) -> float | None:
+    """``row[key]`` over the sum of ``key`` and ``other_keys`` (the evaluated samples); None when missing."""
+    counts = [row.get(name) for name in (key, *other_keys)]
+    if any(count is None for count in counts) or not sum(counts):
+        return None
+    return counts[0] / sum(counts)
 
 
 _GROUP_KEYS = ("run", "algorithm", "seed")

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from fedkper_monai.algorithm import FlipTracker, fedkper_score
+from fedkper_monai.algorithm import FlipResult, FlipTracker, fedkper_score
 from fedkper_monai.errors import DataError, FedKPerError
 from fedkper_monai.io import atomic_write_bytes, atomic_write_json
 from fedkper_monai.training.loop import EvalResult, evaluate, make_optimizer, round_learning_rate, select_device, train_local
@@ -62,6 +62,9 @@ class SiteConfig:
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         amp: mixed precision on CUDA.
         seed: seed of this site's shuffling and initialization.
+        share_diagnostics: also send ``train_acc``, ``train_loss``, ``lr`` and the strategy's loss terms. Off by
+            default: ``train_acc`` beside ``score`` gives away the exact normalized label entropy (DESIGN
+            section 4), so these stay in the site's own log unless its operator opts in.
     """
 
     network: Mapping[str, Any] = field(default_factory=dict)
@@ -82,6 +85,7 @@ class SiteConfig:
     device: str = "auto"
     amp: bool = True
     seed: int = 0
+    share_diagnostics: bool = False
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "site settings") -> SiteConfig:
@@ -102,13 +106,16 @@ class SiteReport:
         score: the FedKPer score (reliability x label diversity).
         num_samples: training samples.
         metrics: scalars only: the received model's global-on-local figures, the personalized model's
-            figures, training figures and strategy diagnostics (``strategy_<name>``).
+            figures, the training time and, when the site shares diagnostics, its training accuracy, loss,
+            learning rate and strategy diagnostics (``strategy_<name>``).
+        diagnostics: those diagnostics, always (for the site's own log).
     """
 
     upload: dict[str, torch.Tensor]
     score: float
     num_samples: int
     metrics: dict[str, float | int]
+    diagnostics: dict[str, float] = field(default_factory=dict)
 
 
 class Site:
@@ -179,24 +186,27 @@ class Site:
         self.test_loader = make_loader(test_set, batch_size=eval_batch, shuffle=False, num_workers=config.num_workers)
 
     # ------------------------------------------------------------------ the round
-    def evaluate_global(self, weights: Mapping[str, torch.Tensor], version: Any) -> dict[str, float | int]:
+    def evaluate_global(self, weights: Mapping[str, torch.Tensor], version: Any, initial: bool = False) -> dict[str, float | int]:
         """The received global model on the local test split, with its flips; once per model ``version``.
 
         FLARE validates before each train task and the train task needs the same figures: a version already
         evaluated returns the stored metrics (also across a restart), so no model is counted twice in the flips.
+        ``initial``: the never-trained initial model, which is no previous evaluation for the flips (DESIGN
+        section 2): it is scored but not remembered.
         """
         version = _version_key(version)
         if self._global_eval.get("version") == version:
             return dict(self._global_eval["metrics"])
         self.global_model.load_state_dict(weights)
         result = self._evaluate(self.global_model, self.test_loader)
-        flips = self.trackers["global_on_local"].update(result.ids, result.correct, result.labels)
+        tracker = FlipTracker(self.num_classes) if initial else self.trackers["global_on_local"]
+        flips = tracker.update(result.ids, result.correct, result.labels)
         metric = self.task.metric
         metrics = {
             f"global_on_local_{metric}": result.accuracy,
             f"global_on_local_balanced_{metric}": result.balanced_accuracy,
-            "nfr_global_on_local": flips.nfr,
             "local_test_size": self.local_test_size,
+            **_flip_fields("global_on_local", flips, initial),
         }
         self._global_eval = {"version": version, "metrics": metrics}
         self._save_state(save_model=False)
@@ -208,6 +218,7 @@ class Site:
         round_index: int,
         version: Any,
         is_aborted: Callable[[], bool] = lambda: False,
+        initial: bool = False,
     ) -> SiteReport | None:
         """One round: evaluate the received model, train, evaluate the personalized model, score.
 
@@ -216,8 +227,9 @@ class Site:
             round_index: the FL round (sets the decayed learning rate).
             version: identity of the received model (see :meth:`evaluate_global`).
             is_aborted: polled after training; when it returns True the round stops and returns ``None``.
+            initial: the received model is the never-trained initial one (see :meth:`evaluate_global`).
         """
-        metrics: dict[str, float | int] = self.evaluate_global(weights, version)
+        metrics: dict[str, float | int] = self.evaluate_global(weights, version, initial=initial)
         self.global_model.load_state_dict(weights)
         self.global_model.eval()
         self.global_model.requires_grad_(False)
@@ -237,32 +249,30 @@ class Site:
         if is_aborted():
             return None
         metrics.update(self._personalized_metrics())
-        score = fedkper_score(self.task.reliability(metrics[f"train_{self.task.metric}"]), self.class_counts, self.num_classes)
+        on_training = self._evaluate(self.model, self.train_eval_loader).accuracy
+        score = fedkper_score(self.task.reliability(on_training), self.class_counts, self.num_classes)
         self._save_state(save_model=True)
         upload = (self.upload_model if self.upload_model is not None else self.model).state_dict()
-        metrics.update(
-            {
-                "score": score,
-                "num_samples": self.num_train,
-                "train_loss": trained.mean_loss,
-                "train_seconds": train_seconds,
-                "lr": lr,
-                **{f"strategy_{key}": value for key, value in trained.stats.items()},
-            }
-        )
-        return SiteReport(upload=upload, score=float(score), num_samples=int(self.num_train), metrics=metrics)
+        metrics.update({"score": score, "num_samples": self.num_train, "train_seconds": train_seconds})
+        diagnostics = {
+            f"train_{self.task.metric}": on_training,
+            "train_loss": trained.mean_loss,
+            "lr": lr,
+            **{f"strategy_{key}": value for key, value in trained.stats.items()},
+        }
+        if self.config.share_diagnostics:
+            metrics.update(diagnostics)
+        return SiteReport(upload=upload, score=float(score), num_samples=int(self.num_train), metrics=metrics, diagnostics=diagnostics)
 
     def _personalized_metrics(self) -> dict[str, float]:
-        """The trained local model on the local test split (with flips) and on its own training split."""
+        """The trained local model on the local test split, with its flips."""
         metric = self.task.metric
         personalized = self._evaluate(self.model, self.test_loader)
         flips = self.trackers["personalized"].update(personalized.ids, personalized.correct, personalized.labels)
-        on_training = self._evaluate(self.model, self.train_eval_loader)
         return {
             f"personalized_{metric}": personalized.accuracy,
             f"personalized_balanced_{metric}": personalized.balanced_accuracy,
-            "nfr_personalized": flips.nfr,
-            f"train_{metric}": on_training.accuracy,
+            **_flip_fields("personalized", flips),
         }
 
     def _evaluate(self, network: torch.nn.Module, loader: Any) -> EvalResult:
@@ -323,6 +333,17 @@ class Site:
             f"{self.datalist_path}; class counts {self.class_counts}; algorithm {self.config.algorithm}; "
             f"device {self.device}"
         )
+
+
+def _flip_fields(role: str, flips: FlipResult, initial: bool = False) -> dict[str, float | int]:
+    """A role's flip figures as a site sends them (no per-class figures: they would reveal the label mix)."""
+    return {
+        f"nfr_{role}": flips.nfr,
+        f"negative_flips_{role}": flips.negative_flips,
+        # Nothing flips from a model that was never a previous evaluation.
+        f"positive_flips_{role}": 0 if initial else flips.positive_flips,
+        f"unchanged_{role}": flips.num_evaluated if initial else flips.unchanged,
+    }
 
 
 def _version_key(version: Any) -> Any:

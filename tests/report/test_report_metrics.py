@@ -206,3 +206,23 @@ def test_compare_layout_is_labelled_by_algorithm_and_seed(tmp_path, write_jsonl)
     runs = load_runs([tmp_path / "fedkper" / "seed0", tmp_path / "fedkper" / "seed1"])
     assert [run.label for run in runs] == ["fedkper@seed0", "fedkper@seed1"]
     assert load_run(tmp_path / "fedkper" / "seed0").label == "fedkper"
+
+
+def test_paper_metrics_balance_stability_and_positive_flips(tmp_path, write_jsonl):
+    header = {"run": {"algorithm": "fedkper", "seed": 0, "num_rounds": 5, "sites": ["site-1"], "num_classes": 2}}
+    accs = [0.1, 0.2, 0.5, 0.4, 0.6]
+    rounds = [
+        {"round": r, "global_acc": acc, "mean_personalized_acc": 0.8, "global_positive_flips": r, "global_negative_flips": 1,
+         "global_unchanged": 8 - r}
+        for r, acc in enumerate(accs)
+    ]
+    site = {"round": 0, "site": "site-1", "task": "train", "personalized_acc": 0.8, "nfr_personalized": 0.1,
+            "positive_flips_personalized": 3, "negative_flips_personalized": 1, "unchanged_personalized": 6}
+    write_jsonl(tmp_path / "run" / "metrics.jsonl", [header, site, *rounds])
+    summary = summarize(load_run(tmp_path / "run"))
+    assert summary["final_balance"] == pytest.approx((0.6 + 0.8) / 2)
+    # The last 20% of 5 rounds is one change; at least two rounds are taken: |0.6 - 0.4|.
+    assert summary["global_acc_stability"] == pytest.approx(0.2)
+    # Rounds after the first: positive flips 1..4 of 9 evaluated samples each.
+    assert summary["mean_global_pfr"] == pytest.approx((1 + 2 + 3 + 4) / 4 / 9)
+    assert summary["mean_local_pfr"] == pytest.approx(0.3)

@@ -43,12 +43,35 @@ def test_a_round_reports_every_metric_and_keeps_its_state(retina_federation, tmp
     report = site.train_round(received, round_index=0, version=0)
     assert report is not None
     assert before["global_on_local_acc"] == report.metrics["global_on_local_acc"]
-    for key in ("personalized_acc", "personalized_balanced_acc", "nfr_personalized", "train_acc", "nfr_global_on_local"):
+    for key in ("personalized_acc", "personalized_balanced_acc", "nfr_personalized", "nfr_global_on_local"):
         assert 0.0 <= report.metrics[key] <= 1.0, key
+    for role in ("personalized", "global_on_local"):
+        counts = [report.metrics[f"{kind}_{role}"] for kind in ("negative_flips", "positive_flips", "unchanged")]
+        assert sum(counts) == site.local_test_size, role
     assert set(report.upload) == set(received) and _max_distance(report.upload, received) > 0
     assert (tmp_path / CHECKPOINT_FILE).exists() and (tmp_path / STATE_FILE).exists()
     # Only scalars leave the site (DESIGN section 4).
     assert all(isinstance(value, (int, float)) for value in report.metrics.values())
+
+
+def test_the_initial_model_is_no_previous_evaluation(retina_federation, retina_network):
+    site = Site("site-1", retina_federation / "site-1.json", _config(retina_network))
+    initial = site.evaluate_global(_weights(retina_network, 0), version=0, initial=True)
+    assert (initial["negative_flips_global_on_local"], initial["positive_flips_global_on_local"]) == (0, 0)
+    assert initial["unchanged_global_on_local"] == site.local_test_size
+    assert len(site.trackers["global_on_local"]) == 0, "the initial model's answers are not remembered"
+    # The first trained model is compared with nothing: every right answer is a positive flip, none negative.
+    trained = site.train_round(_weights(retina_network, 0), round_index=0, version=0, initial=True).upload
+    first = site.evaluate_global(trained, version=1)
+    right = round(first["global_on_local_acc"] * site.local_test_size)
+    assert (first["negative_flips_global_on_local"], first["positive_flips_global_on_local"]) == (0, right)
+
+
+def test_diagnostics_leave_the_site_only_when_it_opts_in(retina_federation, retina_network):
+    shared = Site("site-1", retina_federation / "site-1.json", _config(retina_network, share_diagnostics=True))
+    report = shared.train_round(_weights(retina_network, 0), round_index=0, version=0)
+    assert {"train_acc", "train_loss", "lr", "strategy_beta"} <= set(report.metrics)
+    assert report.metrics["train_acc"] == report.diagnostics["train_acc"]
 
 
 def test_train_accuracy_and_score_come_from_the_training_split(retina_federation, tmp_path, retina_network):
@@ -62,12 +85,13 @@ def test_train_accuracy_and_score_come_from_the_training_split(retina_federation
     path.write_text(json.dumps(datalist))
     site = Site("site-1", path, _config(retina_network))
     report = site.train_round(_weights(retina_network, 0), round_index=0, version=0)
+    assert "train_acc" not in report.metrics, "train accuracy beside the score gives away the label entropy"
 
     on_training = evaluate(site.model, site.train_eval_loader, device=site.device, num_classes=5)
     on_test = evaluate(site.model, site.test_loader, device=site.device, num_classes=5)
     assert on_training.num_samples == len(datalist["training"])
-    assert report.metrics["train_acc"] == on_training.accuracy
-    assert report.metrics["train_acc"] != on_test.accuracy, "the test needs splits the model scores differently on"
+    assert report.diagnostics["train_acc"] == on_training.accuracy
+    assert report.diagnostics["train_acc"] != on_test.accuracy, "the test needs splits the model scores differently on"
     histogram = [sum(e["label"] == c for e in datalist["training"]) for c in range(5)]
     assert report.score == pytest.approx(fedkper_score(on_training.accuracy, histogram, 5), abs=1e-12)
     assert report.score != pytest.approx(fedkper_score(on_training.accuracy, [len(datalist["test"]) if c == first_class else 0 for c in range(5)], 5))
