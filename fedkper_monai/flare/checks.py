@@ -77,8 +77,8 @@ def check_site_count(n_clients: int, data_root: Path, option: str = "--data-root
         found = len(site_datalists(root))
     except FedKPerError as error:
         named = sorted(path.name for path in root.glob("*.json") if not path.stem.startswith(("site-", "global_")))
-        hint = (f" (it holds {', '.join(named[:3])}: prepare with --site-names NAME=site-K to give FLARE's "
-                "simulated sites their files)") if named else ""
+        hint = (f" (it holds {', '.join(named[:3])}: FLARE's simulator names its sites site-1 .. site-N, so "
+                "the simulated sites need their datalists under those names)") if named else ""
         raise SettingError(option, f"{error}{hint}") from None
     if n_clients > found:
         raise SettingError("-n", f"{n_clients} sites, but {root} holds datalists for {found} "
