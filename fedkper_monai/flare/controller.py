@@ -173,6 +173,8 @@ class FedKPerController(ModelController):
             return None
         failed = self.failures.close_round(broadcast.sampled, broadcast.validators, train_metrics, validations)
         if not self._enough_answers(round_index, broadcast.sampled, train_metrics, failed):
+            for line in failed_site_lines(round_index, failed):  # the record says why the run stopped
+                run.metrics.append(line)
             return None
         if previous is not None:
             evaluations = run.schedule.evaluations(previous, validations, train_metrics)
