@@ -84,7 +84,8 @@ def test_the_readme_shows_the_commands_it_promises():
 @pytest.mark.parametrize("command", OUR_COMMANDS)
 def test_every_fedkper_monai_command_parses_and_names_existing_jobs(command):
     args = _parse(_words(command)[1:])
-    if args.command in ("simulate", "export"):
+    # A job named my_* is one the README has the reader make (e.g. from a MONAI bundle); every other must exist.
+    if args.command in ("simulate", "export") and not Path(args.job).name.startswith("my_"):
         assert (ROOT / args.job / "meta.json").exists(), f"{command}: no job folder {args.job}"
 
 
