@@ -104,13 +104,13 @@ def _load(args: argparse.Namespace, class_names: list[str] | None):
     from fedkper_monai.bundle.inference import load_model, parse_network_spec
 
     network = parse_network_spec(args.network) if args.network else None
-    return load_model(args.model, run_dir=args.run, network=network, transforms=args.transforms, class_names=class_names if network else None)
+    return load_model(args.model, run_dir=args.run, network=network, transforms=args.transforms, class_names=class_names)
 
 
 def _check_classes(model, datalist_names: list[str] | None, source: str) -> None:
     from fedkper_monai.errors import FedKPerError
 
-    if datalist_names is not None and len(datalist_names) != len(model.class_names):
+    if datalist_names is not None and model.class_names and len(datalist_names) != len(model.class_names):
         raise FedKPerError(f"{source}: {len(datalist_names)} classes, the model has {len(model.class_names)} outputs")
 
 

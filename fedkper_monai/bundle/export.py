@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fedkper_monai.bundle.netconfig import BUNDLE_IMPORTS, check_equivalent, network_config
+from fedkper_monai.bundle.netconfig import BUNDLE_IMPORTS, check_equivalent, check_state_dict, network_config
 from fedkper_monai.bundle.preprocessing import IMAGE_SUFFIXES, inference_preprocessing
 from fedkper_monai.bundle.runs import ModelSource, locate_model
 from fedkper_monai.errors import FedKPerError
@@ -132,18 +132,23 @@ def _metadata(source: ModelSource, weights_sha256: str) -> dict[str, Any]:
                 }
             },
         },
-        "fedkper": {
-            "role": source.role,
-            "site": source.site,
-            "network": dict(spec),
-            "transforms": source.transforms,
-            "run_dir": str(Path(source.run_dir).absolute()),
-            "run": dict(source.run),
-            "weights_file": str(Path(source.weights_path).absolute()),
-            "weights_sha256": weights_sha256,
-            "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "python": platform.python_version(),
-        },
+        "fedkper": _provenance(source, weights_sha256),
+    }
+
+
+def _provenance(source: ModelSource, weights_sha256: str) -> dict[str, Any]:
+    """Which run, role and weights a bundle came from (``metadata.json`` ``fedkper``)."""
+    return {
+        "role": source.role,
+        "site": source.site,
+        "network": dict(source.network),
+        "transforms": source.transforms,
+        "run_dir": str(Path(source.run_dir).absolute()),
+        "run": dict(source.run),
+        "weights_file": str(Path(source.weights_path).absolute()),
+        "weights_sha256": weights_sha256,
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
     }
 
 
@@ -201,6 +206,8 @@ def export_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, *, site: s
         weights = torch.load(source.weights_path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file: name it
         raise FedKPerError(f"{source.weights_path}: cannot read the model: {error}") from None
+    if source.network.get("name") == "bundle":
+        return _export_into_local_bundle(source, weights, Path(out), overwrite)
     config = inference_config(source)
     check_equivalent(source.network, {key: config[key] for key in ("network_blocks", "network_def") if key in config}, weights)
     buffer = io.BytesIO()
@@ -218,3 +225,27 @@ def export_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, *, site: s
         (staging / "docs" / "README.md").write_text(_readme(source))
     return Path(out)
 
+
+
+def _export_into_local_bundle(source: ModelSource, weights: dict, out: Path, overwrite: bool) -> Path:
+    """A run trained from a MONAI bundle: that bundle (``$FEDKPER_BUNDLE_ROOT``) with the run's weights."""
+    import shutil
+
+    import torch
+
+    from fedkper_monai.bundle.importing import build_bundle_network, local_bundle_root
+
+    root = local_bundle_root()
+    spec = {key: value for key, value in source.network.items() if key != "name"}
+    check_state_dict(build_bundle_network(**spec), weights, source=str(source.weights_path))
+    buffer = io.BytesIO()
+    torch.save(dict(weights), buffer)
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        shutil.copytree(root, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("models", "__pycache__"))
+        (staging / "models").mkdir()
+        (staging / "models" / "model.pt").write_bytes(buffer.getvalue())
+        meta_path = staging / "configs" / "metadata.json"
+        metadata = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        metadata["fedkper"] = _provenance(source, hashlib.sha256(buffer.getvalue()).hexdigest())
+        meta_path.write_text(json.dumps(metadata, indent=2) + "\n")
+    return out

@@ -61,7 +61,7 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     return dict(weights)
 
 
-def _load_bundle(bundle_dir: Path) -> LoadedModel:
+def _load_bundle(bundle_dir: Path, class_names: Sequence[str] | None = None) -> LoadedModel:
     from monai.bundle import ConfigParser
 
     config_path = bundle_dir / "configs" / "inference.json"
@@ -82,9 +82,9 @@ def _load_bundle(bundle_dir: Path) -> LoadedModel:
     check_state_dict(network, weights, source=str(bundle_dir / "models" / "model.pt"))
     network.load_state_dict(weights)
     image_format = ((parser.get("_meta_", {}) or {}).get("network_data_format") or {}).get("inputs", {}).get("image", {})
-    names = parser.get("class_names") or list((parser.get("_meta_", {}) or {}).get("pred_classes", {}).values())
-    if not names:
-        raise FedKPerError(f"{config_path}: no class_names (nor metadata pred_classes)")
+    # Ours name the classes; a bundle from elsewhere may not: then the datalist's names, else the indices
+    # (set by predict from the network's outputs).
+    names = parser.get("class_names") or list((parser.get("_meta_", {}) or {}).get("pred_classes", {}).values()) or class_names or []
     return LoadedModel(
         network=network,
         preprocessing=preprocessing,
@@ -128,7 +128,7 @@ def load_model(
 
     path = Path(model)
     if path.is_dir():
-        return _load_bundle(path)
+        return _load_bundle(path, class_names)
     weights = _load_weights(path)
     if network is None:
         run = Path(run_dir) if run_dir is not None else _find_run(path)
@@ -137,7 +137,7 @@ def load_model(
         participant = path.absolute().parent.parent.name
         located = locate_model(run, site=None if participant == "server" else participant)
         network, transforms = located.network, transforms or located.transforms
-        class_names = class_names or located.class_names
+        class_names = located.class_names
     spec = dict(network)
     try:
         net = build_network(**spec)
@@ -226,6 +226,8 @@ def predict(
     with torch.no_grad():
         for images in tqdm(loader, desc="predict", unit="batch", disable=not progress):
             logits = network(images.to(target)).float()
+            if not model.class_names and logits.ndim == 2:
+                model.class_names = [str(index) for index in range(logits.shape[1])]
             if logits.ndim != 2 or logits.shape[1] != len(model.class_names):
                 raise FedKPerError(f"{model.source}: the network gives logits {tuple(logits.shape)}, expected (N, {len(model.class_names)})")
             chunks.append(torch.softmax(logits, dim=1).cpu())

@@ -71,6 +71,24 @@ def test_bundle_errors(user_bundle, tmp_path, monkeypatch):
         build_network(**dict(BUNDLE_NETWORK, num_classes=7))
 
 
+def test_export_and_predict_a_run_trained_from_a_bundle(user_bundle, retina_federation, monkeypatch, tmp_path):
+    from conftest import lay_out_run
+
+    monkeypatch.setenv(BUNDLE_ROOT_ENV, str(user_bundle))
+    run = lay_out_run(tmp_path / "ws", retina_federation, BUNDLE_NETWORK)
+    out = tmp_path / "trained_bundle"
+    assert main(["bundle", "export", "--run", str(run), "--site", "site-1", "--out", str(out)]) == 0
+    # The user's own bundle, with the run's weights and where they came from.
+    assert (out / "configs" / "inference.json").read_text() == (user_bundle / "configs" / "inference.json").read_text()
+    assert json.loads((out / "configs" / "metadata.json").read_text())["fedkper"]["site"] == "site-1"
+    original = torch.load(run / "site-1" / "simulate_job" / "personalized_model.pt", weights_only=True)
+    exported = torch.load(out / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(original[k], exported[k]) for k in original)
+    model = run / "site-1" / "simulate_job" / "personalized_model.pt"
+    assert main(["predict", "--model", str(model), "--images", str(retina_federation / "site-1.json"), "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 0
+    assert main(["predict", "--model", str(out), "--images", str(retina_federation / "site-1.json"), "--out", str(tmp_path / "b.csv"), "--no-progress"]) == 0
+
+
 @pytest.mark.slow
 def test_a_job_trained_from_a_bundle_runs_two_rounds(user_bundle, retina_federation, monkeypatch, tmp_path):
     monkeypatch.setenv(BUNDLE_ROOT_ENV, str(user_bundle))  # the simulated sites and server inherit it
