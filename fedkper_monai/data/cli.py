@@ -40,6 +40,8 @@ def _add_file_args(parser: argparse.ArgumentParser) -> None:
                         help="task size after transforms, e.g. 64 64 (default: the images' common size)")
     parser.add_argument("--spatial-dims", type=int, choices=(2, 3), default=None, help="2 or 3 (default: from the images)")
     parser.add_argument("--copy", action="store_true", help="copy the images under DIR/images (default: reference them in place)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                        help="convert every image to 1 (gray) or 3 (RGB) channels; needed when they mix (default: as stored)")
 
 
 def _naming_flags(parser: argparse.ArgumentParser, handler: Callable[[argparse.Namespace], int]):
@@ -166,7 +168,7 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
         "  fedkper-monai prepare manifest --manifest studies.csv --sites 8 --alpha 0.1 --out data/skewed",
     )
     manifest.add_argument("--manifest", required=True, help="CSV file")
-    manifest.add_argument("--class-names", nargs="+", default=None, help="class names in label order (default: from the labels)")
+    manifest.add_argument("--class-names", nargs="+", default=None, help="class names in index order; needed when the label column holds names (default: numeric labels 0..C-1)")
     _add_partition_args(manifest, sites_required=False)
     _add_file_args(manifest)
     manifest.set_defaults(func=_naming_flags(manifest, _run_manifest))

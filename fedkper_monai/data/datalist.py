@@ -7,6 +7,7 @@ A datalist reads like the files ``monai.data.load_decathlon_datalist`` reads, wi
       "class_names": ["0", "1", "2", "3", "4"],
       "spatial_dims": 2,                      # optional, default 2
       "image_size": [28, 28],                 # optional: the task's size after transforms
+      "channels": 3,                          # optional: every image converted to this many channels (1 or 3)
       "training": [{"image": "images/train/train-000001.png", "label": 3, "id": "train-000001"}, ...],
       "test": [...],
       "validation": [...]                     # optional
@@ -46,6 +47,8 @@ class Datalist:
         validation: validation entries (``global_val.json``).
         spatial_dims: 2 for images, 3 for volumes.
         image_size: the task's spatial size after transforms (for example ``[28, 28]``), or None.
+        channels: 1 or 3 when the images mix channel counts and each is converted (the transforms'
+            ``channels`` setting); None keeps them as stored.
     """
 
     path: Path
@@ -56,6 +59,7 @@ class Datalist:
     validation: list[dict] = field(default_factory=list)
     spatial_dims: int = 2
     image_size: list[int] | None = None
+    channels: int | None = None
 
     def entries(self, which: str) -> list[dict]:
         """The list named ``which`` (one of :data:`LIST_KEYS`)."""
@@ -119,6 +123,9 @@ def load_datalist(path: str | os.PathLike, *, check_files: bool = True) -> Datal
         raise DataError(
             json_path, f"must be a list of {spatial_dims} positive integers, got {image_size!r}", field="image_size"
         )
+    channels = raw.get("channels")
+    if channels not in (None, 1, 3) or isinstance(channels, bool):
+        raise DataError(json_path, f"must be 1, 3 or null, got {channels!r}", field="channels")
 
     lists: dict[str, list[dict]] = {}
     seen_ids: dict[str, str] = {}
@@ -139,6 +146,7 @@ def load_datalist(path: str | os.PathLike, *, check_files: bool = True) -> Datal
         class_names=list(class_names),
         spatial_dims=spatial_dims,
         image_size=list(image_size) if image_size is not None else None,
+        channels=channels,
         **lists,
     )
 
@@ -205,6 +213,7 @@ def write_datalist(
     spatial_dims: int = 2,
     image_size: Sequence[int] | None = None,
     extra: Mapping[str, Any] | None = None,
+    channels: int | None = None,
 ) -> Path:
     """Write a datalist JSON atomically, image paths relative to the JSON's folder where they lie below it.
 
@@ -219,7 +228,7 @@ def write_datalist(
     if datalist is not None:
         num_classes, class_names = datalist.num_classes, datalist.class_names
         training, test, validation = datalist.training, datalist.test, datalist.validation
-        spatial_dims, image_size = datalist.spatial_dims, datalist.image_size
+        spatial_dims, image_size, channels = datalist.spatial_dims, datalist.image_size, datalist.channels
     if num_classes is None:
         raise ValueError("write_datalist needs a Datalist or num_classes")
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
@@ -241,6 +250,8 @@ def write_datalist(
     doc: dict[str, Any] = dict(extra or {})
     doc.update({"num_classes": int(num_classes), "class_names": names, "spatial_dims": int(spatial_dims)})
     doc["image_size"] = [int(s) for s in image_size] if image_size is not None else None
+    if channels is not None:
+        doc["channels"] = int(channels)
     lists = {"training": training, "test": test, "validation": validation}
     written = False
     for key, items in lists.items():

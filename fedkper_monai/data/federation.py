@@ -22,7 +22,9 @@ Errors name the Python parameter that is wrong in ``DataError.field`` (``num_sit
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -86,6 +88,7 @@ class Catalog:
             adds or fills ``partition``, ``alpha`` and ``min_samples``.
         place_images: called with the staging folder once the plan holds; returns one image path per row
             (written, copied under ``images/`` or left in place).
+        channels: 1 or 3 when every image is converted to it (``--channels``); None keeps them as stored.
     """
 
     rows: Sequence[Row]
@@ -95,6 +98,7 @@ class Catalog:
     source: str
     info: Mapping[str, Any]
     place_images: Callable[[Path], Sequence[str]]
+    channels: int | None = None
 
 
 @dataclass(frozen=True)
@@ -198,13 +202,29 @@ def plan_federation(catalog: Catalog, settings: ImportSettings) -> FederationPla
 
 
 def open_output(out: str | os.PathLike, overwrite: bool):
-    """``atomic_directory`` whose refusal to overwrite is a DataError naming ``out``."""
+    """``atomic_directory`` whose refusal to overwrite is a DataError naming ``out``.
+
+    Staging folders that an interrupted earlier write into the same ``out`` left behind (``.out.*.partial``,
+    ``.out.old``) are removed first; two writes into one ``out`` at a time are not supported.
+    """
     target = Path(out).expanduser().absolute()
     if target.exists() and not target.is_dir():
         raise DataError(target, "exists and is not a folder", field="out")
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise DataError(target, "output folder exists and is not empty (use --overwrite to replace it)", field="out")
+    remove_stale_staging(target)
     return atomic_directory(target, overwrite=overwrite)
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """Remove the staging folders an interrupted write into ``target`` left beside it; returns them."""
+    if not target.parent.is_dir():
+        return []
+    stale = [*target.parent.glob(f".{glob.escape(target.name)}.*.partial"), target.with_name(f".{target.name}.old")]
+    removed = [path for path in stale if path.is_dir()]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
 
 
 def import_catalog(out: str | os.PathLike, catalog: Catalog, settings: ImportSettings) -> dict:
@@ -274,6 +294,7 @@ def write_federation(folder: Path, catalog: Catalog, plan: FederationPlan, setti
         class_names=list(catalog.class_names),
         spatial_dims=catalog.spatial_dims,
         image_size=list(catalog.image_size) if catalog.image_size is not None else None,
+        **({"channels": catalog.channels} if catalog.channels is not None else {}),
     )
     source = catalog.source or str(folder)
     labels = np.asarray([int(e["label"]) for e in pool], dtype=np.int64)

@@ -32,6 +32,8 @@ class ImportSettings:
             source gives no split (class folders, manifests; a MedMNIST file has its own).
         image_size: task size after transforms (default: the images' common size; file importers only).
         spatial_dims: 2 or 3 (default: from the images).
+        channels: 1 or 3: images that mix channel counts are each converted to it (file importers; recorded in
+            the datalists as ``channels``); without it mixed channel counts are refused.
         copy: copy the images under ``out/images`` instead of referencing them in place (file importers only).
         overwrite: replace a non-empty ``out``.
         progress: show progress bars.
@@ -51,6 +53,7 @@ class ImportSettings:
     global_val_fraction: float = 0.1
     image_size: Sequence[int] | None = None
     spatial_dims: int | None = None
+    channels: int | None = None
     copy: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -70,6 +73,8 @@ class ImportSettings:
             value = getattr(self, name)
             if not 0 <= value < 1:
                 raise DataError(source, f"must be in [0, 1), got {value}", field=name)
+        if self.channels not in (None, 1, 3):
+            raise DataError(source, f"must be 1 or 3, got {self.channels}", field="channels")
 
 
 #: Former name of :class:`ImportSettings`, when only the folder and manifest importers shared it.

@@ -65,7 +65,8 @@ def test_manifest_carves_like_folders_and_keeps_a_split_column(flat_tree, tmp_pa
     manifest.write_text("image,label\n" + "".join(f"{p},{p.parent.name}\n" for p in images))
     out = tmp_path / "carved"
     assert _prepare("manifest", "--manifest", str(manifest), "--sites", "2", "--partition", "iid", "--min-samples", "5",
-                    "--global-test-fraction", "0.3", "--global-val-fraction", "0.1", "--out", str(out)) == 0
+                    "--global-test-fraction", "0.3", "--global-val-fraction", "0.1", "--class-names", *CLASSES,
+                    "--out", str(out)) == 0
     _assert_carved(out, len(images))
 
     # A split column: its test rows are the global test, its val rows the global val.
@@ -74,7 +75,7 @@ def test_manifest_carves_like_folders_and_keeps_a_split_column(flat_tree, tmp_pa
         f"{p},{p.parent.name},{split_of[p]}-{i},{split_of[p]}\n" for i, p in enumerate(images)))
     out = tmp_path / "given"
     assert _prepare("manifest", "--manifest", str(manifest), "--sites", "2", "--partition", "iid", "--min-samples", "5",
-                    "--out", str(out)) == 0
+                    "--class-names", *CLASSES, "--out", str(out)) == 0
     test, val, sites = _global_ids(out)
     assert test and all(i.startswith("test-") for i in test)
     assert val and all(i.startswith("val-") for i in val)
@@ -106,9 +107,9 @@ def test_errors_name_the_parameter_in_python_and_the_flag_on_the_command_line(fl
     manifest = tmp_path / "m.csv"
     manifest.write_text("image,label\n" + "".join(f"{p},{p.parent.name}\n" for p in sorted(flat_tree.rglob("*.png"))))
     with pytest.raises(DataError, match="give --sites N") as caught:
-        import_manifest(manifest, tmp_path / "b", settings=ImportSettings(progress=False))
+        import_manifest(manifest, tmp_path / "b", class_names=CLASSES, settings=ImportSettings(progress=False))
     assert caught.value.field == "num_sites"
-    assert _prepare("manifest", "--manifest", str(manifest), "--out", str(tmp_path / "b")) == 2
+    assert _prepare("manifest", "--manifest", str(manifest), "--class-names", *CLASSES, "--out", str(tmp_path / "b")) == 2
     assert ": --sites: give --sites N" in capsys.readouterr().err
 
     busy = tmp_path / "busy"

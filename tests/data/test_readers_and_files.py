@@ -113,20 +113,22 @@ def test_folders_importer_with_dicom_and_corrupt_image(tmp_path, dicom_files, ca
 
 
 def test_manifest_natural_sites_missing_file_and_empty_site(tmp_path, dicom_files):
-    rows = ["image,label,site"]
-    for i, path in enumerate(dicom_files * 5):
-        rows.append(f"{path},{'ct' if i % 2 else 'mr'},{'hospital-b' if i < 10 else 'hospital-a'}")
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    copies = [shutil.copy(path, cases / f"{i:02d}-{path.name}") for i, path in enumerate(dicom_files * 5)]
+    rows = ["image,label,site,id"]
+    for i, path in enumerate(copies):
+        rows.append(f"{path},{'ct' if i % 2 else 'mr'},{'hospital-b' if i < 10 else 'hospital-a'},r{i % 4}")
     manifest = tmp_path / "studies.csv"
     manifest.write_text("\n".join(rows) + "\n")
-    # Ids default to the image path, which repeats here: the manifest needs an id column.
     with pytest.raises(DataError, match="duplicate id") as caught:
-        import_manifest(manifest, tmp_path / "dup", min_samples=1, progress=False)
+        import_manifest(manifest, tmp_path / "dup", class_names=["ct", "mr"], min_samples=1, progress=False)
     assert caught.value.field == "rows[4].id"
 
-    rows = ["image,label,site,id"] + [f"{r},r{i}" for i, r in enumerate(rows[1:])]
+    rows = ["image,label,site,id"] + [f"{r.rsplit(',', 1)[0]},r{i}" for i, r in enumerate(rows[1:])]
     manifest.write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
-    summary = import_manifest(manifest, out, min_samples=1, image_size=[16, 16], progress=False)
+    summary = import_manifest(manifest, out, class_names=["ct", "mr"], min_samples=1, image_size=[16, 16], progress=False)
     assert summary["partition"] == "natural" and summary["num_sites"] == 2
     assert [s["source_site"] for s in summary["sites"].values()] == ["hospital-a", "hospital-b"]
     assert load_datalist(out / "site-1.json").num_classes == 2
@@ -138,13 +140,13 @@ def test_manifest_natural_sites_missing_file_and_empty_site(tmp_path, dicom_file
     ]
     manifest.write_text("\n".join(with_split) + "\n")
     with pytest.raises(DataError, match="'hospital-b' has no training samples") as caught:
-        import_manifest(manifest, tmp_path / "empty", min_samples=1, image_size=[16, 16], progress=False)
+        import_manifest(manifest, tmp_path / "empty", class_names=["ct", "mr"], min_samples=1, image_size=[16, 16], progress=False)
     assert caught.value.field == "site" and not (tmp_path / "empty").exists()
 
     # A missing image file.
     manifest.write_text("image,label,id\nnope.dcm,ct,a\n" + "".join(f"{p},mr,b{i}\n" for i, p in enumerate(dicom_files)))
     with pytest.raises(DataError, match="image file not found") as caught:
-        import_manifest(manifest, tmp_path / "missing", num_sites=1, min_samples=1, progress=False)
+        import_manifest(manifest, tmp_path / "missing", class_names=["ct", "mr"], num_sites=1, min_samples=1, progress=False)
     assert caught.value.field == "rows[0].image" and not (tmp_path / "missing").exists()
 
 

@@ -69,6 +69,11 @@ def import_folders(
                 relatives.append(relative)
     if not rows:
         raise DataError(base, f"no images with suffix {', '.join(IMAGE_SUFFIXES)} in the class folders", field="root")
+    empty = sorted(set(class_names) - {class_names[row.label] for row in rows})
+    if empty:
+        raise DataError(base / empty[0], f"class folder holds no image ({', '.join(IMAGE_SUFFIXES)}): a class without "
+                                         "samples cannot be learned; remove the folder or add its images",
+                        field="root")
     catalog = file_catalog(
         rows, fields=[r.id for r in rows], copy_as=relatives, class_names=class_names, source=base,
         settings=settings, importer="folders",

@@ -51,33 +51,49 @@ def _spatial_dims_of(image) -> int:
     return 3 if squeezed.ndim == 4 and squeezed.shape[-1] not in (3, 4) else 2
 
 
+def _decode(loader, path: str, dims: int | None, source: str | os.PathLike, where: str):
+    """One image, channel first, with ``dims`` spatial axes (found from the image when None)."""
+    from fedkper_monai.data.transforms import EnsureSpatialDimsd
+
+    try:
+        image = loader(path)
+        dims = dims or _spatial_dims_of(image)
+        return EnsureSpatialDimsd("image", spatial_dims=dims)({"image": image})["image"], dims
+    except Exception as error:
+        cause = error
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise DataError(source, f"cannot read image {path}: {type(cause).__name__}: {cause}", field=where) from None
+
+
 def probe_images(
-    paths: Sequence[str], *, fields: Sequence[str], source: str | os.PathLike, spatial_dims: int | None, progress: bool
+    paths: Sequence[str], *, fields: Sequence[str], source: str | os.PathLike, spatial_dims: int | None, progress: bool,
+    channels: int | None = None,
 ) -> tuple[int, list[int] | None]:
     """Decode every image once (a corrupt file fails here, before any output), return (spatial_dims, size).
 
     ``fields`` names each image in errors. The size is the common spatial size of all images; None when
-    they differ.
+    they differ. Refused, naming the file: NaN or infinite values, and images that mix channel counts
+    (gray and RGB; an alpha channel aside) unless ``channels`` says what every image becomes.
     """
     from monai.transforms import LoadImage
 
-    from fedkper_monai.data.transforms import EnsureSpatialDimsd
-
     loader = LoadImage(image_only=True, ensure_channel_first=True)
     sizes: set[tuple[int, ...]] = set()
+    first_of_channels: dict[int, str] = {}
     dims = spatial_dims
     for path, where in progress_bar(zip(paths, fields), total=len(paths), desc="checking images", enabled=progress):
         if not Path(path).exists():
             raise DataError(source, f"image file not found: {path}", field=where)
-        try:
-            image = loader(path)
-            dims = dims or _spatial_dims_of(image)
-            image = EnsureSpatialDimsd("image", spatial_dims=dims)({"image": image})["image"]
-        except Exception as error:
-            cause = error
-            while cause.__cause__ is not None:
-                cause = cause.__cause__
-            raise DataError(source, f"cannot read image {path}: {type(cause).__name__}: {cause}", field=where) from None
+        image, dims = _decode(loader, path, dims, source, where)
+        if image.is_floating_point() and not bool(image.isfinite().all()):
+            raise DataError(source, f"image {path} holds NaN or infinite values", field=where)
+        count = {2: 1, 4: 3}.get(int(image.shape[0]), int(image.shape[0]))  # alpha carries no diagnosis
+        first_of_channels.setdefault(count, path)
+        if len(first_of_channels) > 1 and channels is None:
+            mixed = ", ".join(f"{first} has {n}" for n, first in sorted(first_of_channels.items()))
+            raise DataError(source, f"images mix channel counts ({mixed}): pass --channels 1 or 3 to convert each",
+                            field=where)
         sizes.add(tuple(int(s) for s in image.shape[1:]))
     size = list(next(iter(sizes))) if len(sizes) == 1 else None
     return dims or 2, size
@@ -105,7 +121,7 @@ def file_catalog(
     """
     dims, common_size = probe_images(
         [r.image for r in rows], fields=fields, source=source, spatial_dims=settings.spatial_dims,
-        progress=settings.progress,
+        progress=settings.progress, channels=settings.channels,
     )
     image_size = settings.image_size
     if image_size is None:
@@ -128,4 +144,5 @@ def file_catalog(
             placed.append(str(target))
         return placed
 
-    return Catalog(rows, list(class_names), dims, image_size, str(source), {"importer": importer}, place_images)
+    return Catalog(rows, list(class_names), dims, image_size, str(source), {"importer": importer}, place_images,
+                   channels=settings.channels)

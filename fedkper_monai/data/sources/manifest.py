@@ -34,13 +34,25 @@ def _read_csv(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
     return columns, records
 
 
-def _class_names(raw_labels: Sequence[str], class_names: Sequence[str] | None) -> list[str]:
-    """The given names; else ``"0".."C-1"`` for numeric labels; else the label values sorted."""
+def _class_names(raw_labels: Sequence[str], class_names: Sequence[str] | None, csv_path: Path) -> list[str]:
+    """The given names; else ``"0".."C-1"`` for numeric labels covering every index up to the largest.
+
+    A label name (``abc``) without ``class_names`` is refused: a typo would silently become a class.
+    """
     if class_names is not None:
         return list(class_names)
-    if all(v.lstrip("-").isdigit() for v in raw_labels):
-        return [str(c) for c in range(max(int(v) for v in raw_labels) + 1)]
-    return sorted(set(raw_labels))
+    for i, value in enumerate(raw_labels):
+        if not value.lstrip("-").isdigit():
+            raise DataError(csv_path, f"label {value!r} is not a class index; to use label names, map them to indices "
+                                      "with --class-names (the names in index order)", field=f"rows[{i}].label")
+    present = {int(v) for v in raw_labels}
+    missing = sorted(set(range(max(present) + 1)) - present)
+    if missing:
+        largest = max(present)
+        row = next(i for i, v in enumerate(raw_labels) if int(v) == largest)
+        raise DataError(csv_path, f"label {largest} implies {largest + 1} classes but classes {missing[:10]} have no "
+                                  "image; pass --class-names to declare the classes", field=f"rows[{row}].label")
+    return [str(c) for c in range(max(present) + 1)]
 
 
 def _label(value: str, names: list[str], csv_path: Path, where: str) -> int:
@@ -93,8 +105,9 @@ def import_manifest(
 
     ``options`` are fields of :class:`~fedkper_monai.data.import_settings.ImportSettings` and override ``settings``.
 
-    ``image`` is a path relative to the CSV's folder or absolute (a DICOM series may be a folder). ``label``
-    is a class index or a class name (names are sorted to indices unless ``class_names`` gives the order).
+    ``image`` is a path relative to the CSV's folder or absolute (a DICOM series may be a folder); each image
+    once. ``label`` is a class index (every index up to the largest must occur) or, with ``class_names``
+    mapping names to indices in order, a class name; a name without ``class_names`` is refused.
     A ``site`` column gives the natural partition (real hospitals; ``num_sites`` is then ignored; sites are
     named site-1..N in sorted order of their values, recorded in the summary). A ``split`` column
     (train/val/test) gives the global splits; otherwise they are carved stratified. ``id`` defaults to the
@@ -109,14 +122,22 @@ def import_manifest(
         raise DataError(csv_path, "manifest not found", field="manifest")
     settings.check(csv_path)
     columns, records = _read_csv(csv_path)
-    names = _class_names([rec["label"] for rec in records], class_names)
+    names = _class_names([rec["label"] for rec in records], class_names, csv_path)
     rows: list[Row] = []
     seen: dict[str, int] = {}
+    seen_images: dict[str, int] = {}
     for i, rec in enumerate(records):
         row = _row(rec, f"rows[{i}]", columns, names, csv_path)
         if row.id in seen:
             raise DataError(csv_path, f"duplicate id {row.id!r} (first at rows[{seen[row.id]}])", field=f"rows[{i}].id")
+        image_key = os.path.realpath(row.image)
+        if image_key in seen_images:
+            first = rows[seen_images[image_key]]
+            raise DataError(csv_path, f"image {rec['image']!r} is listed twice (first at rows[{seen_images[image_key]}], "
+                                      f"label {first.label}; here label {row.label}): one image, one row",
+                            field=f"rows[{i}].image")
         seen[row.id] = i
+        seen_images[image_key] = i
         rows.append(row)
     catalog = file_catalog(
         rows, fields=[f"rows[{i}].image" for i in range(len(rows))],

@@ -39,6 +39,11 @@ def _check_split(npz_path: Path, split: str, images: np.ndarray, labels: np.ndar
         raise DataError(npz_path, f"images have shape {images.shape}; expected (N,H,W), (N,H,W,3) or (N,D,H,W)", field=f"{split}_images")
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(npz_path, f"labels must be integers, got {labels.dtype}", field=f"{split}_labels")
+    if images.dtype != np.uint8:
+        # PNG and the 0..255 intensity window expect 8-bit images (MedMNIST's layout); floats would fail or be
+        # rescaled silently, and may hold NaN.
+        raise DataError(npz_path, f"images must be uint8 (0..255, MedMNIST's layout), got {images.dtype}; scale and "
+                                  "convert them first", field=f"{split}_images")
 
 
 def load_npz_splits(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -97,6 +102,13 @@ def _labels_and_names(
         raise DataError(source, f"negative label {int(all_labels.min())}", field="labels")
     num_classes = len(class_names) if class_names is not None else int(all_labels.max()) + 1
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+    missing = sorted(set(range(num_classes)) - set(np.unique(all_labels).tolist()))
+    if class_names is None and missing:
+        # Classes are 0..max label: a stray label (7 among 0..4) would silently add empty classes.
+        split, y = next((s, y) for s, y in labels.items() if y.size and y.max() == num_classes - 1)
+        bad = int(np.flatnonzero(y == num_classes - 1)[0])
+        raise DataError(source, f"label {num_classes - 1} implies {num_classes} classes but classes {missing[:10]} "
+                                "have no sample; pass --class-names to declare the classes", field=f"{split}_labels[{bad}]")
     for split, y in labels.items():
         if y.size and y.max() >= num_classes:
             bad = int(np.flatnonzero(y >= num_classes)[0])
