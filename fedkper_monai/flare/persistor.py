@@ -33,6 +33,9 @@ class NetworkPersistor(ModelPersistor):
         super().__init__()
         self.network = dict(network)
         self.seed = int(seed)
+        # A job sets this: a bare file name only, so the model is written (and resumed) inside the run folder.
+        if not isinstance(save_name, str) or save_name in ("", ".", "..") or Path(save_name).name != save_name:
+            raise ValueError(f"save_name must be a file name inside the run folder, got {save_name!r}")
         self.save_name = save_name
 
     def _save_path(self, fl_ctx: FLContext) -> Path:
