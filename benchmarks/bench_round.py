@@ -216,8 +216,8 @@ def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
 
     from fedkper_monai.flare.aggregator import FedKPerAggregator
     from fedkper_monai.flare.evaluator import GlobalEvaluator
-    from fedkper_monai.flare.jobspec import load_job
-    from fedkper_monai.flare.learner import GLOBAL_VERSION_KEY, SITE_METRICS_KEY, is_initial, received_version, report_to_flmodel
+    from fedkper_monai.flare.jobspec import load_job, site_args
+    from fedkper_monai.flare.messages import GLOBAL_VERSION_KEY, SITE_METRICS_KEY, is_initial, received_version, report_to_flmodel
     from fedkper_monai.flare.metrics import MetricsFile, RunBook
     from fedkper_monai.flare.persistor import NetworkPersistor
     from fedkper_monai.flare.sitedata import site_datalist_path
@@ -227,13 +227,13 @@ def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
 
     _, server, client = load_job(job_dir)
     controller = dict(server["workflows"][0]["args"])
-    learner_args = _component_args(client, "learner")
+    learner_args = dict(site_args(client))
     data_root, demo = learner_args.pop("data_root", None), learner_args.pop("demo", False)
     learner_args.pop("analytic_sender_id", None)
     config = SiteConfig.from_mapping(learner_args)
     sites = sorted(f"site-{index}" for index in range(1, NUM_SITES + 1))
     # The same site round FLARE's learner runs, with each site's state in its own folder; set up at the start
-    # of the run as FedKPerLearner does on START_RUN.
+    # of the run as FedKPerExecutor does on START_RUN.
     site_rounds = {site: Site(site, site_datalist_path(site, data_root, demo=demo), config, state_dir=work / site) for site in sites}
 
     def task(site: str, name: str, model: FLModel) -> FLModel:

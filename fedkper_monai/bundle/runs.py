@@ -107,15 +107,16 @@ def last_train_line(run_dir: str | os.PathLike, site: str) -> dict[str, Any]:
 
 
 def _component_args(config_path: Path, class_name: str) -> dict[str, Any] | None:
-    """The ``args`` of the first component (or workflow) whose ``path`` ends with ``class_name``."""
+    """The ``args`` of the first component, workflow or executor whose ``path`` ends with ``class_name``."""
     try:
         config = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise FedKPerError(f"{config_path}: cannot read the job config: {error}") from None
-    for section in ("components", "workflows"):
-        for component in config.get(section, []):
-            if str(component.get("path", "")).endswith(class_name):
-                return dict(component.get("args") or {})
+    entries = [*config.get("components", []), *config.get("workflows", [])]
+    entries += [entry.get("executor", {}) for entry in config.get("executors", [])]
+    for component in entries:
+        if str(component.get("path", "")).endswith(class_name):
+            return dict(component.get("args") or {})
     return None
 
 
@@ -153,7 +154,8 @@ def locate_model(run_dir: str | os.PathLike, site: str | None = None) -> ModelSo
         job_dir = site_job_dir(run, site)
         weights = job_dir / PERSONALIZED_MODEL_FILE
         config_path = _first("app_*/config/config_fed_client.json", job_dir)
-        learner = _component_args(config_path, "FedKPerLearner") or {}
+        # The site executor's args; runs made before it name the former FedKPerLearner component.
+        learner = _component_args(config_path, "FedKPerExecutor") or _component_args(config_path, "FedKPerLearner") or {}
         network = learner
         transforms = learner.get("transforms") or DEFAULT_TRANSFORMS
         role = "personalized"

@@ -107,9 +107,9 @@ def check_job_data(job: str | Path, client_config: Mapping[str, Any], data_root:
         SettingError: the job has no data for its sites, or (without ``data_root``, which sizes the network
             from the data) the job's network has another number of classes than the data.
     """
-    from fedkper_monai.flare.jobspec import job_component
+    from fedkper_monai.flare.jobspec import site_args
 
-    learner = job_component(dict(client_config), "learner")["args"]
+    learner = site_args(dict(client_config))
     if data_root is not None:
         return Path(data_root)
     root = learner.get("data_root") or os.environ.get("FEDKPER_DATA_ROOT")

@@ -64,9 +64,9 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _describe_network(job: str) -> str:
-    from fedkper_monai.flare.jobspec import job_component, load_job
+    from fedkper_monai.flare.jobspec import load_job, site_args
 
-    network = job_component(load_job(job)[2], "learner")["args"].get("network", {})
+    network = site_args(load_job(job)[2]).get("network", {})
     size = "x".join(str(side) for side in network.get("image_size") or [])
     return (f"{network.get('name')}, {network.get('in_channels')} input channel(s), "
             f"{network.get('num_classes')} classes, {size or 'any size'}")

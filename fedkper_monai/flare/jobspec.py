@@ -24,6 +24,8 @@ __all__ = [
     "JobSettings",
     "job_configs",
     "job_component",
+    "site_args",
+    "SITE_EXECUTOR",
     "component_classes",
     "set_algorithm",
     "write_job",
@@ -33,6 +35,8 @@ __all__ = [
 ]
 
 _PKG = "fedkper_monai.flare"
+# The site: a plain FLARE Executor whose args are the site's settings (SiteConfig fields, data_root, demo).
+SITE_EXECUTOR = f"{_PKG}.executor.FedKPerExecutor"
 
 
 @dataclass
@@ -75,6 +79,16 @@ def job_component(config: dict, component_id: str) -> dict:
     raise FedKPerError(f"job config has no component {component_id!r}")
 
 
+def site_args(client: dict) -> dict:
+    """The args of a client config's site executor (the site's settings; edit them in place)."""
+    for entry in client.get("executors", []):
+        executor = entry.get("executor", {})
+        if executor.get("path") == SITE_EXECUTOR:
+            return executor.setdefault("args", {})
+    raise FedKPerError(f"job config has no {SITE_EXECUTOR} executor (a job written before it named the "
+                       "deprecated FedKPerLearner: write it again with `python -m fedkper_monai.flare.jobspec`)")
+
+
 def set_algorithm(meta: dict, server: dict, client: dict, algorithm: Algorithm) -> None:
     """Make a job's configs (changed in place) run ``algorithm``.
 
@@ -82,7 +96,7 @@ def set_algorithm(meta: dict, server: dict, client: dict, algorithm: Algorithm) 
     parameters, the aggregator's weighting; a pooled (centralized) job needs one site.
     """
     server["workflows"][0]["args"]["algorithm"] = algorithm.name
-    learner = job_component(client, "learner")["args"]
+    learner = site_args(client)
     learner["algorithm"] = algorithm.strategy
     learner["algorithm_args"] = dict(algorithm.params)
     job_component(server, "aggregator")["args"]["weighting"] = algorithm.weighting
@@ -133,25 +147,20 @@ def job_configs(settings: JobSettings) -> tuple[dict, dict, dict]:
             {
                 "tasks": ["train", "validate"],
                 "executor": {
-                    "path": "nvflare.app_common.executors.model_learner_executor.ModelLearnerExecutor",
-                    "args": {"learner_id": "learner"},
+                    "path": SITE_EXECUTOR,
+                    "args": {
+                        **data,
+                        "network": settings.network,
+                        "local_epochs": settings.local_epochs,
+                        "batch_size": settings.batch_size,
+                        "lr": settings.lr,
+                        "lr_gamma": settings.lr_gamma,
+                        "seed": settings.seed,
+                    },
                 },
             }
         ],
         "components": [
-            {
-                "id": "learner",
-                "path": f"{_PKG}.learner.FedKPerLearner",
-                "args": {
-                    **data,
-                    "network": settings.network,
-                    "local_epochs": settings.local_epochs,
-                    "batch_size": settings.batch_size,
-                    "lr": settings.lr,
-                    "lr_gamma": settings.lr_gamma,
-                    "seed": settings.seed,
-                },
-            },
             {"id": "log_writer", "path": "nvflare.app_opt.tracking.tb.tb_writer.TBWriter", "args": {}},
             {
                 "id": "event_to_fed",

@@ -14,11 +14,11 @@ from typing import Any, Callable
 
 from fedkper_monai.errors import FedKPerError
 from fedkper_monai.flare.metrics import METRICS_FILE
-from fedkper_monai.flare.jobspec import job_component, load_job, save_job_configs
+from fedkper_monai.flare.jobspec import job_component, load_job, save_job_configs, site_args
 from fedkper_monai.flare.process import WatchedRun, run_with_retries
 from fedkper_monai.flare.workspace import allow_components
 
-__all__ = ["SimulationOverrides", "RoundProgress", "simulator_command", "job_component", "configure_job", "prepare_job", "run_simulator", "simulate", "find_metrics", "read_round_lines", "format_summary"]
+__all__ = ["SimulationOverrides", "RoundProgress", "simulator_command", "job_component", "configure_job", "apply_overrides", "prepare_job", "run_simulator", "simulate", "find_metrics", "read_round_lines", "format_summary"]
 
 
 @dataclass
@@ -58,13 +58,18 @@ def _network_from_data(source: Path, network: dict, transforms: str) -> dict:
 def configure_job(job: str | Path, overrides: SimulationOverrides, *, network_from: str | Path | None = None) -> tuple[dict, dict, dict]:
     """The three configs of ``job`` with ``overrides`` applied (the job folder is not modified).
 
-    ``overrides.data_root`` is written into the learner and evaluator args (simulation: one machine);
+    ``overrides.data_root`` is written into the site executor's and evaluator's args (simulation: one machine);
     for real sites leave it unset, so each site reads its own ``$FEDKPER_DATA_ROOT``. Either data root,
     or ``network_from`` (a datalist or a prepared folder), sets the network's classes, size and channels.
     """
-    meta, server, client = load_job(Path(job))
+    return apply_overrides(*load_job(Path(job)), overrides, network_from=network_from)
+
+
+def apply_overrides(meta: dict, server: dict, client: dict, overrides: SimulationOverrides, *,
+                    network_from: str | Path | None = None) -> tuple[dict, dict, dict]:
+    """A job's three configs with ``overrides`` applied (changed in place and returned); see :func:`configure_job`."""
     controller = server["workflows"][0]["args"]
-    learner = job_component(client, "learner")["args"]
+    learner = site_args(client)
     evaluator = job_component(server, "global_evaluator")["args"]
     persistor = job_component(server, "persistor")["args"]
     if overrides.rounds is not None:
@@ -98,7 +103,7 @@ def prepare_job(job: str | Path, workspace: str | Path, overrides: SimulationOve
     outside the workspace: the simulator empties its workspace, except ``local/`` and ``startup/``.)
     """
     meta, server, client = configure_job(job, overrides)
-    learner = job_component(client, "learner")["args"]
+    learner = site_args(client)
     if learner.get("demo") and not learner.get("data_root"):
         from fedkper_monai.data.demo import ensure_demo_data
         from fedkper_monai.flare.sitedata import default_demo_root

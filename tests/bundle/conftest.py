@@ -41,7 +41,7 @@ def lay_out_run(run: Path, federation: Path, network: dict, sites=("site-1",), s
         site_job.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(seed + 1 + index)
         torch.save(build_network(**network).state_dict(), site_job / "personalized_model.pt")
-        client = {"components": [{"id": "learner", "path": "fedkper_monai.flare.learner.FedKPerLearner", "args": {"network": network, "transforms": "classification_2d"}}]}
+        client = {"executors": [{"tasks": ["train", "validate"], "executor": {"path": "fedkper_monai.flare.executor.FedKPerExecutor", "args": {"network": network, "transforms": "classification_2d"}}}]}
         _write_json(site_job / f"app_{site}" / "config" / "config_fed_client.json", client)
     return run
 

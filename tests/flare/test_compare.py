@@ -24,7 +24,7 @@ from fedkper_monai.flare.compare import (
     run_compare,
     site_datalists,
 )
-from fedkper_monai.flare.jobspec import STANDARD_JOBS, job_component, job_configs
+from fedkper_monai.flare.jobspec import STANDARD_JOBS, job_component, job_configs, site_args
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_every_planned_run_trains_what_the_registry_says(federation, tmp_path):
     assert [run.algorithm.name for run in runs] == list(ALGORITHMS)
     for run in runs:
         algorithm, job = ALGORITHMS[run.algorithm.name], run.settings["job"]
-        learner = job_component(job["client"], "learner")["args"]
+        learner = site_args(job["client"])
         weighting = job_component(job["server"], "aggregator")["args"]["weighting"]
         controller = job["server"]["workflows"][0]["args"]
         assert (learner["algorithm"], learner["algorithm_args"], weighting) == (
@@ -91,13 +91,13 @@ def test_every_planned_run_trains_what_the_registry_says(federation, tmp_path):
         assert run.settings["n_clients"] == (1 if algorithm.pooled else 3)
         assert job["meta"]["min_clients"] == (1 if algorithm.pooled else 2)
     ditto = next(run for run in runs if run.algorithm.name == "ditto")
-    assert job_component(ditto.settings["job"]["client"], "learner")["args"]["algorithm_args"] == {"mu": 1.0}
+    assert site_args(ditto.settings["job"]["client"])["algorithm_args"] == {"mu": 1.0}
 
 
 def test_ablation_and_centralized_jobs():
     base = job_configs(STANDARD_JOBS["fedkper_medmnist"])
     meta, server, client = algorithm_job(base, ALGORITHMS["fedkper_weighting_only"])
-    learner = next(c for c in client["components"] if c["id"] == "learner")["args"]
+    learner = site_args(client)
     aggregator = next(c for c in server["components"] if c["id"] == "aggregator")["args"]
     assert (learner["algorithm"], aggregator["weighting"]) == ("fedavg", "score")
     assert server["workflows"][0]["args"]["algorithm"] == "fedkper_weighting_only"  # the label reports show
@@ -238,7 +238,7 @@ def test_compare_runs_every_algorithm_on_the_same_partition_and_site_sampling(fe
                    for p in sorted(federation.glob("*.json")) if p.name != "summary.json"}
     for name in ("fedkper", "fedavg"):
         (client,) = (out / name / "job").glob("*/app/config/config_fed_client.json")
-        learner = next(c for c in json.loads(client.read_text())["components"] if c["id"] == "learner")["args"]
+        learner = site_args(json.loads(client.read_text()))
         assert (learner["data_root"], learner["local_epochs"]) == (str(federation.resolve()), 1)
         assert (learner["algorithm"], learner["algorithm_args"]) == (ALGORITHMS[name].strategy, dict(ALGORITHMS[name].params))
         done = json.loads((out / name / DONE_FILE).read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedkper_monai.cli import main
-from fedkper_monai.flare.jobspec import load_job, save_job_configs
+from fedkper_monai.flare.jobspec import load_job, save_job_configs, site_args
 from fedkper_monai.flare.metrics import ROUND_FIELDS, SITE_TRAIN_FIELDS
 from fedkper_monai.flare.simulate import find_metrics
 from fedkper_monai.flare.workspace import allowed_classes
@@ -134,8 +134,7 @@ def test_personal_model_algorithms_reproduce_their_recorded_metrics(algorithm, a
     # The sites that keep their own model across rounds (Ditto's personal model, Local-only's) take the
     # other branch of the site round; their metrics were recorded with the same partition and settings.
     meta, server, client = load_job("jobs/fedavg_medmnist")
-    learner = next(c for c in client["components"] if c["id"] == "learner")
-    learner["args"].update(algorithm=algorithm, algorithm_args=algorithm_args)
+    site_args(client).update(algorithm=algorithm, algorithm_args=algorithm_args)
     next(w for w in server["workflows"] if w["id"] == "controller")["args"]["algorithm"] = algorithm
     job = save_job_configs(tmp_path / "job" / algorithm, meta, server, client)
     workspace = tmp_path / "ws"

@@ -15,7 +15,7 @@ from nvflare.app_common.widgets.component_path_authorizer import ComponentPathAu
 from fedkper_monai.algorithm_registry import ALGORITHMS
 from fedkper_monai.errors import DataError
 from fedkper_monai.flare.controller import sample_sites, validation_due
-from fedkper_monai.flare.jobspec import STANDARD_JOBS, component_classes, job_component, job_configs, load_job, main
+from fedkper_monai.flare.jobspec import STANDARD_JOBS, component_classes, job_component, job_configs, load_job, main, site_args
 from fedkper_monai.flare.workspace import allow_components, allowed_classes
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
@@ -126,7 +126,7 @@ def test_committed_paper_jobs_hold_the_paper_setting(name):
     batch 12, SGD lr 0.01 decayed 0.99 per round, the reference CNN, the jobs' shared seed."""
     meta, server, client = load_job(JOBS / name)
     controller = server["workflows"][0]["args"]
-    learner = job_component(client, "learner")["args"]
+    learner = site_args(client)
     assert (controller["sample_fraction"], controller["num_rounds"], controller["seed"]) == (0.1, 200, 0)
     assert (learner["local_epochs"], learner["batch_size"], learner["lr"], learner["lr_gamma"]) == (5, 12, 0.01, 0.99)
     assert learner["network"]["name"] == "reference_cnn" and learner["seed"] == controller["seed"]
@@ -138,7 +138,7 @@ def test_committed_jobs_run_their_registry_algorithm(name):
     """Each <algorithm>_medmnist folder trains, weights and labels exactly what the registry says."""
     algorithm = ALGORITHMS[name.removesuffix("_medmnist")]
     meta, server, client = load_job(JOBS / name)
-    learner = job_component(client, "learner")["args"]
+    learner = site_args(client)
     assert learner["algorithm"] == algorithm.strategy
     assert learner["algorithm_args"] == dict(algorithm.params)
     assert job_component(server, "aggregator")["args"]["weighting"] == algorithm.weighting
@@ -182,7 +182,7 @@ def test_export_sizes_the_network_from_a_datalist_and_bakes_no_data_path(retina_
     out = tmp_path / "job"
     assert main(["export", "jobs/fedkper_medmnist", "--out", str(out), "--network-from", str(retina_federation / "site-2.json"), "--rounds", "7", "--validate-every", "5"]) == 0
     meta, server, client = load_job(out)
-    learner = next(c for c in client["components"] if c["id"] == "learner")["args"]
+    learner = site_args(client)
     assert learner["data_root"] is None and learner["demo"] is False
     assert learner["network"] == {"name": "reference_cnn", "spatial_dims": 2, "in_channels": 3, "num_classes": 5, "image_size": [28, 28]}
     assert server["workflows"][0]["args"]["num_rounds"] == 7

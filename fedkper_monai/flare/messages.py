@@ -1,0 +1,41 @@
+"""What travels between our controller and our site executor, besides the weights: meta keys and the
+conversion of a site's report into the train result FLARE sends to the server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+
+from fedkper_monai.flare.weights import to_numpy
+
+__all__ = ["GLOBAL_VERSION_KEY", "SITE_METRICS_KEY", "report_to_flmodel", "received_version", "is_initial"]
+
+# Meta key set by the controller: how many aggregations produced the model in this task.
+GLOBAL_VERSION_KEY = "global_version"
+# Meta key of a train result's metrics. FLARE turns the metrics of a result that also carries weights into
+# its pre-train validation figures (``MetaKey.INITIAL_METRICS``), so the site's train metrics travel here.
+SITE_METRICS_KEY = "site_metrics"
+
+
+def report_to_flmodel(report: Any) -> FLModel:
+    """A :class:`~fedkper_monai.training.site.SiteReport` as the train result FLARE sends to the server."""
+    return FLModel(
+        params_type=ParamsType.FULL,
+        params=to_numpy(report.upload),
+        meta={"score": report.score, "num_samples": report.num_samples, SITE_METRICS_KEY: report.metrics},
+    )
+
+
+def is_initial(model: FLModel) -> bool:
+    """Whether ``model`` is the controller's never-trained initial model (version 0: no aggregation yet)."""
+    return (model.meta or {}).get(GLOBAL_VERSION_KEY) == 0
+
+
+def received_version(model: FLModel) -> Any:
+    """Identity of a received global model: the controller's version, else (another controller) the round.
+
+    The pre-train validation and the train task of one round share it, so the model is evaluated once.
+    """
+    version = (model.meta or {}).get(GLOBAL_VERSION_KEY)
+    return ["round", model.current_round] if version is None else version
