@@ -29,7 +29,8 @@ class GlobalEvaluator(FLComponent):
         demo: use the built-in demo data when no data root is configured.
         datalist: file name of the global test datalist inside the data root.
         network: ``build_network`` arguments, as in the learner.
-        transforms: transform config name or path, as in the learner.
+        transforms: transform config name, as in the learner.
+        transform_settings: plain settings of that config, as the learner's (e.g. ``intensity_range``).
         batch_size: evaluation batch size.
         device: ``auto``, ``cpu`` or ``cuda``.
     """
@@ -41,6 +42,7 @@ class GlobalEvaluator(FLComponent):
         demo: bool = False,
         datalist: str = "global_test.json",
         transforms: str = "classification_2d",
+        transform_settings: dict | None = None,
         batch_size: int = 256,
         device: str = "auto",
         cache: str = "memory",
@@ -51,6 +53,7 @@ class GlobalEvaluator(FLComponent):
         self.demo = demo
         self.datalist_name = datalist
         self.transforms_name = transforms
+        self.transform_settings = dict(transform_settings or {})
         self.batch_size = batch_size
         self.device_preference = device
         self.cache = cache
@@ -81,7 +84,9 @@ class GlobalEvaluator(FLComponent):
             return
         datalist = load_datalist(path)
         check_network_matches(self.network_spec, datalist.num_classes, path)
-        transform = build_transforms(self.transforms_name, image_size=self.network_spec.get("image_size"), augment=False)
+        # The sites' conversion: mixed gray/RGB data is converted to the channels its datalists record.
+        settings = {**({"channels": datalist.channels} if datalist.channels else {}), **self.transform_settings}
+        transform = build_transforms(self.transforms_name, image_size=self.network_spec.get("image_size"), augment=False, overrides=settings)
         dataset = make_dataset(datalist.test, transform, cache=self.cache)
         self.loader = make_loader(dataset, batch_size=self.batch_size, shuffle=False)
         self.device = select_device(self.device_preference)

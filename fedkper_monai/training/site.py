@@ -53,7 +53,9 @@ class SiteConfig:
         algorithm: local objective, a :func:`~fedkper_monai.training.make_strategy` name.
         algorithm_args: the strategy's parameters (e.g. ``{"mu": 0.01}`` for FedProx).
         task: a :func:`~fedkper_monai.training.tasks.make_task` name.
-        transforms: transform config name or path (``transforms/``), read with MONAI's ConfigParser.
+        transforms: transform config name (``transforms/`` or the site's ``$FEDKPER_TRANSFORMS_DIR``).
+        transform_settings: plain top-level settings of that config, e.g. ``{"intensity_range": "per_image"}``
+            (the datalist's ``channels``, when it has one, applies first).
         augment: switch on the config's random augmentation for training.
         batch_size, local_epochs, optimizer, lr, momentum, weight_decay: local training.
         lr_gamma: learning-rate decay per round (StepLR over rounds).
@@ -72,6 +74,7 @@ class SiteConfig:
     algorithm_args: Mapping[str, float] = field(default_factory=dict)
     task: str = "classification"
     transforms: str = "classification_2d"
+    transform_settings: Mapping[str, Any] = field(default_factory=dict)
     augment: bool = False
     batch_size: int = 12
     local_epochs: int = 5
@@ -172,8 +175,9 @@ class Site:
 
         config = self.config
         image_size = config.network.get("image_size")
-        train_transform = build_transforms(config.transforms, image_size=image_size, augment=config.augment)
-        eval_transform = build_transforms(config.transforms, image_size=image_size, augment=False)
+        settings = {**({"channels": data.channels} if data.channels else {}), **config.transform_settings}
+        train_transform = build_transforms(config.transforms, image_size=image_size, augment=config.augment, overrides=settings)
+        eval_transform = build_transforms(config.transforms, image_size=image_size, augment=False, overrides=settings)
         # Teacher logits can be computed once per round only when the same sample always looks the same.
         self.cache_teacher_logits = is_deterministic(train_transform)
         eval_batch = max(config.batch_size, 64)
