@@ -1,0 +1,270 @@
+"""``fedkper-monai poc run``: a job on FLARE's POC deployment (server and sites as separate processes on
+this machine, talking over loopback), from an empty folder to the downloaded result, in one command.
+
+Steps (each is also a FLARE command an operator runs by hand; README "Real sites"):
+
+1. ``nvflare poc prepare -i WS/project.yml`` with ``NVFLARE_POC_WORKSPACE=WS/poc``: startup kits for a
+   server, N sites and an admin, the server on a port found free now;
+2. per kit: ``fedkper-monai allow`` and, per site, ``fedkper-monai site-config`` (its data, its device);
+3. each participant started as its own process (``startup/sub_start.sh --once``), logs in ``WS/logs/``;
+4. the job (a :class:`~fedkper_monai.flare.recipe.FedKPerRecipe` export) submitted with FLARE's admin API;
+   progress printed per round; the result downloaded into ``WS/result/``;
+5. every process started here stopped, also on failure, timeout or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedkper_monai.errors import FedKPerError
+from fedkper_monai.io import atomic_write_json, atomic_write_text
+
+__all__ = ["PocRun", "free_port", "project_yaml", "poc_run"]
+
+ADMIN = "admin@nvidia.com"
+PROJECT = "fedkper_poc"
+_DONE_PREFIX = "FINISHED"
+
+
+@dataclass
+class PocRun:
+    """What ``poc run`` does: ``job`` (a job folder or a registry algorithm) on ``sites`` sites."""
+
+    job: str
+    sites: int
+    data_root: Path
+    workspace: Path
+    overrides: Any = None  # SimulationOverrides (rounds, sample_fraction, local_epochs, seed, validate_every)
+    device: str | None = "cpu"
+    timeout: float = 1800.0
+    connect_timeout: float = 120.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free at this moment (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def project_yaml(port: int, sites: list[str], name: str = PROJECT) -> str:
+    """A FLARE project (``api_version: 3``): a server on ``localhost:port``, the ``sites``, one project admin; its
+    kits allow our components (:class:`~fedkper_monai.flare.provision.AllowFedKPerComponents`)."""
+    participants = [f"  - name: server\n    type: server\n    org: fedkper\n    default_host: localhost\n    fed_learn_port: {port}\n"]
+    participants += [f"  - name: {site}\n    type: client\n    org: fedkper\n" for site in sites]
+    participants.append(f"  - name: {ADMIN}\n    type: admin\n    org: fedkper\n    role: project_admin\n")
+    builders = (
+        "  - path: nvflare.lighter.impl.workspace.WorkspaceBuilder\n    args:\n      template_file: [master_template.yml]\n"
+        "  - path: nvflare.lighter.impl.static_file.StaticFileBuilder\n    args:\n      config_folder: config\n"
+        "  - path: fedkper_monai.flare.provision.AllowFedKPerComponents\n"
+        "  - path: nvflare.lighter.impl.cert.CertBuilder\n"
+        "  - path: nvflare.lighter.impl.signature.SignatureBuilder\n"
+    )
+    return (f"api_version: 3\nname: {name}\ndescription: fedkper-monai POC\nparticipants:\n{''.join(participants)}"
+            f"builders:\n{builders}")
+
+
+def _nvflare(*args: str, env: dict[str, str], log: Path, timeout: float = 120.0) -> None:
+    """Run an ``nvflare`` CLI command; its output goes to ``log``; a failure raises with the log's tail."""
+    with open(log, "a") as out:
+        code = subprocess.run([sys.executable, "-m", "nvflare.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, timeout=timeout).returncode
+    if code != 0:
+        raise FedKPerError(f"`nvflare {' '.join(args)}` failed (exit {code}); its output: {log}")
+
+
+def prepare(run: PocRun, job_folder: Path) -> dict[str, Path]:
+    """Steps 1-2: the POC startup kits, allowed and configured; returns ``{participant: kit folder}``."""
+    from fedkper_monai.flare.siteconfig import write_site_config
+    from fedkper_monai.flare.workspace import allow_components
+
+    sites = [f"site-{index}" for index in range(1, run.sites + 1)]
+    project = atomic_write_text(run.workspace / "project.yml", project_yaml(free_port(), sites))
+    env = {**os.environ, "NVFLARE_POC_WORKSPACE": str(run.workspace / "poc")}
+    _nvflare("poc", "prepare", "-i", str(project), "--force", env=env, log=run.workspace / "logs" / "prepare.log")
+    found = sorted((run.workspace / "poc").glob(f"{PROJECT}/prod_*"))
+    if not found:
+        raise FedKPerError(f"nvflare poc prepare wrote no {PROJECT}/prod_* under {run.workspace / 'poc'}")
+    kits = {name: found[-1] / name for name in ["server", *sites, ADMIN]}
+    for name in ["server", *sites]:
+        allow_components(kits[name])
+    for site in sites:
+        write_site_config(kits[site], run.data_root, device=run.device)
+    transfer = kits[ADMIN] / "transfer"
+    transfer.mkdir(exist_ok=True)
+    return kits
+
+
+class Participants:
+    """The POC processes, each in its own process group; ``stop()`` ends them and everything they started."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, kit: Path, env: dict[str, str]) -> None:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process in stop()
+        self.processes[name] = subprocess.Popen(
+            ["bash", str(kit / "startup" / "sub_start.sh"), "--once"], cwd=kit, env=env, stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        log.close()
+
+    def dead(self) -> list[str]:
+        """Participants whose process has exited."""
+        return [name for name, process in self.processes.items() if process.poll() is not None]
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM to each process group and its descendants, then SIGKILL to what is left after ``grace`` s."""
+        import psutil
+
+        victims: list[psutil.Process] = []
+        for process in self.processes.values():
+            try:
+                parent = psutil.Process(process.pid)
+                victims += [parent, *parent.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        for process in self.processes.values():
+            _signal_group(process.pid, signal.SIGTERM)
+        for victim in victims:
+            _quietly(victim.terminate)
+        _, alive = psutil.wait_procs(victims, timeout=grace)
+        for victim in alive:
+            _quietly(victim.kill)
+        psutil.wait_procs(alive, timeout=grace)
+        for process in self.processes.values():
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait(timeout=grace)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _quietly(action: Any) -> None:
+    import psutil
+
+    try:
+        action()
+    except psutil.NoSuchProcess:
+        pass
+
+
+def _session(admin_kit: Path, deadline: float) -> Any:
+    """A FLARE admin session, retried until the server answers or ``deadline``."""
+    from nvflare.fuel.flare_api.flare_api import new_secure_session
+
+    while True:
+        try:
+            return new_secure_session(ADMIN, str(admin_kit), timeout=10.0)
+        except Exception as error:  # noqa: BLE001 - FLARE raises several kinds while the server starts
+            if time.monotonic() > deadline:
+                raise FedKPerError(f"the POC server did not accept the admin login in time: {error}") from None
+            time.sleep(1.0)
+
+
+def _wait_for_sites(session: Any, sites: int, deadline: float, participants: Participants) -> None:
+    while True:
+        connected = sorted(client.name for client in session.get_connected_client_list())
+        if len(connected) >= sites:
+            print(f"{len(connected)} sites connected: {', '.join(connected)}", flush=True)
+            return
+        if participants.dead():
+            raise FedKPerError(f"POC process(es) exited: {', '.join(participants.dead())}; logs in {participants.logs}")
+        if time.monotonic() > deadline:
+            raise FedKPerError(f"{len(connected)} of {sites} sites connected in time ({', '.join(connected) or 'none'}); "
+                               f"logs in {participants.logs}")
+        time.sleep(1.0)
+
+
+def _wait_for_job(session: Any, job_id: str, run: PocRun, server_kit: Path, rounds: int, participants: Participants) -> str:
+    """Poll the job until it ends; print a line per round; returns FLARE's final status."""
+    from fedkper_monai.flare.simulate import RoundProgress
+
+    progress = RoundProgress(server_kit.parent, rounds)
+    deadline = time.monotonic() + run.timeout
+    while True:
+        progress()
+        status = str(session.get_job_meta(job_id).get("status", ""))
+        if status.startswith(_DONE_PREFIX):
+            progress()
+            return status
+        if "server" in participants.dead():
+            raise FedKPerError(f"the POC server exited during the job; log: {participants.logs / 'server.log'}")
+        if time.monotonic() > deadline:
+            session.abort_job(job_id)
+            raise FedKPerError(f"job {job_id} did not finish within {run.timeout:.0f} s (aborted)")
+        time.sleep(2.0)
+
+
+def _collect(session: Any, job_id: str, run: PocRun, kits: dict[str, Path]) -> Path:
+    """Step 4's end: the server's job result in ``WS/result/`` and where each site's personalized model is."""
+    result = run.workspace / "result"
+    if result.exists():
+        shutil.rmtree(result)
+    downloaded = Path(session.download_job_result(job_id, destination=str(run.workspace / "download")))
+    shutil.move(str(downloaded), str(result))
+    models = {site: str(kit / job_id / "personalized_model.pt") for site, kit in kits.items() if site.startswith("site-")}
+    atomic_write_json(result / "personalized_models.json", {site: path for site, path in models.items() if Path(path).exists()})
+    return result
+
+
+def poc_run(run: PocRun) -> int:
+    """Run ``run`` end to end (module docstring); returns 0 when the job completed every round."""
+    from fedkper_monai.flare.recipe import FedKPerRecipe
+    from fedkper_monai.flare.simulate import SimulationOverrides
+
+    overrides = run.overrides or SimulationOverrides()
+    run.workspace.mkdir(parents=True, exist_ok=True)
+    (run.workspace / "logs").mkdir(exist_ok=True)
+    is_folder = Path(run.job).is_dir()
+    recipe = FedKPerRecipe(job=run.job if is_folder else None, algorithm="fedkper" if is_folder else run.job,
+                           network_from=run.data_root, num_rounds=overrides.rounds, sample_fraction=overrides.sample_fraction,
+                           local_epochs=overrides.local_epochs, seed=overrides.seed, validate_every=overrides.validate_every)
+    recipe.export(str(run.workspace / "job"))
+    job_folder = run.workspace / "job" / recipe.name
+    kits = prepare(run, job_folder)
+    participants = Participants(run.workspace / "logs")
+    threads = str(max(1, (os.cpu_count() or 1) // run.sites))
+    # sub_start.sh runs `python3`: this interpreter's, also when its environment is not activated.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "OMP_NUM_THREADS": threads, "FEDKPER_DATA_ROOT": str(run.data_root)}
+    session = None
+    try:
+        participants.start("server", kits["server"], env)
+        for site in sorted(name for name in kits if name.startswith("site-")):
+            participants.start(site, kits[site], env)
+        deadline = time.monotonic() + run.connect_timeout
+        session = _session(kits[ADMIN], deadline)
+        _wait_for_sites(session, run.sites, deadline, participants)
+        job_id = session.submit_job(str(job_folder))
+        print(f"submitted {recipe.name} as job {job_id}: {recipe.num_rounds} rounds on {run.sites} sites", flush=True)
+        status = _wait_for_job(session, job_id, run, kits["server"], recipe.num_rounds, participants)
+        result = _collect(session, job_id, run, kits)
+        print(f"job {job_id}: {status}; result in {result}", flush=True)
+        return 0 if status == "FINISHED:COMPLETED" else 1
+    finally:
+        if session is not None:
+            _quietly_close(session)
+        print("stopping POC ...", flush=True)
+        participants.stop()
+
+
+def _quietly_close(session: Any) -> None:
+    try:
+        session.close()
+    except Exception:  # noqa: BLE001 - the server may be gone already
+        pass

@@ -1,0 +1,90 @@
+"""``fedkper-monai site-config`` and ``fedkper-monai poc run``: a site's own settings, and a POC deployment."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_site_parsers"]
+
+
+def _site_config(args: argparse.Namespace) -> int:
+    from fedkper_monai.flare.siteconfig import write_site_config
+
+    path = write_site_config(args.site_dir, args.data_root, datalist=args.datalist, device=args.device)
+    print(f"wrote {path}: this site reads its data from {Path(args.data_root).resolve()} in every job")
+    return 0
+
+
+def _poc_run(args: argparse.Namespace) -> int:
+    from fedkper_monai.flare.checks import SettingError, check_ranges, check_site_count
+
+    check_ranges(rounds=args.rounds, sample_fraction=args.sample_fraction, local_epochs=args.local_epochs,
+                 validate_every=args.validate_every, seed=args.seed)
+    if args.sites < 1:
+        raise SettingError("--sites", f"must be >= 1, got {args.sites}")
+    data_root = Path(args.data_root)
+    if not data_root.is_dir():
+        raise SettingError("--data-root", f"{data_root}: no such folder (make one with `fedkper-monai prepare`)")
+    try:
+        check_site_count(args.sites, data_root)
+    except SettingError as error:  # the simulator's option is -n; here it is --sites
+        message = str(error).replace("use -n", "use --sites")
+        raise SettingError("--sites", message[len("-n: "):]) if message.startswith("-n: ") else error from None
+    workspace = Path(args.workspace)
+    if workspace.exists() and any(workspace.iterdir()) and not args.overwrite:
+        raise SettingError("--workspace", f"{workspace} is not empty (an earlier run?); pass --overwrite to replace it")
+    if workspace.exists() and args.overwrite:
+        import shutil
+
+        shutil.rmtree(workspace)
+    from fedkper_monai.flare.poc import PocRun, poc_run
+    from fedkper_monai.flare.simulate import SimulationOverrides
+
+    overrides = SimulationOverrides(rounds=args.rounds, sample_fraction=args.sample_fraction, local_epochs=args.local_epochs,
+                                    seed=args.seed, validate_every=args.validate_every)
+    run = PocRun(job=args.job, sites=args.sites, data_root=data_root.resolve(), workspace=workspace.resolve(),
+                 overrides=overrides, device=args.device, timeout=args.timeout)
+    return poc_run(run)
+
+
+def add_site_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``site-config`` and ``poc`` (with ``poc run``)."""
+    from fedkper_monai.flare.cli import add_override_options
+
+    site = subparsers.add_parser(
+        "site-config",
+        help="write a FLARE site's own data and device choices into its workspace",
+        description="Write SITE_DIR/local/fedkper_site.json: where this site's data is and which device it uses. "
+        "Every job's site executor reads it at start; a job cannot point a site elsewhere.",
+        epilog="example:\n  fedkper-monai site-config /opt/nvflare/hospital-a --data-root /data/fedkper "
+        "--datalist /data/fedkper/hospital-a.json --device cuda",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    site.add_argument("site_dir", help="the site's startup-kit folder (holds startup/ or local/)")
+    site.add_argument("--data-root", required=True, help="folder of the site's data and datalists")
+    site.add_argument("--datalist", help="the site's datalist JSON (default DATA_ROOT/<site-name>.json)")
+    site.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the job's choice")
+    site.set_defaults(func=_site_config)
+
+    poc = subparsers.add_parser("poc", help="run a job on FLARE's POC deployment (separate processes, loopback)")
+    commands = poc.add_subparsers(dest="poc_command", metavar="POC_COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="prepare POC, start server and sites, submit, wait, download the result, stop",
+        description="Prepare FLARE's POC workspace in WS (a free port), allow our components and write each site's "
+        "site-config, start the server and N sites as separate processes, submit JOB, print progress, download "
+        "the result into WS/result/, and stop every process, also on failure or Ctrl-C.",
+        epilog="example:\n  fedkper-monai poc run fedkper --sites 3 --data-root data/retina --workspace /tmp/poc --rounds 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("job", metavar="JOB_OR_ALGORITHM", help="a job folder (jobs/fedkper_medmnist) or an algorithm name (fedkper, fedavg, ...)")
+    run.add_argument("--sites", type=int, required=True, help="number of sites (site-1 ... site-N)")
+    run.add_argument("--data-root", required=True, help="folder made by `fedkper-monai prepare` (every site's data)")
+    run.add_argument("--workspace", required=True, help="folder for the POC kits, logs and result")
+    add_override_options(run)
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="each site's device (default cpu)")
+    run.add_argument("--timeout", type=float, default=1800.0, help="seconds the job may run before it is aborted")
+    run.add_argument("--overwrite", action="store_true", help="replace a non-empty workspace")
+    run.set_defaults(func=_poc_run)
+    poc.set_defaults(func=lambda args: poc.print_help() or 2)
