@@ -126,6 +126,8 @@ ROUND_FIELDS: tuple[MetricField, ...] = (
     MetricField("global_negative_flips", NUMBER, "global test samples the global model got right last round and wrong now"),
     MetricField("global_positive_flips", NUMBER, "global test samples it got wrong last round and right now"),
     MetricField("global_unchanged", NUMBER, "global test samples whose correctness did not change"),
+    MetricField("unseen_site_acc", UNCHECKED, "held-out site -> the global model's accuracy on all its samples ({} without any)"),
+    MetricField("mean_unseen_site_acc", NUMBER, "their mean (null without held-out sites)"),
     MetricField("bwt", NUMBER, "backward transfer (DESIGN section 2); null on rounds that are not a full validation"),
     MetricField("bwt_sites", NUMBER, "sites BwT averages: those with an exact baseline from an earlier round (0 when null)"),
     MetricField("mean_personalized_acc", NUMBER, "mean over every site trained so far of its latest personalized acc"),

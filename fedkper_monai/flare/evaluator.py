@@ -1,4 +1,5 @@
-"""Server-side evaluation of the global model on the global test list, with its forgetting metrics."""
+"""Server-side evaluation of the global model: the global test list (with its forgetting metrics) and the
+held-out sites that never train (the "unseen patient populations" of the paper's abstract)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fedkper_monai.algorithm import FlipTracker
 from fedkper_monai.errors import FedKPerError
 from fedkper_monai.flare.sitedata import resolve_data_root
 from fedkper_monai.flare.weights import to_torch
+from fedkper_monai.report.metrics import site_sort_key
 from fedkper_monai.training.networks import check_network_matches
 
 __all__ = ["GlobalEvaluator"]
@@ -22,7 +24,8 @@ class GlobalEvaluator(FLComponent):
 
     In simulation the server shares the sites' data root, so ``global_test.json`` made by
     ``fedkper-monai prepare`` is found there; at a real deployment the server may hold a test set of its
-    own, or none (then global accuracy is reported as null).
+    own, or none (then global accuracy is reported as null). Every ``holdout-*.json`` in the data root (a
+    site ``prepare --holdout-sites`` kept out of training) is evaluated too, all of its samples, each round.
 
     Args:
         data_root: folder of the global test datalist; default ``$FEDKPER_DATA_ROOT``.
@@ -60,6 +63,7 @@ class GlobalEvaluator(FLComponent):
         self._ready = False
         self._available = False
         self._class_names: list[str] | None = None
+        self.unseen: dict[str, Any] = {}
 
     @property
     def class_names(self) -> list[str] | None:
@@ -69,7 +73,7 @@ class GlobalEvaluator(FLComponent):
         return self._class_names
 
     def _setup(self) -> None:
-        from fedkper_monai.data import build_transforms, load_datalist, make_dataset, make_loader
+        from fedkper_monai.data import load_datalist
         from fedkper_monai.training import build_network, select_device
 
         self._ready = True
@@ -83,12 +87,13 @@ class GlobalEvaluator(FLComponent):
             self.logger.warning(f"no global test set at {path}: global accuracy will be null")
             return
         datalist = load_datalist(path)
-        check_network_matches(self.network_spec, datalist.num_classes, path)
-        # The sites' conversion: mixed gray/RGB data is converted to the channels its datalists record.
-        settings = {**({"channels": datalist.channels} if datalist.channels else {}), **self.transform_settings}
-        transform = build_transforms(self.transforms_name, image_size=self.network_spec.get("image_size"), augment=False, overrides=settings)
-        dataset = make_dataset(datalist.test, transform, cache=self.cache)
-        self.loader = make_loader(dataset, batch_size=self.batch_size, shuffle=False)
+        self.loader = self._loader(datalist, datalist.test, path)
+        # Held-out sites: every sample of theirs is unseen by training.
+        self.unseen = {
+            holdout.stem: self._loader(data, data.training + data.test, holdout)
+            for holdout in sorted(root.glob("holdout-*.json"), key=lambda p: site_sort_key(p.stem))
+            for data in (load_datalist(holdout),)
+        }
         self.device = select_device(self.device_preference)
         self.model = build_network(**self.network_spec).to(self.device)
         self.num_classes = datalist.num_classes
@@ -96,6 +101,16 @@ class GlobalEvaluator(FLComponent):
         self.tracker = FlipTracker(self.num_classes)
         self.source = Path(path)
         self._available = True
+
+    def _loader(self, datalist: Any, entries: list, path: Path) -> Any:
+        """An evaluation loader over ``entries`` of ``datalist`` (read from ``path``), transformed as at the sites."""
+        from fedkper_monai.data import build_transforms, make_dataset, make_loader
+
+        check_network_matches(self.network_spec, datalist.num_classes, path)
+        # The sites' conversion: mixed gray/RGB data is converted to the channels its datalists record.
+        settings = {**({"channels": datalist.channels} if datalist.channels else {}), **self.transform_settings}
+        transform = build_transforms(self.transforms_name, image_size=self.network_spec.get("image_size"), augment=False, overrides=settings)
+        return make_loader(make_dataset(entries, transform, cache=self.cache), batch_size=self.batch_size, shuffle=False)
 
     def evaluate(self, params: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
         """Accuracy, balanced accuracy, NFR and per-class forgetting of ``params``; None without a test set."""
@@ -108,6 +123,10 @@ class GlobalEvaluator(FLComponent):
         self.model.load_state_dict(to_torch(params))
         result = evaluate(self.model, self.loader, device=self.device, num_classes=self.num_classes)
         flips = self.tracker.update(result.ids, result.correct, result.labels)
+        unseen = {
+            site: evaluate(self.model, loader, device=self.device, num_classes=self.num_classes).accuracy
+            for site, loader in self.unseen.items()
+        }
         return {
             "accuracy": result.accuracy,
             "balanced_accuracy": result.balanced_accuracy,
@@ -117,4 +136,5 @@ class GlobalEvaluator(FLComponent):
             "positive_flips": flips.positive_flips,
             "unchanged": flips.unchanged,
             "num_samples": result.num_samples,
+            "unseen_site_acc": unseen,
         }

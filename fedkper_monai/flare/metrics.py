@@ -212,6 +212,8 @@ class RunBook:
             "global_negative_flips": global_eval.get("negative_flips"),
             "global_positive_flips": global_eval.get("positive_flips"),
             "global_unchanged": global_eval.get("unchanged"),
+            "unseen_site_acc": dict(global_eval.get("unseen_site_acc") or {}),
+            "mean_unseen_site_acc": _mean((global_eval.get("unseen_site_acc") or {}).values()),
             "bwt": bwt,
             "bwt_sites": bwt_sites,
             "mean_personalized_acc": _mean(accs),

@@ -63,6 +63,8 @@ SUMMARY_COLUMNS: tuple[SummaryColumn, ...] = (
                   "the paper's balance: (final global acc + final mean personalized acc) / 2"),
     SummaryColumn("global_acc_stability", "global acc change", ".4f",
                   "mean absolute round-to-round change of global accuracy over the last 20% of rounds (lower is steadier)"),
+    SummaryColumn("final_mean_unseen_site_acc", "unseen-site acc", ".3f",
+                  "last round: the global model's accuracy on the held-out sites that never trained, mean over them"),
     SummaryColumn("mean_global_nfr", "global NFR", ".4f",
                   "negative flip rate of the global model on the global test set (share of samples right at the "
                   "previous round and wrong now), mean over rounds after the first"),
@@ -127,6 +129,7 @@ def summarize(run: RunMetrics) -> dict[str, Any]:
         "final_balanced_personalized_acc": last.get("balanced_personalized_acc"),
         "final_balance": (final_global + final_personalized) / 2 if None not in (final_global, final_personalized) else None,
         "global_acc_stability": stability(global_accs),
+        "final_mean_unseen_site_acc": last.get("mean_unseen_site_acc"),
         "mean_global_nfr": _mean(row.get("global_nfr") for row in after_first),
         "mean_global_pfr": _mean(_flip_rate(row, "global_positive_flips", "global_negative_flips", "global_unchanged") for row in after_first),
         "mean_local_nfr": _mean(row.get("nfr_personalized") for row in train_rows),

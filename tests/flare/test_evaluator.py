@@ -35,3 +35,20 @@ def test_global_nfr_counts_flips_since_the_previous_evaluation(retina_federation
     assert second["per_class_forgetting"][1] == pytest.approx(0.0)
     # The same model again: nothing flips.
     assert evaluator.evaluate(_always_predicts(retina_network, 1))["nfr"] == 0.0
+
+
+def test_held_out_sites_are_evaluated_on_all_their_samples(retina_federation, retina_network, tmp_path):
+    import json
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(retina_federation, root)
+    # site-3 held out: it never trains; the server scores the global model on all of its samples.
+    (root / "site-3.json").rename(root / "holdout-1.json")
+    held_out = json.loads((root / "holdout-1.json").read_text())
+    labels = [entry["label"] for entry in held_out["training"] + held_out["test"]]
+    evaluator = GlobalEvaluator(network=retina_network, data_root=str(root), device="cpu")
+    result = evaluator.evaluate(_always_predicts(retina_network, 2))
+    assert result["unseen_site_acc"] == {"holdout-1": pytest.approx(labels.count(2) / len(labels))}
+    plain = GlobalEvaluator(network=retina_network, data_root=str(retina_federation), device="cpu")
+    assert plain.evaluate(_always_predicts(retina_network, 2))["unseen_site_acc"] == {}
