@@ -49,7 +49,9 @@ def _network_from_data(source: Path, network: dict, transforms: str) -> dict:
     updated["spatial_dims"] = datalist.spatial_dims
     if datalist.image_size:
         updated["image_size"] = list(datalist.image_size)
-    transform = build_transforms(transforms, image_size=updated.get("image_size"), augment=False)
+    # The channels a site's pipeline gives: the datalist's conversion (prepare --channels) when it records one.
+    settings = {"channels": datalist.channels} if datalist.channels else None
+    transform = build_transforms(transforms, image_size=updated.get("image_size"), augment=False, overrides=settings)
     sample = transform(dict(datalist.training[0] if datalist.training else datalist.test[0]))
     updated["in_channels"] = int(sample["image"].shape[0])
     return updated

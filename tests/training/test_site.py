@@ -204,3 +204,17 @@ def test_site_defaults_are_the_papers_local_setting():
     config = SiteConfig()
     assert (config.optimizer, config.lr, config.momentum, config.weight_decay, config.lr_gamma) == ("sgd", 0.01, 0.9, 1e-5, 0.99)
     assert (config.batch_size, config.local_epochs, config.algorithm, config.task) == (12, 5, "fedkper", "classification")
+
+
+def test_a_datalists_channels_convert_the_sites_images(retina_federation, tmp_path, retina_network):
+    # prepare --channels 1 records the conversion; the site's pipeline applies it (RetinaMNIST is RGB).
+    datalist = json.loads((retina_federation / "site-1.json").read_text())
+    datalist["channels"] = 1
+    for entry in datalist["training"] + datalist["test"]:
+        entry["image"] = str((retina_federation / entry["image"]).resolve())
+    path = tmp_path / "site-1.json"
+    path.write_text(json.dumps(datalist))
+    gray = {**retina_network, "in_channels": 1}
+    site = Site("site-1", path, _config(gray))
+    assert next(iter(site.test_loader))["image"].shape[1] == 1
+    assert site.train_round(_weights(gray, 0), round_index=0, version=0) is not None
