@@ -96,6 +96,9 @@ def test_scripts_modules_and_job_folders_of_other_commands_exist(command):
         assert (ROOT / words[2] / "meta.json").exists(), command
     elif words[:3] == ["nvflare", "job", "submit"]:
         assert any(f"--out {words[-1]}" in c for c in README_COMMANDS), f"{command}: no command writes {words[-1]}"
+    elif words[:2] == ["nvflare", "provision"]:
+        # The project file is the README's yaml block; tests/flare/test_poc.py provisions it.
+        assert words[words.index("-p") + 1] == "project.yml" and "```yaml\napi_version: 3" in README.read_text(encoding="utf-8")
     elif words[0] == "bash":
         assert (ROOT / words[1]).exists(), command
     elif words[1] == "-m":

@@ -7,7 +7,8 @@ Steps (each is also a FLARE command an operator runs by hand; README "Real sites
    server, N sites and an admin, the server on a port found free now;
 2. per kit: ``fedkper-monai allow`` and, per site, ``fedkper-monai site-config`` (its data, its device);
 3. each participant started as its own process (``startup/sub_start.sh --once``), logs in ``WS/logs/``;
-4. the job (a :class:`~fedkper_monai.flare.recipe.FedKPerRecipe` export) submitted with FLARE's admin API;
+4. the job, a :class:`~fedkper_monai.flare.recipe.FedKPerRecipe` run in FLARE's ``ProdEnv`` with the admin kit
+   (as a study admin submits to real sites);
    progress printed per round; the result downloaded into ``WS/result/``;
 5. every process started here stopped, also on failure, timeout or Ctrl-C.
 """
@@ -82,7 +83,7 @@ def _nvflare(*args: str, env: dict[str, str], log: Path, timeout: float = 120.0)
         raise FedKPerError(f"`nvflare {' '.join(args)}` failed (exit {code}); its output: {log}")
 
 
-def prepare(run: PocRun, job_folder: Path) -> dict[str, Path]:
+def prepare(run: PocRun) -> dict[str, Path]:
     """Steps 1-2: the POC startup kits, allowed and configured; returns ``{participant: kit folder}``."""
     from fedkper_monai.flare.siteconfig import write_site_config
     from fedkper_monai.flare.workspace import allow_components
@@ -224,6 +225,8 @@ def _collect(session: Any, job_id: str, run: PocRun, kits: dict[str, Path]) -> P
 
 def poc_run(run: PocRun) -> int:
     """Run ``run`` end to end (module docstring); returns 0 when the job completed every round."""
+    from nvflare.recipe import ProdEnv
+
     from fedkper_monai.flare.recipe import FedKPerRecipe
     from fedkper_monai.flare.simulate import SimulationOverrides
 
@@ -234,9 +237,8 @@ def poc_run(run: PocRun) -> int:
     recipe = FedKPerRecipe(job=run.job if is_folder else None, algorithm="fedkper" if is_folder else run.job,
                            network_from=run.data_root, num_rounds=overrides.rounds, sample_fraction=overrides.sample_fraction,
                            local_epochs=overrides.local_epochs, seed=overrides.seed, validate_every=overrides.validate_every)
-    recipe.export(str(run.workspace / "job"))
-    job_folder = run.workspace / "job" / recipe.name
-    kits = prepare(run, job_folder)
+    recipe.export(str(run.workspace / "job"))  # the job as submitted, for the record
+    kits = prepare(run)
     participants = Participants(run.workspace / "logs")
     threads = str(max(1, (os.cpu_count() or 1) // run.sites))
     # sub_start.sh runs `python3`: this interpreter's, also when its environment is not activated.
@@ -250,7 +252,8 @@ def poc_run(run: PocRun) -> int:
         deadline = time.monotonic() + run.connect_timeout
         session = _session(kits[ADMIN], deadline)
         _wait_for_sites(session, run.sites, deadline, participants)
-        job_id = session.submit_job(str(job_folder))
+        # Submitted the way a study admin submits to real sites: the recipe in FLARE's ProdEnv, with the admin kit.
+        job_id = recipe.run(ProdEnv(startup_kit_location=str(kits[ADMIN]), username=ADMIN, login_timeout=30.0)).get_job_id()
         print(f"submitted {recipe.name} as job {job_id}: {recipe.num_rounds} rounds on {run.sites} sites", flush=True)
         status = _wait_for_job(session, job_id, run, kits["server"], recipe.num_rounds, participants)
         result = _collect(session, job_id, run, kits)

@@ -91,3 +91,24 @@ def test_provisioning_with_our_builder_makes_kits_that_allow_our_components(tmp_
         assert found, kit
         allow_list = json.loads(found[0].read_text())["class_allow_list"]
         assert set(allowed_classes()) <= set(allow_list) and "*" not in allow_list
+
+
+def test_the_readme_project_provisions_a_server_and_three_hospitals_that_allow_our_components(tmp_path):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fedkper_monai.flare.workspace import allowed_classes
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    (project,) = re.findall(r"```yaml\n(api_version: 3.*?)```", readme, flags=re.S)
+    (tmp_path / "project.yml").write_text(project)
+    done = subprocess.run([sys.executable, "-m", "nvflare.cli", "provision", "-p", "project.yml", "-w", str(tmp_path / "ws")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    kits = sorted(path.parent.parent.name for path in (tmp_path / "ws").glob("fedkper_study/prod_*/*/startup/start.sh"))
+    assert kits == ["fl.study-server.org", "hospital-a", "hospital-b", "hospital-c"]
+    for kit in kits:
+        (resources,) = (tmp_path / "ws").glob(f"fedkper_study/prod_*/{kit}/local/resources.json")
+        assert set(allowed_classes()) <= set(json.loads(resources.read_text())["class_allow_list"]), kit
