@@ -26,6 +26,9 @@ def _add_partition_args(parser: argparse.ArgumentParser, *, sites_required: bool
     parser.add_argument("--partition", choices=("dirichlet", "iid"), default="dirichlet", help="default dirichlet")
     parser.add_argument("--min-samples", type=int, default=10, help="minimum samples per site (default 10, as the reference)")
     parser.add_argument("--local-test-fraction", type=float, default=0.2, help="each site's stratified local test share (default 0.2)")
+    parser.add_argument("--holdout-sites", type=int, default=0, metavar="K",
+                        help="keep K of the sites out of training (holdout-1.json ...): the server scores the global model "
+                        "on all their samples every round (unseen sites; default 0)")
     parser.add_argument("--out", required=True, help="output folder DIR")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -71,14 +74,26 @@ def _settings(args: argparse.Namespace):
     from fedkper_monai.data.import_settings import ImportSettings
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ImportSettings) if hasattr(args, f.name)}
+    if given.get("site_names") is not None:
+        given["site_names"] = dict(given["site_names"])
     return ImportSettings(**given)
+
+
+def _site_mapping(text: str) -> tuple[str, str]:
+    """``hospital-a=site-1`` -> ``("hospital-a", "site-1")`` (a manifest site value and its FLARE name)."""
+    value, sep, name = text.partition("=")
+    if not sep or not value or not name:
+        raise argparse.ArgumentTypeError(f"expected VALUE=SITE_NAME, e.g. hospital-a=site-1, got {text!r}")
+    return value, name
 
 
 def _print_summary(summary: dict[str, Any], out: str) -> int:
     from fedkper_monai.data.federation import format_summary
 
     print(format_summary(summary), end="")
-    print(f"wrote {summary['num_sites']} site datalists, global_test.json, global_val.json and summary.* to {out}")
+    held_out = len(summary.get("holdout_sites") or {})
+    extra = f", {held_out} held-out site(s) (holdout-*.json)" if held_out else ""
+    print(f"wrote {summary['num_sites']} site datalists{extra}, global_test.json, global_val.json and summary.* to {out}")
     return 0
 
 
@@ -162,13 +177,16 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
     manifest = kinds.add_parser(
         "manifest", help="a CSV manifest image,label[,site][,split][,id]", formatter_class=formatter,
         description="Import a CSV with columns image,label and optionally site (natural partition: one FLARE site per "
-        "value, --sites ignored), split (train/val/test) and id. Paths are relative to the CSV or absolute. " + _CONTRACT,
+        "value, its datalist named by the value or --site-names; --sites ignored), split (train/val/test) and id. Paths "
+        "are relative to the CSV or absolute. " + _CONTRACT,
         epilog="examples:\n"
         "  fedkper-monai prepare manifest --manifest studies.csv --out data/hospitals          # with a site column\n"
         "  fedkper-monai prepare manifest --manifest studies.csv --sites 8 --alpha 0.1 --out data/skewed",
     )
     manifest.add_argument("--manifest", required=True, help="CSV file")
     manifest.add_argument("--class-names", nargs="+", default=None, help="class names in index order; needed when the label column holds names (default: numeric labels 0..C-1)")
+    manifest.add_argument("--site-names", nargs="+", type=_site_mapping, default=None, metavar="VALUE=SITE",
+                          help="FLARE site name of a site column value, e.g. hospital-a=site-1 (default: the value: hospital-a.json)")
     _add_partition_args(manifest, sites_required=False)
     _add_file_args(manifest)
     manifest.set_defaults(func=_naming_flags(manifest, _run_manifest))

@@ -6,7 +6,10 @@ one :class:`~fedkper_monai.data.import_settings.ImportSettings` to this module, 
 the sites and writes one output folder, built whole in a staging folder and moved into place at the end
 (``fedkper_monai.io.atomic_directory``), so an error leaves nothing in ``out``. Output contract::
 
-    DIR/site-1.json ... DIR/site-N.json   training + local test ("test") of each site (FLARE's site names)
+    DIR/site-1.json ... DIR/site-N.json   training + local test ("test") of each site (FLARE's site names);
+                                           a manifest's sites are named by its site column (hospital-a.json)
+                                           or --site-names (hospital-a=site-1)
+    DIR/holdout-1.json ...                 --holdout-sites: sites that never train, all samples under "test"
     DIR/global_test.json                   the global test set, under "test"
     DIR/global_val.json                    the global validation set, under "validation" and again under "test"
                                            (so it can be evaluated exactly like a test list)
@@ -33,7 +36,7 @@ import numpy as np
 
 from fedkper_monai.data import partition as partitioners
 from fedkper_monai.data.datalist import class_counts, write_datalist
-from fedkper_monai.data.import_settings import ImportSettings
+from fedkper_monai.data.import_settings import ImportSettings, check_site_name
 from fedkper_monai.errors import DataError
 from fedkper_monai.io import atomic_directory, atomic_write_json, atomic_write_text
 
@@ -109,13 +112,15 @@ class FederationPlan:
         splits: row indices of the global ``train`` pool, ``val`` and ``test``.
         sites: one index array into ``splits["train"]`` per site.
         partition: ``"dirichlet"``, ``"iid"`` or ``"natural"``.
-        source_sites: natural site names (manifest ``site`` column) of site-1..N, or None.
+        source_sites: natural site names (manifest ``site`` column) of the sites, or None.
+        holdout: indices into ``sites`` of the sites kept out of training (``--holdout-sites``).
     """
 
     splits: Mapping[str, np.ndarray]
     sites: Sequence[np.ndarray]
     partition: str
     source_sites: Sequence[str] | None = None
+    holdout: Sequence[int] = ()
 
 
 def site_name(index: int) -> str:
@@ -193,9 +198,43 @@ def plan_federation(catalog: Catalog, settings: ImportSettings) -> FederationPla
     if any(r.site is not None for r in rows):
         site_of_row = [r.site or "" for r in rows]
         source_sites, sites = _natural_sites(site_of_row, splits["train"], settings, catalog.source)
-        return FederationPlan(splits, sites, "natural", source_sites)
+        return FederationPlan(splits, sites, "natural", source_sites, _holdout(len(sites), settings, catalog.source))
     sites = _partition(labels[splits["train"]], settings, catalog.source)
-    return FederationPlan(splits, sites, settings.partition)
+    return FederationPlan(splits, sites, settings.partition, None, _holdout(len(sites), settings, catalog.source))
+
+
+def _holdout(num_sites: int, settings: ImportSettings, source: str) -> tuple[int, ...]:
+    """The seeded choice of ``settings.holdout_sites`` sites that never train; at least 2 must remain."""
+    if not settings.holdout_sites:
+        return ()
+    if num_sites - settings.holdout_sites < 2:
+        raise DataError(
+            source, f"holding out {settings.holdout_sites} of {num_sites} sites leaves fewer than 2 to train", field="holdout_sites"
+        )
+    rng = np.random.default_rng([settings.seed, num_sites, settings.holdout_sites])
+    return tuple(sorted(int(k) for k in rng.choice(num_sites, size=settings.holdout_sites, replace=False)))
+
+
+def site_names(plan: FederationPlan, settings: ImportSettings, source: str) -> list[str]:
+    """The datalist name of each site of ``plan``: ``holdout-j`` for held-out sites; for the others a
+    manifest's site value (through ``settings.site_names``), else ``site-1 ...`` in order."""
+    names, trained, held = [], 0, 0
+    mapping = dict(settings.site_names or {})
+    unknown = sorted(set(mapping) - set(plan.source_sites or ()))
+    if unknown:
+        raise DataError(source, f"no site {unknown[0]!r} in the data; its sites: {sorted(plan.source_sites or [])}", field="site_names")
+    for k in range(len(plan.sites)):
+        if k in plan.holdout:
+            held += 1
+            names.append(f"holdout-{held}")
+            continue
+        trained += 1
+        name = mapping.get(plan.source_sites[k], plan.source_sites[k]) if plan.source_sites else site_name(trained - 1)
+        check_site_name(name, source, field="site_names" if plan.source_sites and plan.source_sites[k] in mapping else "site")
+        names.append(name)
+    if len(set(names)) != len(names):
+        raise DataError(source, f"two sites would share a datalist name: {sorted(n for n in names if names.count(n) > 1)[0]}", field="site_names")
+    return names
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -236,18 +275,21 @@ def import_catalog(out: str | os.PathLike, catalog: Catalog, settings: ImportSet
 
 def _write_site(
     folder: Path, k: int, members: np.ndarray, pool: list[dict], labels: np.ndarray, common: dict, *,
-    settings: ImportSettings, plan: FederationPlan, source: str,
+    settings: ImportSettings, plan: FederationPlan, source: str, name: str,
 ) -> dict:
-    """Write ``site-{k+1}.json`` (stratified local split of its members); return its summary entry."""
-    name = site_name(k)
+    """Write ``<name>.json`` (stratified local split of its members; a held-out site's samples all under
+    ``test``); return its summary entry."""
     source_site = plan.source_sites[k] if plan.source_sites else None
     where = name + (f" ({source_site})" if source_site else "")
     if members.size == 0:
         raise DataError(source, f"{where} is empty after partition", field=name)
-    train_idx, test_idx = partitioners.stratified_local_split(
-        members, labels, settings.local_test_fraction, settings.seed + k
-    )
-    if train_idx.size == 0:
+    if k in plan.holdout:  # never trains: everything of it is unseen
+        train_idx, test_idx = members[:0], members
+    else:
+        train_idx, test_idx = partitioners.stratified_local_split(
+            members, labels, settings.local_test_fraction, settings.seed + k
+        )
+    if train_idx.size == 0 and k not in plan.holdout:
         raise DataError(source, f"{where} has no training samples after the local split", field=name)
     training = [pool[i] for i in train_idx]
     local_test = [pool[i] for i in test_idx]
@@ -298,10 +340,13 @@ def write_federation(folder: Path, catalog: Catalog, plan: FederationPlan, setti
     )
     source = catalog.source or str(folder)
     labels = np.asarray([int(e["label"]) for e in pool], dtype=np.int64)
-    summary_sites = {
-        site_name(k): _write_site(folder, k, members, pool, labels, common, settings=settings, plan=plan, source=source)
-        for k, members in enumerate(plan.sites)
+    names = site_names(plan, settings, source)
+    written = {
+        name: _write_site(folder, k, members, pool, labels, common, settings=settings, plan=plan, source=source, name=name)
+        for k, (name, members) in enumerate(zip(names, plan.sites))
     }
+    summary_sites = {name: entry for name, entry in written.items() if not name.startswith("holdout-")}
+    holdout_sites = {name: entry for name, entry in written.items() if name.startswith("holdout-")}
     _write_global_lists(folder, validation, test, common)
     info = dict(catalog.info)
     info.update(partition_facts(plan.partition, settings))  # keys the source placed keep their position
@@ -311,8 +356,9 @@ def write_federation(folder: Path, catalog: Catalog, plan: FederationPlan, setti
         "seed": settings.seed,
         "local_test_fraction": settings.local_test_fraction,
         **common,
-        "num_sites": len(plan.sites),
+        "num_sites": len(summary_sites),
         "sites": summary_sites,
+        **({"holdout_sites": holdout_sites} if holdout_sites else {}),
         "global_val_counts": class_counts(validation, num_classes),
         "global_test_counts": class_counts(test, num_classes),
     }

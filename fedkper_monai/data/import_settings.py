@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from fedkper_monai.errors import DataError
 
-__all__ = ["FileImportOptions", "ImportSettings"]
+__all__ = ["FileImportOptions", "ImportSettings", "check_site_name"]
+
+# What FLARE accepts as a participant name, and what is safe as a file name: letters, digits, "-", "_", ".".
+_SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_site_name(name: str, source: str | os.PathLike, field: str) -> None:
+    """Refuse a site name that FLARE or a file system would not take; the error names ``field``."""
+    if not isinstance(name, str) or not _SITE_NAME.fullmatch(name) or name.startswith("holdout-") or name.endswith(".json"):
+        raise DataError(
+            source, f"site name {name!r} must be letters, digits, '-', '_' or '.' (not holdout-*, no .json)", field=field
+        )
 
 _FRACTIONS = ("local_test_fraction", "global_test_fraction", "global_val_fraction")
 
@@ -34,6 +46,10 @@ class ImportSettings:
         spatial_dims: 2 or 3 (default: from the images).
         channels: 1 or 3: images that mix channel counts are each converted to it (file importers; recorded in
             the datalists as ``channels``); without it mixed channel counts are refused.
+        holdout_sites: of the partition's sites, this many (a seeded choice) never train: they are written as
+            ``holdout-1.json ...`` and the server scores the global model on all their samples (unseen sites).
+        site_names: a manifest's ``site`` value -> the FLARE site name of its datalist (default: the value
+            itself, so ``hospital-a`` becomes ``hospital-a.json``).
         copy: copy the images under ``out/images`` instead of referencing them in place (file importers only).
         overwrite: replace a non-empty ``out``.
         progress: show progress bars.
@@ -54,6 +70,8 @@ class ImportSettings:
     image_size: Sequence[int] | None = None
     spatial_dims: int | None = None
     channels: int | None = None
+    holdout_sites: int = 0
+    site_names: Mapping[str, str] | None = None
     copy: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -75,6 +93,10 @@ class ImportSettings:
                 raise DataError(source, f"must be in [0, 1), got {value}", field=name)
         if self.channels not in (None, 1, 3):
             raise DataError(source, f"must be 1 or 3, got {self.channels}", field="channels")
+        if isinstance(self.holdout_sites, bool) or not isinstance(self.holdout_sites, int) or self.holdout_sites < 0:
+            raise DataError(source, f"must be a whole number >= 0, got {self.holdout_sites!r}", field="holdout_sites")
+        for name in (self.site_names or {}).values():
+            check_site_name(name, source, field="site_names")
 
 
 #: Former name of :class:`ImportSettings`, when only the folder and manifest importers shared it.

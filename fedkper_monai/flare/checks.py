@@ -76,9 +76,9 @@ def check_site_count(n_clients: int, data_root: Path, option: str = "--data-root
     try:
         found = len(site_datalists(root))
     except FedKPerError as error:
-        named = sorted(path.name for path in root.glob("*.json") if not path.stem.startswith(("site-", "global_")))
-        hint = (f" (it holds {', '.join(named[:3])}: FLARE's simulator names its sites site-1 .. site-N, so "
-                "the simulated sites need their datalists under those names)") if named else ""
+        named = sorted(path.name for path in root.glob("*.json") if not path.stem.startswith(("site-", "global_", "holdout-")))
+        hint = (f" (it holds {', '.join(named[:3])}: FLARE's simulator names its sites site-1 .. site-N; prepare the "
+                "manifest with --site-names VALUE=site-1 ... to simulate it)") if named else ""
         raise SettingError(option, f"{error}{hint}") from None
     if n_clients > found:
         raise SettingError("-n", f"{n_clients} sites, but {root} holds datalists for {found} "

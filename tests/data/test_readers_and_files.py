@@ -131,7 +131,17 @@ def test_manifest_natural_sites_missing_file_and_empty_site(tmp_path, dicom_file
     summary = import_manifest(manifest, out, class_names=["ct", "mr"], min_samples=1, image_size=[16, 16], progress=False)
     assert summary["partition"] == "natural" and summary["num_sites"] == 2
     assert [s["source_site"] for s in summary["sites"].values()] == ["hospital-a", "hospital-b"]
-    assert load_datalist(out / "site-1.json").num_classes == 2
+    # A hospital's datalist is named after it (the name its FLARE site is given), not site-1.
+    assert sorted(summary["sites"]) == ["hospital-a", "hospital-b"] and not (out / "site-1.json").exists()
+    assert load_datalist(out / "hospital-a.json").num_classes == 2
+    # --site-names maps them to other FLARE site names (e.g. the simulator's site-1 .. site-N).
+    mapped = import_manifest(manifest, tmp_path / "mapped", class_names=["ct", "mr"], min_samples=1, image_size=[16, 16],
+                             site_names={"hospital-a": "site-2", "hospital-b": "site-1"}, progress=False)
+    assert mapped["sites"]["site-1"]["source_site"] == "hospital-b"
+    with pytest.raises(DataError, match="no site 'hospital-z'") as caught:
+        import_manifest(manifest, tmp_path / "bad", class_names=["ct", "mr"], min_samples=1, image_size=[16, 16],
+                        site_names={"hospital-z": "site-1"}, progress=False)
+    assert caught.value.field == "site_names" and not (tmp_path / "bad").exists()
     assert (out / "global_test.json").exists() and (out / "global_val.json").exists()
 
     # A site whose rows are all in the global test: empty after partition.

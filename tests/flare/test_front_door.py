@@ -98,8 +98,8 @@ def test_datalists_named_after_hospitals_need_flare_site_names(tmp_path, capsys)
     assert main(["simulate", MEDMNIST, "-w", str(tmp_path / "ws"), "-n", "1", "--data-root", str(root)]) == 2
     assert _error(capsys) == (f"fedkper-monai simulate: error: --data-root: {root}: no site-*.json; --data-root must "
                               "hold the output of `fedkper-monai prepare` (it holds hospital-a.json: FLARE's simulator "
-                              "names its sites site-1 .. site-N, so the simulated sites need their datalists under "
-                              "those names)")
+                              "names its sites site-1 .. site-N; prepare the manifest with --site-names VALUE=site-1 ... "
+                              "to simulate it)")
 
 
 def test_a_workspace_with_an_earlier_run_is_replaced_only_with_overwrite(data_root, tmp_path, capsys):
