@@ -66,7 +66,8 @@ class MetricField:
 # The header line's fields (name -> meaning); the report reads them as they are, so they have no kinds.
 HEADER_FIELDS: Mapping[str, str] = {
     "algorithm": "the algorithm's registry name",
-    "job": "FLARE's job id",
+    "job": "the job's name (its meta.json), e.g. fedkper_medmnist",
+    "job_id": "FLARE's job id (simulate_job in the simulator)",
     "seed": "seed of site sampling (and, by the job, of partition and initialization)",
     "num_rounds": "FL rounds of the run",
     "num_sites": "number of sites connected",

@@ -7,6 +7,7 @@ lines are built by :class:`~fedkper_monai.flare.metrics.RunBook`. This module se
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -284,11 +285,19 @@ class FedKPerController(ModelController):
             meta={GLOBAL_VERSION_KEY: version},
         )
 
+    def _job_name(self) -> str:
+        """The job's name from the ``meta.json`` FLARE deploys into the run folder, else its id."""
+        try:
+            return str(json.loads((Path(self.get_run_dir()) / "meta.json").read_text())["name"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return str(self.fl_ctx.get_job_id())
+
     def _header(self, sites: list[str], evaluator: Any) -> dict[str, Any]:
         persistor_network = getattr(self.persistor, "network", {}) if self.persistor else {}
         return {
             "algorithm": self.algorithm,
-            "job": self.fl_ctx.get_job_id(),
+            "job": self._job_name(),
+            "job_id": self.fl_ctx.get_job_id(),
             "seed": self.seed,
             "num_rounds": self.num_rounds,
             "num_sites": len(sites),

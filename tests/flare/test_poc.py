@@ -70,7 +70,7 @@ def test_poc_run_on_three_loopback_sites_matches_the_simulator(retina_federation
     expected = [_normalized(json.loads(line)) for line in fixture.read_text().splitlines()]
     actual = [_normalized(json.loads(line)) for line in (result / "workspace" / "metrics.jsonl").read_text().splitlines()]
     for header in (expected[0]["run"], actual[0]["run"]):
-        header.pop("job")  # the simulator's "simulate_job", POC's job id
+        header.pop("job_id")  # the simulator's "simulate_job", POC's job id
     problems = [d for i, (e, a) in enumerate(zip(expected, actual)) for d in _differences(e, a, f"line {i + 1}")]
     assert len(actual) == len(expected) and not problems, "\n".join(problems[:20])
 
@@ -110,5 +110,6 @@ def test_the_readme_project_provisions_a_server_and_three_hospitals_that_allow_o
     kits = sorted(path.parent.parent.name for path in (tmp_path / "ws").glob("fedkper_study/prod_*/*/startup/start.sh"))
     assert kits == ["fl.study-server.org", "hospital-a", "hospital-b", "hospital-c"]
     for kit in kits:
-        (resources,) = (tmp_path / "ws").glob(f"fedkper_study/prod_*/{kit}/local/resources.json")
-        assert set(allowed_classes()) <= set(json.loads(resources.read_text())["class_allow_list"]), kit
+        for name in ("resources.json", "resources.json.default"):  # POC rewrites the server's from the default
+            (resources,) = (tmp_path / "ws").glob(f"fedkper_study/prod_*/{kit}/local/{name}")
+            assert set(allowed_classes()) <= set(json.loads(resources.read_text())["class_allow_list"]), (kit, name)
