@@ -41,6 +41,8 @@ class Algorithm:
             across rounds, trained with the strategy, and uploads the received model trained with
             cross-entropy; ``"own"`` (Local-only): the site keeps its own model and ignores the global one.
         pooled: every site's data pooled into one site (the centralized upper bound).
+        min_effective_sites: the aggregator's opt-in remedy for rounds the score hands to one site (score
+            weights blended toward sample counts until they spread over this many effective sites; 0: off).
         description: one line for ``--help`` (without the parameters: :meth:`summary` adds them).
     """
 
@@ -50,6 +52,7 @@ class Algorithm:
     weighting: str = "samples"
     site_model: str = "global"
     pooled: bool = False
+    min_effective_sites: float = 0.0
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -93,6 +96,9 @@ _VARIANTS = (
                         description="ablation: FedKPer loss, sample-count weights"),
     dataclasses.replace(_BY_NAME["fedavg"], name="fedkper_weighting_only", weighting="score",
                         description="ablation: cross-entropy loss, FedKPer score weights"),
+    # 1.5 effective sites: with the paper's 2 sampled sites, the smaller weight is kept at about 0.21 or more.
+    dataclasses.replace(_BY_NAME["fedkper"], name="fedkper_blend", min_effective_sites=1.5,
+                        description="remedy: FedKPer, score weights blended toward sample counts below 1.5 effective sites"),
 )
 
 ALGORITHMS: Mapping[str, Algorithm] = MappingProxyType({a.name: a for a in _BASELINES + _VARIANTS})

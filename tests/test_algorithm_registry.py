@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BASELINES = ("fedkper", "fedavg", "fedprox", "fedntd", "ditto", "local")
 
 
-def test_the_registry_holds_the_baselines_the_upper_bound_and_the_two_ablations():
-    assert list(ALGORITHMS) == [*BASELINES, "centralized", "fedkper_loss_only", "fedkper_weighting_only"]
+def test_the_registry_holds_the_baselines_the_upper_bound_the_two_ablations_and_the_remedy():
+    assert list(ALGORITHMS) == [*BASELINES, "centralized", "fedkper_loss_only", "fedkper_weighting_only", "fedkper_blend"]
     table = {a.name: (a.strategy, dict(a.params), a.weighting, a.site_model, a.pooled) for a in ALGORITHMS.values()}
     assert table == {
         # DESIGN section 1: tau = 1, lambda_max = 10, score-weighted aggregation.
@@ -34,7 +34,10 @@ def test_the_registry_holds_the_baselines_the_upper_bound_and_the_two_ablations(
         # Each ablation keeps one half of FedKPer.
         "fedkper_loss_only": ("fedkper", {"tau": 1.0, "lambda_max": 10.0}, "samples", "global", False),
         "fedkper_weighting_only": ("fedavg", {}, "score", "global", False),
+        # The opt-in remedy: FedKPer with the aggregator's blend toward sample counts.
+        "fedkper_blend": ("fedkper", {"tau": 1.0, "lambda_max": 10.0}, "score", "global", False),
     }
+    assert {a.name: a.min_effective_sites for a in ALGORITHMS.values() if a.min_effective_sites} == {"fedkper_blend": 1.5}
     assert [a.name for a in ALGORITHMS.values() if a.keeps_site_model] == ["ditto", "local"]
 
 
@@ -108,3 +111,16 @@ def test_parameter_values_the_readme_states_are_the_registry_values():
     pattern = r"\b(" + "|".join(map(re.escape, used)) + r")\s*=\s*(\d+(?:\.\d+)?(?:e-?\d+)?)"
     for key, value in re.findall(pattern, readme):
         assert float(value) in used[key], f"README states {key}={value}; the registry uses {sorted(used[key])}"
+
+
+def test_the_remedy_reaches_the_aggregator_and_leaves_other_jobs_alone():
+    from fedkper_monai.flare.jobspec import job_component, load_job, set_algorithm
+
+    meta, server, client = load_job(ROOT / "jobs" / "fedkper_medmnist")
+    assert "min_effective_sites" not in job_component(server, "aggregator")["args"]
+    set_algorithm(meta, server, client, ALGORITHMS["fedkper_blend"])
+    assert job_component(server, "aggregator")["args"] == {"weighting": "score", "min_effective_sites": 1.5} | {
+        k: v for k, v in job_component(server, "aggregator")["args"].items() if k not in ("weighting", "min_effective_sites")
+    }
+    set_algorithm(meta, server, client, ALGORITHMS["fedkper"])
+    assert "min_effective_sites" not in job_component(server, "aggregator")["args"]

@@ -157,3 +157,47 @@ def scores_usable(scores: Sequence[float]) -> bool:
     """
     score_arr = np.asarray(list(scores), dtype=np.float64)
     return bool(score_arr.size) and bool(np.all(np.isfinite(score_arr))) and float(score_arr.sum()) > 0
+
+
+def effective_sites(weights: Sequence[float]) -> float:
+    """The effective number of sites of normalized weights, ``1 / sum(w^2)``: 1 when one site carries
+    everything, ``k`` for ``k`` equal weights.
+
+    Example:
+        >>> effective_sites([0.5, 0.5]), effective_sites([1.0, 0.0])
+        (2.0, 1.0)
+    """
+    squares = float(np.sum(np.square(np.asarray(list(weights), dtype=np.float64))))
+    return 1.0 / squares if squares > 0 else 0.0
+
+
+def blend_toward_samples(score_weights: Sequence[float], sample_weights: Sequence[float], min_effective_sites: float) -> float:
+    """The smallest share ``g`` in [0, 1] of sample-count weights that lifts ``(1 - g) * score_weights +
+    g * sample_weights`` to ``min_effective_sites`` effective sites (:func:`effective_sites`).
+
+    An opt-in remedy for rounds the FedKPer score hands to one site (a one-class site scores ~1e-6, so its
+    partner can carry 99.99% of the aggregate): it keeps the paper's weights where they already spread over
+    enough sites (``g = 0``) and moves toward FedAvg's only as far as needed. The target is capped at what
+    sample-count weights reach (``g = 1`` then). ``min_effective_sites <= 1`` switches it off.
+
+    Example:
+        >>> round(blend_toward_samples([0.99, 0.01], [0.5, 0.5], 1.5), 4)  # smaller weight lifted to about 0.21
+        0.4109
+        >>> blend_toward_samples([0.6, 0.4], [0.5, 0.5], 1.5)  # already 1.92 effective sites
+        0.0
+    """
+    score_arr = np.asarray(list(score_weights), dtype=np.float64)
+    sample_arr = np.asarray(list(sample_weights), dtype=np.float64)
+    if score_arr.shape != sample_arr.shape:
+        raise ValueError(f"weights differ in length: {score_arr.shape[0]} != {sample_arr.shape[0]}")
+    target = min(float(min_effective_sites), effective_sites(sample_arr))
+    if target <= 1.0 or effective_sites(score_arr) >= target:
+        return 0.0
+    # sum(w(g)^2) with w(g) = s + g (n - s) is a convex quadratic in g; the smallest root of
+    # sum(w^2) = 1 / target is where the blend first reaches the target.
+    step = sample_arr - score_arr
+    a, b, c = float(step @ step), 2.0 * float(score_arr @ step), float(score_arr @ score_arr) - 1.0 / target
+    if a <= 0:
+        return 0.0
+    root = (-b - math.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a)
+    return float(min(max(root, 0.0), 1.0))

@@ -13,6 +13,7 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
 
 from fedkper_monai.algorithm import WeightedAverager, aggregation_weights, scores_usable
+from fedkper_monai.algorithm.weighting import blend_toward_samples
 from fedkper_monai.algorithm.update_checks import (
     DEFAULT_MAX_NORM_RATIO,
     capped_shares,
@@ -44,13 +45,22 @@ class FedKPerAggregator(ModelAggregator):
         max_norm_ratio: largest ``||w_site - w_global|| / ||w_global||`` accepted (0 disables the bound).
         max_weight: largest share of the aggregate any one site may get (None: uncapped, the paper's
             weighting). With a cap the round's updates are held until aggregation.
+        min_effective_sites: opt-in remedy for rounds the score hands to one site: when the score weights
+            spread over fewer effective sites (``1 / sum(w^2)``), they are blended with the sample-count
+            weights just enough to reach it (:func:`~fedkper_monai.algorithm.weighting.blend_toward_samples`).
+            0 (default) keeps the paper's weighting. Exact without holding updates: the blend of the two
+            running averages.
 
     After :meth:`aggregate_model`, ``last_weights`` maps each site to the weight it really got
     (0.0 for dropped sites) and ``last_dropped`` maps dropped sites to the reason.
     """
 
     def __init__(
-        self, weighting: str = "score", max_norm_ratio: float = DEFAULT_MAX_NORM_RATIO, max_weight: float | None = None
+        self,
+        weighting: str = "score",
+        max_norm_ratio: float = DEFAULT_MAX_NORM_RATIO,
+        max_weight: float | None = None,
+        min_effective_sites: float = 0.0,
     ) -> None:
         super().__init__()
         if weighting not in _WEIGHTINGS:
@@ -59,6 +69,9 @@ class FedKPerAggregator(ModelAggregator):
             raise ValueError(f"max_norm_ratio must be >= 0 (0 disables it), got {max_norm_ratio!r}")
         if max_weight is not None and not 0.0 < float(max_weight) <= 1.0:
             raise ValueError(f"max_weight must be in (0, 1] or null, got {max_weight!r}")
+        if not min_effective_sites >= 0:
+            raise ValueError(f"min_effective_sites must be >= 0 (0 disables it), got {min_effective_sites!r}")
+        self.min_effective_sites = float(min_effective_sites)
         self.weighting = weighting
         self.max_norm_ratio = float(max_norm_ratio)
         self.max_weight = None if max_weight is None else float(max_weight)
@@ -137,8 +150,12 @@ class FedKPerAggregator(ModelAggregator):
             raise RuntimeError(f"no valid update to aggregate (dropped: {self.last_dropped})")
         by_score = self.weighting == "score" and scores_usable(self._scores)
         weights = aggregation_weights(self._scores if by_score else [float("nan")] * len(self._sites), self._num_samples)
+        blend = self._blend(weights) if by_score else 0.0
+        if blend:
+            sample_weights = aggregation_weights([float("nan")] * len(self._sites), self._num_samples)
+            weights = [(1 - blend) * w + blend * n for w, n in zip(weights, sample_weights)]
         if self.max_weight is None:
-            averaged = (self._by_score if by_score else self._by_samples).result()
+            averaged = _mix(self._by_score.result(), self._by_samples.result(), blend) if by_score else self._by_samples.result()
         else:
             weights = self._capped(weights)
             averager = WeightedAverager()
@@ -153,8 +170,30 @@ class FedKPerAggregator(ModelAggregator):
         self.reset_stats()
         return result
 
+    def _blend(self, score_weights: list[float]) -> float:
+        """The share of sample-count weights this round needs (0 unless ``min_effective_sites`` is set)."""
+        if not self.min_effective_sites:
+            return 0.0
+        sample_weights = aggregation_weights([float("nan")] * len(self._sites), self._num_samples)
+        blend = blend_toward_samples(score_weights, sample_weights, self.min_effective_sites)
+        if blend:
+            self.info(f"score weights {score_weights} below {self.min_effective_sites:g} effective sites: {blend:.3f} sample-count share blended in")
+        return blend
+
     def _capped(self, weights: list[float]) -> list[float]:
         capped = capped_shares(weights, float(self.max_weight))
         if any(abs(a - b) > 1e-12 for a, b in zip(weights, capped)):
             self.info(f"max_weight {self.max_weight:g} capped the shares {weights} to {capped}")
         return capped
+
+
+def _mix(by_score: Mapping[str, np.ndarray], by_samples: Mapping[str, np.ndarray], blend: float) -> dict[str, np.ndarray]:
+    """``(1 - blend) * by_score + blend * by_samples`` per key (the blended weights' average), dtypes kept."""
+    if not blend:
+        return dict(by_score)
+    return {
+        name: ((1.0 - blend) * np.asarray(value, dtype=np.float64) + blend * np.asarray(by_samples[name], dtype=np.float64)).astype(
+            np.asarray(value).dtype
+        )
+        for name, value in by_score.items()
+    }

@@ -93,13 +93,17 @@ def set_algorithm(meta: dict, server: dict, client: dict, algorithm: Algorithm) 
     """Make a job's configs (changed in place) run ``algorithm``.
 
     Sets the controller's ``algorithm`` label (the name reports show), the learner's strategy and its
-    parameters, the aggregator's weighting; a pooled (centralized) job needs one site.
+    parameters, the aggregator's weighting (and its opt-in blend remedy); a pooled (centralized) job needs one site.
     """
     server["workflows"][0]["args"]["algorithm"] = algorithm.name
     learner = site_args(client)
     learner["algorithm"] = algorithm.strategy
     learner["algorithm_args"] = dict(algorithm.params)
-    job_component(server, "aggregator")["args"]["weighting"] = algorithm.weighting
+    aggregator = job_component(server, "aggregator")["args"]
+    aggregator["weighting"] = algorithm.weighting
+    aggregator.pop("min_effective_sites", None)
+    if algorithm.min_effective_sites:
+        aggregator["min_effective_sites"] = algorithm.min_effective_sites
     if algorithm.pooled:
         meta["min_clients"] = 1
 

@@ -93,3 +93,23 @@ def test_unexpected_keys_are_dropped():
     del update.params["b"]
     assert not aggregator.accept_model(update)
     assert "missing ['b']" in aggregator._dropped["site-1"]
+
+
+def test_min_effective_sites_blends_a_collapsed_round_toward_sample_counts():
+    from fedkper_monai.algorithm.weighting import effective_sites
+
+    aggregator = FedKPerAggregator(weighting="score", min_effective_sites=1.5)
+    aggregator.set_reference({"w": np.ones((2, 3), np.float32), "b": np.ones(3, np.float32)})
+    # A one-class site scores ~1e-6: without the remedy its partner carries 99.9996% of the aggregate.
+    aggregator.accept_model(_update("site-1", 1.0, 0.37, num_samples=30))
+    aggregator.accept_model(_update("site-2", 5.0, 1e-6, num_samples=10))
+    result = aggregator.aggregate_model()
+    weights = [aggregator.last_weights["site-1"], aggregator.last_weights["site-2"]]
+    assert effective_sites(weights) == pytest.approx(1.5) and sum(weights) == pytest.approx(1.0)
+    # The global model is exactly the blended weights' average (from the two running sums, no update held).
+    np.testing.assert_allclose(result.params["w"], weights[0] * 1.0 + weights[1] * 5.0, rtol=1e-6)
+    # A round that already spreads over enough sites keeps the paper's score weights.
+    aggregator.accept_model(_update("site-1", 1.0, 0.6))
+    aggregator.accept_model(_update("site-2", 5.0, 0.4))
+    aggregator.aggregate_model()
+    assert aggregator.last_weights == {"site-1": pytest.approx(0.6), "site-2": pytest.approx(0.4)}
