@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
 # The comparison behind benchmarks/RESULTS.md, one data set per call:
-#   bash benchmarks/run_comparison.sh medmnist/retinamnist.npz retina
 #   bash benchmarks/run_comparison.sh brain_tumor_mri/brain_tumor_mri_28.npz brain28
-# Settings: 20 sites, Dirichlet(0.1) label skew (seed 0), 10% of sites per round, reference CNN,
-# 5 local epochs, batch 12, SGD 0.01; ROUNDS rounds (default 20) and 3 seeds (sampling, init, shuffling).
-# Resumable: finished runs are skipped. Outputs: runs/<name>/ and benchmarks/results/<name>/ (report).
+#   bash benchmarks/run_comparison.sh medmnist/retinamnist.npz retina
+#   SITES=10 ALGORITHMS=fedkper,fedavg bash benchmarks/run_comparison.sh bccd_wbc/bccd_wbc_64.npz bccd
+# Settings (issue 10's budget): SITES training sites (default 20) plus HOLDOUT held-out sites (default 2: never
+# trained; the server scores the global model on them every round), Dirichlet(0.1) label skew (seed 0), 10% of
+# the training sites per round, reference CNN, 5 local epochs, batch 12, SGD 0.01; ROUNDS rounds (default 100),
+# every site validated every round (BwT), seeds SEEDS (default 0,1,2: sampling, init, shuffling).
+# A 100-round run takes 10-15 minutes here: the comparison is resumable (finished runs are skipped), so it
+# can be stopped and continued across sessions. Outputs: RUNS_DIR/<name>/ (default benchmarks/runs; its
+# small files, done.json and each run's metrics.jsonl, are kept in git so a later session resumes) and
+# benchmarks/results/<name>/ (the report).
 set -euo pipefail
 npz="../shared/data/$1"
 name="$2"
-rounds="${ROUNDS:-20}"
-runs="runs/$name"
-fedkper-monai prepare medmnist --npz "$npz" --sites 20 --alpha 0.1 --seed 0 --out "$runs/data" 2>/dev/null \
-  || echo "using the existing partition in $runs/data"
-fedkper-monai compare --data-root "$runs/data" \
-  --algorithms fedkper,fedavg,fedprox,fedntd,ditto,local,centralized \
-  -n 20 -t 20 --rounds "$rounds" --validate-every 5 --seeds 0,1,2 --out "$runs/compare"
+rounds="${ROUNDS:-100}"
+sites="${SITES:-20}"
+holdout="${HOLDOUT:-2}"
+seeds="${SEEDS:-0,1,2}"
+algorithms="${ALGORITHMS:-fedkper,fedavg,fedntd,ditto,local,centralized}"
+runs="${RUNS_DIR:-benchmarks/runs}/$name"
+if [ ! -f "$runs/data/summary.json" ]; then
+  fedkper-monai prepare medmnist --npz "$npz" --sites $((sites + holdout)) --holdout-sites "$holdout" --alpha 0.1 \
+    --seed 0 --out "$runs/data" --no-progress
+fi
+fedkper-monai compare --data-root "$runs/data" --algorithms "$algorithms" \
+  -n "$sites" -t "$sites" --rounds "$rounds" --validate-every 1 --seeds "$seeds" --out "$runs/compare"
 fedkper-monai report "$runs"/compare/*/seed* --out "benchmarks/results/$name" --overwrite
