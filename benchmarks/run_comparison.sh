@@ -20,9 +20,10 @@ holdout="${HOLDOUT:-2}"
 seeds="${SEEDS:-0,1,2}"
 algorithms="${ALGORITHMS:-fedkper,fedavg,fedntd,ditto,local,centralized}"
 runs="${RUNS_DIR:-benchmarks/runs}/$name"
-if [ ! -f "$runs/data/summary.json" ]; then
+# The partition is deterministic: a later session rebuilds the same one (git keeps only its summary.json).
+if [ ! -f "$runs/data/site-1.json" ]; then
   fedkper-monai prepare medmnist --npz "$npz" --sites $((sites + holdout)) --holdout-sites "$holdout" --alpha 0.1 \
-    --seed 0 --out "$runs/data" --no-progress
+    --seed 0 --out "$runs/data" --no-progress --overwrite
 fi
 fedkper-monai compare --data-root "$runs/data" --algorithms "$algorithms" \
   -n "$sites" -t "$sites" --rounds "$rounds" --validate-every 1 --seeds "$seeds" --out "$runs/compare"
