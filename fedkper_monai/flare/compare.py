@@ -42,7 +42,7 @@ from fedkper_monai.flare.compare_plan import (
     plan_runs,
 )
 from fedkper_monai.flare.jobspec import save_job_configs
-from fedkper_monai.flare.simulate import SimulationOverrides, find_metrics, prepare_job, read_round_lines, run_simulator
+from fedkper_monai.flare.simulate import RoundProgress, SimulationOverrides, find_metrics, prepare_job, read_round_lines, run_simulator
 
 __all__ = [
     "DONE_FILE",
@@ -79,7 +79,11 @@ def _execute(run: CompareRun, data_root: Path, out: Path, threads: int | None, q
         prepared = prepare_job(source, run.workspace, SimulationOverrides(data_root=str(run_data)), run.folder / "job")
     log = run.folder / "simulator.log"
     n_clients = int(run.settings["n_clients"])
-    result = run_simulator(prepared, run.workspace, n_clients, n_clients if threads is None else max(1, min(threads, n_clients)), log_path=log, echo=not quiet)
+    progress = RoundProgress(run.workspace, run.rounds, label=f"{run.label}: ", every=max(1, run.rounds // 10))
+    result = run_simulator(
+        prepared, run.workspace, n_clients, n_clients if threads is None else max(1, min(threads, n_clients)),
+        log_path=log, echo=not quiet, on_poll=progress,
+    )
     seconds = time.perf_counter() - started
     found = finished_rounds(run.workspace)
     if found != run.rounds:
@@ -124,6 +128,8 @@ def run_compare(
     out = Path(out).resolve()
     runs = plan_runs(root, algorithms, out, **plan_options)
     failed: list[CompareRun] = []
+    todo = [run for run in runs if run.status != "done"]
+    run_seconds: list[float] = []
     for index, run in enumerate(runs, start=1):
         prefix = f"[{index}/{len(runs)}] {run.label}:"
         if run.status == "done":
@@ -136,7 +142,10 @@ def run_compare(
             if attempt:
                 print(f"{prefix} retry {attempt} of {retries}, from scratch", flush=True)
             if _execute(run, root, out, threads, quiet):
-                print(f"{prefix} done in {time.perf_counter() - started:.0f} s", flush=True)
+                run_seconds.append(time.perf_counter() - started)
+                left = (len(todo) - len(run_seconds) - len(failed)) * sum(run_seconds) / len(run_seconds)
+                print(f"{prefix} done in {run_seconds[-1]:.0f} s; {len(todo) - len(run_seconds) - len(failed)} run(s) "
+                      f"left, about {left / 60:.0f} min", flush=True)
                 break
         else:
             failed.append(run)

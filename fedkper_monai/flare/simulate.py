@@ -193,10 +193,13 @@ def format_summary(round_lines: list[dict[str, Any]]) -> str:
 
 
 class RoundProgress:
-    """Prints ``round k of R`` with an estimate of the time left as the server's round lines arrive."""
+    """Prints ``round k of R`` with an estimate of the time left as the server's round lines arrive.
 
-    def __init__(self, workspace: Path, rounds: int) -> None:
-        self.workspace, self.rounds = workspace, rounds
+    ``label`` starts each line (``compare`` names the run); ``every`` prints only every k-th round (and the last).
+    """
+
+    def __init__(self, workspace: Path, rounds: int, label: str = "", every: int = 1) -> None:
+        self.workspace, self.rounds, self.label, self.every = workspace, rounds, label, max(1, int(every))
         self.started = time.monotonic()
         self.shown = 0
 
@@ -207,11 +210,13 @@ class RoundProgress:
             return  # not written yet, or a line half-written
         for line in lines[self.shown:]:
             done = int(line["round"]) + 1
+            if done % self.every and done != self.rounds:
+                continue
             elapsed = time.monotonic() - self.started
             left = elapsed / done * (self.rounds - done)
             accuracy = line.get("global_acc")
             shown = f"global acc {accuracy:.3f}, " if isinstance(accuracy, (int, float)) else ""
-            print(f"round {done} of {self.rounds} done ({shown}{elapsed:.0f} s; about {left:.0f} s left)", flush=True)
+            print(f"{self.label}round {done} of {self.rounds} done ({shown}{elapsed:.0f} s; about {left:.0f} s left)", flush=True)
         self.shown = max(self.shown, len(lines))
 
 
