@@ -90,7 +90,11 @@ def prepare(run: PocRun) -> dict[str, Path]:
 
     sites = [f"site-{index}" for index in range(1, run.sites + 1)]
     project = atomic_write_text(run.workspace / "project.yml", project_yaml(free_port(), sites))
-    env = {**os.environ, "NVFLARE_POC_WORKSPACE": str(run.workspace / "poc")}
+    # FLARE's CLI registers the kits it makes in ~/.nvflare; a HOME of this run's own keeps the user's untouched
+    # (and a kit of an earlier run, registered there, from refusing this one).
+    home = run.workspace / "flare_home"
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "NVFLARE_POC_WORKSPACE": str(run.workspace / "poc"), "HOME": str(home)}
     _nvflare("poc", "prepare", "-i", str(project), "--force", env=env, log=run.workspace / "logs" / "prepare.log")
     found = sorted((run.workspace / "poc").glob(f"{PROJECT}/prod_*"))
     if not found:

@@ -77,6 +77,8 @@ class FedKPerRecipe(Recipe):
         network_from: a datalist or prepared folder that sizes the network (classes, channels, image size)
             without putting a path into the job; ``data_root`` does this too.
         num_rounds, sample_fraction, local_epochs, seed, validate_every: override the job's values.
+        min_clients: sites FLARE waits for before it starts the job (the job's ``meta.json``; the run's sites
+            are those connected then).
     """
 
     def __init__(
@@ -93,12 +95,15 @@ class FedKPerRecipe(Recipe):
         local_epochs: int | None = None,
         seed: int | None = None,
         validate_every: int | None = None,
+        min_clients: int | None = None,
     ) -> None:
         from fedkper_monai.flare.simulate import SimulationOverrides, apply_overrides
 
         meta, server, client = _base_configs(algorithm, settings, job)
         if name:
             meta["name"] = name
+        if min_clients is not None:
+            meta["min_clients"] = int(min_clients)
         overrides = SimulationOverrides(
             rounds=num_rounds, data_root=None if data_root is None else str(data_root), sample_fraction=sample_fraction,
             local_epochs=local_epochs, seed=seed, validate_every=validate_every,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,49 @@ def test_a_recipe_in_simenv_reproduces_the_recorded_simulator_run(retina_federat
     workspace = tmp_path / "fedkper_medmnist"
     assert run.get_result() == str(workspace)
     assert_matches_golden(workspace / "server" / "simulate_job" / "metrics.jsonl", "golden_fedkper_retina_3sites.jsonl")
+
+
+@pytest.mark.slow
+def test_a_recipe_in_pocenv_runs_on_separate_processes_and_reproduces_the_recorded_run(retina_federation, tmp_path, monkeypatch):
+    # PocEnv provisions with our project file (its builder allows our components in every kit, the server on a
+    # free port); the sites find their data through FEDKPER_DATA_ROOT, inherited by the POC processes.
+    import psutil
+    from nvflare.recipe import PocEnv
+    from test_simulation import _differences, _normalized
+
+    from fedkper_monai.flare.poc import free_port, project_yaml
+
+    poc = tmp_path / "poc"
+    monkeypatch.setenv("NVFLARE_POC_WORKSPACE", str(poc))
+    monkeypatch.setenv("FEDKPER_DATA_ROOT", str(retina_federation))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # FLARE registers POC kits in ~/.nvflare
+    (tmp_path / "home").mkdir()
+    project = tmp_path / "project.yml"
+    project.write_text(project_yaml(free_port(), ["site-1", "site-2", "site-3"]))
+    recipe = FedKPerRecipe("fedkper", network_from=retina_federation, num_rounds=2, sample_fraction=0.67, local_epochs=1,
+                           min_clients=3)  # the job starts once all three sites are connected
+    env = PocEnv(num_clients=3, project_conf_path=str(project))
+    try:
+        run = recipe.execute(env)
+        result = run.get_result(timeout=300, clean_up=False)
+        assert run.get_status() == "FINISHED:COMPLETED"
+        metrics = [json.loads(line) for line in (Path(result) / "workspace" / "metrics.jsonl").read_text().splitlines()]
+    finally:
+        env.stop(clean_up=True)
+    fixture = Path(__file__).parent / "fixtures" / "golden_fedkper_retina_3sites.jsonl"
+    expected = [_normalized(json.loads(line)) for line in fixture.read_text().splitlines()]
+    actual = [_normalized(line) for line in metrics]
+    for header in (expected[0]["run"], actual[0]["run"]):
+        header.pop("job_id")
+    problems = [d for i, (e, a) in enumerate(zip(expected, actual)) for d in _differences(e, a, f"line {i + 1}")]
+    assert len(actual) == len(expected) and not problems, "\n".join(problems[:20])
+
+    def ours() -> list:
+        return [p for p in psutil.process_iter(["cmdline"]) if str(poc) in " ".join(p.info.get("cmdline") or [])]
+
+    # PocEnv.stop asks each process to shut down; they exit within seconds, not at once.
+    _, left = psutil.wait_procs(ours(), timeout=60)
+    for process in left:
+        process.kill()
+    assert not left, f"POC processes still running 60 s after PocEnv.stop: {[p.pid for p in left]}"
