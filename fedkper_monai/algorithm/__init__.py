@@ -5,11 +5,13 @@
 - :mod:`.weighting`: :func:`label_diversity`, :func:`fedkper_score`, :func:`aggregation_weights`.
 - :mod:`.averaging`: :class:`WeightedAverager`, the server's streaming weighted average.
 - :mod:`.forgetting`: :class:`FlipTracker` / :class:`FlipResult` (flips, NFR, per-class forgetting)
-  and :func:`backward_transfer`.
+  and :func:`backward_transfer`; :mod:`.voxel_forgetting`: :class:`VoxelFlipTracker` (segmentation).
+- :mod:`.dense_loss`: the supervised term of dense objectives (cross-entropy or MONAI's Dice + CE).
 """
 
 from .averaging import WeightedAverager
 from .forgetting import FlipResult, FlipTracker, backward_transfer
+from .voxel_forgetting import VoxelFlipTracker
 from .loss import KnowledgePersonalizationLoss, NotTrueDistillationLoss, proximal_term
 from .weighting import aggregation_weights, fedkper_score, label_diversity, scores_usable
 
@@ -24,5 +26,6 @@ __all__ = [
     "WeightedAverager",
     "FlipTracker",
     "FlipResult",
+    "VoxelFlipTracker",
     "backward_transfer",
 ]

@@ -14,7 +14,7 @@ averaged over samples and voxels alike: each voxel is one "sample" of the batch 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +82,10 @@ class KnowledgePersonalizationLoss(_Loss):
     Args:
         tau: softmax temperature, > 0.
         lambda_max: upper bound of ``beta``, >= 0.
+        supervised: the supervised term ``sup(logits, targets)`` with ``targets`` ``(N, *spatial)`` class
+            indices, e.g. :class:`~fedkper_monai.algorithm.dense_loss.DiceCESupervisedLoss` for segmentation
+            (DESIGN section 5); ``None`` is cross-entropy (the ``ce`` reported is then that term). ``beta``
+            always comes from the teacher's cross-entropy.
 
     Example:
         >>> loss_fn = KnowledgePersonalizationLoss()
@@ -91,7 +95,9 @@ class KnowledgePersonalizationLoss(_Loss):
         True
     """
 
-    def __init__(self, tau: float = 1.0, lambda_max: float = 10.0) -> None:
+    def __init__(
+        self, tau: float = 1.0, lambda_max: float = 10.0, supervised: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    ) -> None:
         super().__init__()
         if not tau > 0:
             raise ValueError(f"tau must be positive, got {tau}")
@@ -99,6 +105,7 @@ class KnowledgePersonalizationLoss(_Loss):
             raise ValueError(f"lambda_max must be non-negative, got {lambda_max}")
         self.tau = float(tau)
         self.lambda_max = float(lambda_max)
+        self.supervised = supervised
         self._last: dict[str, torch.Tensor] = {}
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -116,7 +123,10 @@ class KnowledgePersonalizationLoss(_Loss):
             ValueError: shapes that do not fit (the message names both shapes).
         """
         student, labels, teacher = _flatten(logits, targets, teacher_logits)
-        ce = F.cross_entropy(student, labels)
+        if self.supervised is None:
+            ce = F.cross_entropy(student, labels)
+        else:
+            ce = self.supervised(logits.float(), labels.reshape((logits.shape[0],) + tuple(logits.shape[2:])))
         with torch.no_grad():
             teacher_ce = F.cross_entropy(teacher, labels)
             beta = torch.clamp(1.0 / (teacher_ce + 1e-8), max=self.lambda_max)

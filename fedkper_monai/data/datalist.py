@@ -13,6 +13,11 @@ A datalist reads like the files ``monai.data.load_decathlon_datalist`` reads, wi
       "validation": [...]                     # optional
     }
 
+A segmentation datalist says ``"task": "segmentation"`` and its ``label`` is a path, like ``image``: a label
+map of class indices (NIfTI, a DICOM series folder, or a 2D mask image) on the image's grid; ``num_classes``
+counts the background (class 0). Its entries may carry ``class_voxels``, the voxels of each class (written by
+``prepare``), from which a site computes its label diversity without reading every label map.
+
 Image paths are relative to the JSON's folder or absolute. ``training``, ``test`` and ``validation`` are each
 optional, but at least one must be non-empty (``global_test.json`` holds only ``test``).
 """
@@ -28,7 +33,10 @@ from typing import Any, Iterable, Mapping, Sequence
 from fedkper_monai.errors import DataError
 from fedkper_monai.io import atomic_write_json
 
-__all__ = ["Datalist", "LIST_KEYS", "class_counts", "load_datalist", "write_datalist"]
+__all__ = ["Datalist", "LIST_KEYS", "TASKS", "class_counts", "load_datalist", "write_datalist"]
+
+#: The tasks a datalist may declare; its labels are class integers (classification) or label-map paths.
+TASKS: tuple[str, ...] = ("classification", "segmentation")
 
 #: The lists a datalist may hold, in the order they are written.
 LIST_KEYS: tuple[str, ...] = ("training", "test", "validation")
@@ -49,6 +57,7 @@ class Datalist:
         image_size: the task's spatial size after transforms (for example ``[28, 28]``), or None.
         channels: 1 or 3 when the images mix channel counts and each is converted (the transforms'
             ``channels`` setting); None keeps them as stored.
+        task: ``"classification"`` (``label`` an int) or ``"segmentation"`` (``label`` an absolute path).
     """
 
     path: Path
@@ -60,6 +69,7 @@ class Datalist:
     spatial_dims: int = 2
     image_size: list[int] | None = None
     channels: int | None = None
+    task: str = "classification"
 
     def entries(self, which: str) -> list[dict]:
         """The list named ``which`` (one of :data:`LIST_KEYS`)."""
@@ -126,6 +136,11 @@ def load_datalist(path: str | os.PathLike, *, check_files: bool = True) -> Datal
     channels = raw.get("channels")
     if channels not in (None, 1, 3) or isinstance(channels, bool):
         raise DataError(json_path, f"must be 1, 3 or null, got {channels!r}", field="channels")
+    task = raw.get("task", "classification")
+    if task not in TASKS:
+        raise DataError(json_path, f"must be one of {', '.join(TASKS)}, got {task!r}", field="task")
+    if task == "segmentation" and num_classes < 2:
+        raise DataError(json_path, f"a segmentation task needs background and a foreground class, got {num_classes}", field="num_classes")
 
     lists: dict[str, list[dict]] = {}
     seen_ids: dict[str, str] = {}
@@ -135,7 +150,7 @@ def load_datalist(path: str | os.PathLike, *, check_files: bool = True) -> Datal
         if not isinstance(items, list):
             raise DataError(json_path, f"must be a list, got {type(items).__name__}", field=key)
         lists[key] = [
-            _validate_entry(json_path, f"{key}[{i}]", item, num_classes, seen_ids, check_files, seen_entries)
+            _validate_entry(json_path, f"{key}[{i}]", item, num_classes, seen_ids, check_files, seen_entries, task)
             for i, item in enumerate(items)
         ]
     if not any(lists.values()):
@@ -147,6 +162,7 @@ def load_datalist(path: str | os.PathLike, *, check_files: bool = True) -> Datal
         spatial_dims=spatial_dims,
         image_size=list(image_size) if image_size is not None else None,
         channels=channels,
+        task=task,
         **lists,
     )
 
@@ -166,8 +182,9 @@ def _validate_entry(
     seen_ids: dict[str, str],
     check_files: bool,
     seen_entries: dict[str, dict],
+    task: str = "classification",
 ) -> dict:
-    """Validate one entry and return it with its image path made absolute."""
+    """Validate one entry and return it with its image (and label map) path made absolute."""
     if not isinstance(item, dict):
         raise DataError(json_path, f"must be an object, got {type(item).__name__}", field=where)
     for key in ("image", "label", "id"):
@@ -177,9 +194,15 @@ def _validate_entry(
     if not isinstance(image, str) or not image:
         raise DataError(json_path, f"must be a non-empty path string, got {image!r}", field=f"{where}.image")
     label = item["label"]
-    if not _is_int(label):
+    if task == "segmentation":
+        if not isinstance(label, str) or not label:
+            raise DataError(json_path, f"must be a label-map path (task segmentation), got {label!r}", field=f"{where}.label")
+        voxels = item.get("class_voxels")
+        if voxels is not None and (not isinstance(voxels, list) or len(voxels) != num_classes or not all(_is_int(v) and v >= 0 for v in voxels)):
+            raise DataError(json_path, f"must be {num_classes} non-negative voxel counts, got {voxels!r}", field=f"{where}.class_voxels")
+    elif not _is_int(label):
         raise DataError(json_path, f"must be an integer, got {label!r}", field=f"{where}.label")
-    if not 0 <= label < num_classes:
+    elif not 0 <= label < num_classes:
         raise DataError(json_path, f"label {label} is out of range [0, {num_classes})", field=f"{where}.label")
     sample_id = item["id"]
     if not isinstance(sample_id, str) or not sample_id:
@@ -189,16 +212,23 @@ def _validate_entry(
         raise DataError(json_path, f"duplicate id {sample_id!r} (first used at {first})", field=f"{where}.id")
     seen_ids.setdefault(sample_id, where)
     seen_entries.setdefault(sample_id, item)
-    image_path = Path(image).expanduser()
-    if not image_path.is_absolute():
-        image_path = json_path.parent / image_path
-    image_path = Path(os.path.normpath(image_path))
-    # A DICOM series may be given as a folder; every other image is a file.
-    if check_files and not image_path.exists():
-        raise DataError(json_path, f"image file not found: {image_path}", field=f"{where}.image")
     entry = dict(item)
-    entry["image"] = str(image_path)
+    entry["image"] = _resolve(json_path, where, "image", image, check_files)
+    if task == "segmentation":
+        entry["label"] = _resolve(json_path, where, "label", label, check_files)
     return entry
+
+
+def _resolve(json_path: Path, where: str, key: str, value: str, check_files: bool) -> str:
+    """``value`` as an absolute path (relative ones against the JSON's folder); checked to exist."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = json_path.parent / path
+    path = Path(os.path.normpath(path))
+    # A DICOM series may be given as a folder; every other image is a file.
+    if check_files and not path.exists():
+        raise DataError(json_path, f"{key} file not found: {path}", field=f"{where}.{key}")
+    return str(path)
 
 
 def write_datalist(
@@ -214,6 +244,7 @@ def write_datalist(
     image_size: Sequence[int] | None = None,
     extra: Mapping[str, Any] | None = None,
     channels: int | None = None,
+    task: str = "classification",
 ) -> Path:
     """Write a datalist JSON atomically, image paths relative to the JSON's folder where they lie below it.
 
@@ -229,6 +260,7 @@ def write_datalist(
         num_classes, class_names = datalist.num_classes, datalist.class_names
         training, test, validation = datalist.training, datalist.test, datalist.validation
         spatial_dims, image_size, channels = datalist.spatial_dims, datalist.image_size, datalist.channels
+        task = datalist.task
     if num_classes is None:
         raise ValueError("write_datalist needs a Datalist or num_classes")
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
@@ -236,15 +268,18 @@ def write_datalist(
         raise ValueError(f"{len(names)} class names for num_classes={num_classes}")
     folder = target.parent
 
+    dense = task == "segmentation"
+
     def relative(entry: Mapping[str, Any]) -> dict:
-        out = {"image": entry["image"], "label": int(entry["label"]), "id": str(entry["id"])}
+        out = {"image": entry["image"], "label": str(entry["label"]) if dense else int(entry["label"]), "id": str(entry["id"])}
         out.update({k: v for k, v in entry.items() if k not in out})
-        image = Path(out["image"])
-        if image.is_absolute():
-            try:
-                out["image"] = image.relative_to(folder).as_posix()
-            except ValueError:
-                out["image"] = str(image)
+        for key in ("image", "label") if dense else ("image",):
+            path = Path(out[key])
+            if path.is_absolute():
+                try:
+                    out[key] = path.relative_to(folder).as_posix()
+                except ValueError:
+                    out[key] = str(path)
         return out
 
     doc: dict[str, Any] = dict(extra or {})
@@ -252,6 +287,8 @@ def write_datalist(
     doc["image_size"] = [int(s) for s in image_size] if image_size is not None else None
     if channels is not None:
         doc["channels"] = int(channels)
+    if dense:
+        doc["task"] = task
     lists = {"training": training, "test": test, "validation": validation}
     written = False
     for key, items in lists.items():

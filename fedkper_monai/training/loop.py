@@ -1,7 +1,8 @@
 """The one local training loop shared by every strategy, and evaluation.
 
 Batches are dicts as produced by ``fedkper_monai.data.make_loader`` (and MONAI datasets in general):
-``"image"`` float ``(B, C, *spatial)``, ``"label"`` int ``(B,)`` or ``(B, 1)``, ``"id"`` list of ``B`` strings.
+``"image"`` float ``(B, C, *spatial)``, ``"label"`` int ``(B,)`` or ``(B, 1)`` (a segmentation task: label maps
+``(B, 1, *spatial)``), ``"id"`` list of ``B`` strings.
 
 The FedKPer site score needs the trained local model's accuracy on its own training split: that is
 ``evaluate(model, train_eval_loader, ...).accuracy``, with a loader over the training split that uses the
@@ -322,7 +323,9 @@ def evaluate(
                 logits = model(images)
             logits = logits.float()
             task.check_outputs(logits, targets, num_classes)
-            loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+            # Per sample (a dense case: its voxel mean), summed over the batch.
+            per_unit = F.cross_entropy(logits, targets, reduction="none")
+            loss_sum += per_unit.reshape(per_unit.shape[0], -1).mean(dim=1).sum().item()
             ids.extend(_batch_ids(batch, len(targets), start=len(ids)))
             labels.append(targets.cpu())
             predictions.append(task.predictions(logits).cpu())

@@ -1,4 +1,5 @@
-"""Classification networks: the paper's reference CNN and MONAI networks, 2D or 3D, by name.
+"""Networks by name, 2D or 3D: the paper's reference CNN and MONAI classifiers, and MONAI's ``unet`` and
+``segresnet`` for segmentation (logits ``(N, num_classes, *spatial)``, one channel per class).
 
 No pretrained weights are ever downloaded: every network starts from its own (seeded) initialization, which
 is what federated training from scratch needs and what an offline hospital site can run.
@@ -116,6 +117,29 @@ def _efficientnet(model_name: str) -> Callable[[int, int, int], nn.Module]:
     return build
 
 
+def _unet(spatial_dims: int, in_channels: int, num_classes: int, features: Sequence[int] | None = None) -> nn.Module:
+    channels = tuple(int(c) for c in (features or (16, 32, 64, 128)))
+    return nets.UNet(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        channels=channels,
+        strides=(2,) * (len(channels) - 1),
+        num_res_units=1,
+    )
+
+
+def _segresnet(spatial_dims: int, in_channels: int, num_classes: int, features: Sequence[int] | None = None) -> nn.Module:
+    init_filters = int(features[0]) if features else 8
+    return nets.SegResNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes, init_filters=init_filters)
+
+
+# Segmentation networks: name -> (builder, what every spatial side must be a multiple of given the features).
+_SEGMENTATION_NETWORKS: dict[str, tuple[Callable[..., nn.Module], Callable[[Sequence[int] | None], int]]] = {
+    "unet": (_unet, lambda features: 2 ** (len(features or (16, 32, 64, 128)) - 1)),
+    "segresnet": (_segresnet, lambda features: 8),  # three 2x downsamplings (blocks_down 1, 2, 2, 4)
+}
+
 # name -> (builder(spatial_dims, in_channels, num_classes), smallest spatial side the network accepts).
 # The minimum was measured on MONAI 1.6: DenseNet and EfficientNet-B0 downsample by 32 and fail with a shape
 # error deep inside the forward pass below it (e.g. on 28x28 MedMNIST); ResNet ends in an adaptive pooling and
@@ -131,7 +155,7 @@ _MONAI_NETWORKS: dict[str, tuple[Callable[[int, int, int], nn.Module], int]] = {
     "efficientnet-b0": (_efficientnet("efficientnet-b0"), 32),
 }
 
-NETWORK_NAMES: tuple[str, ...] = ("reference_cnn", *_MONAI_NETWORKS)
+NETWORK_NAMES: tuple[str, ...] = ("reference_cnn", *_MONAI_NETWORKS, *_SEGMENTATION_NETWORKS)
 """Names accepted by :func:`build_network`."""
 
 
@@ -142,8 +166,9 @@ def build_network(
     in_channels: int,
     num_classes: int,
     image_size: Sequence[int] | None = None,
+    features: Sequence[int] | None = None,
 ) -> nn.Module:
-    """Build a classification network by name, randomly initialized (never downloads weights).
+    """Build a network by name, randomly initialized (never downloads weights).
 
     Args:
         name: one of :data:`NETWORK_NAMES` (``"reference_cnn"``, ``"densenet121"``, ``"resnet18"``, ...).
@@ -152,10 +177,13 @@ def build_network(
         num_classes: number of output logits.
         image_size: spatial input size. Required by ``"reference_cnn"`` to size its fully connected layer
             (default 28 per side); for MONAI networks it is optional and, when given, checked against the
-            smallest input the network accepts.
+            smallest input the network accepts (segmentation networks: sides a multiple of their downsampling).
+        features: segmentation networks only: ``unet``'s channels per level (default ``[16, 32, 64, 128]``,
+            a 2x downsampling between levels), ``segresnet``'s first entry is its initial filters (default 8).
 
     Returns:
-        A module mapping ``(N, in_channels, *image_size)`` to logits ``(N, num_classes)``.
+        A module mapping ``(N, in_channels, *image_size)`` to logits ``(N, num_classes)``; a segmentation
+        network to ``(N, num_classes, *image_size)``.
 
     Raises:
         ValueError: unknown name (the message lists the valid ones), bad ``spatial_dims`` or an image too
@@ -174,6 +202,17 @@ def build_network(
     if name == "reference_cnn":
         size = tuple(image_size) if image_size is not None else (28,) * spatial_dims
         return ReferenceCNN(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes, image_size=size)
+    if name in _SEGMENTATION_NETWORKS:
+        segmentation_builder, multiple_of = _SEGMENTATION_NETWORKS[name]
+        multiple = multiple_of(features)
+        if image_size is not None and (len(image_size) != spatial_dims or any(int(side) % multiple for side in image_size)):
+            raise ValueError(
+                f"network {name!r} needs {spatial_dims} spatial sides, each a multiple of {multiple}, got image_size "
+                f"{tuple(image_size)}; change the transforms' image_size (patch size)"
+            )
+        return segmentation_builder(spatial_dims, in_channels, num_classes, features)
+    if features is not None:
+        raise ValueError(f"features is a setting of the segmentation networks ({', '.join(_SEGMENTATION_NETWORKS)}), not of {name!r}")
     if name not in _MONAI_NETWORKS:
         raise ValueError(f"unknown network {name!r}; valid names: {', '.join(NETWORK_NAMES)}")
     builder, min_side = _MONAI_NETWORKS[name]

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from fedkper_monai.algorithm import FlipResult, FlipTracker, fedkper_score
+from fedkper_monai.algorithm import FlipResult, fedkper_score
 from fedkper_monai.errors import DataError, FedKPerError
 from fedkper_monai.io import atomic_write_bytes, atomic_write_json
 from fedkper_monai.training.loop import EvalResult, evaluate, make_optimizer, round_learning_rate, select_device, train_local
@@ -52,7 +52,8 @@ class SiteConfig:
         network: ``build_network`` arguments (name, spatial_dims, in_channels, num_classes, image_size).
         algorithm: local objective, a :func:`~fedkper_monai.training.make_strategy` name.
         algorithm_args: the strategy's parameters (e.g. ``{"mu": 0.01}`` for FedProx).
-        task: a :func:`~fedkper_monai.training.tasks.make_task` name.
+        task: a :func:`~fedkper_monai.training.tasks.make_task` name; the datalist must declare the same.
+        task_args: the task's options, e.g. ``{"supervised_loss": "dice_ce"}`` for segmentation.
         transforms: transform config name (``transforms/`` or the site's ``$FEDKPER_TRANSFORMS_DIR``).
         transform_settings: plain top-level settings of that config, e.g. ``{"intensity_range": "per_image"}``
             (the datalist's ``channels``, when it has one, applies first).
@@ -73,6 +74,7 @@ class SiteConfig:
     algorithm: str = "fedkper"
     algorithm_args: Mapping[str, float] = field(default_factory=dict)
     task: str = "classification"
+    task_args: Mapping[str, Any] = field(default_factory=dict)
     transforms: str = "classification_2d"
     transform_settings: Mapping[str, Any] = field(default_factory=dict)
     augment: bool = False
@@ -141,8 +143,10 @@ class Site:
         self.name = name
         self.config = config
         self.state_dir = Path(state_dir) if state_dir is not None else None
-        self.task = make_task(config.task)
+        self.task = make_task(config.task, **config.task_args)
         data = load_datalist(datalist)
+        if data.task != self.task.name:
+            raise DataError(data.path, f"declares task {data.task!r} but the job trains {self.task.name!r}", field="task")
         for split in ("training", "test"):
             if not getattr(data, split):
                 raise DataError(data.path, f"site {name} has no {'local test' if split == 'test' else split} samples", field=split)
@@ -159,10 +163,11 @@ class Site:
         # The received global model, frozen each round: teacher (FedKPer, FedNTD) or anchor (FedProx, Ditto).
         self.global_model = copy.deepcopy(self.model)
         self.strategy: LocalStrategy = make_strategy(config.algorithm, **config.algorithm_args)
+        self.strategy.set_supervised(self.task.supervised_criterion())
         # Ditto uploads a separately trained copy of the received model; the others upload self.model.
         self.upload_model = copy.deepcopy(self.model) if self.strategy.personal_model else None
         self.has_own_model = False
-        self.trackers = {"personalized": FlipTracker(self.num_classes), "global_on_local": FlipTracker(self.num_classes)}
+        self.trackers = {role: self.task.flip_tracker(self.num_classes) for role in ("personalized", "global_on_local")}
         self._global_eval: dict[str, Any] = {}
         self.restored = False
         # torch imports its compiler stack (~800 modules, ~0.8 s) when a process builds its first optimizer;
@@ -203,7 +208,7 @@ class Site:
             return dict(self._global_eval["metrics"])
         self.global_model.load_state_dict(weights)
         result = self._evaluate(self.global_model, self.test_loader)
-        tracker = FlipTracker(self.num_classes) if initial else self.trackers["global_on_local"]
+        tracker = self.task.flip_tracker(self.num_classes) if initial else self.trackers["global_on_local"]
         flips = tracker.update(result.ids, result.correct, result.labels)
         metric = self.task.metric
         metrics = {
@@ -246,7 +251,9 @@ class Site:
         if self.upload_model is not None:
             # Ditto: the global update is the received model trained with plain cross-entropy.
             self.upload_model.load_state_dict(weights)
-            self._fit(self.upload_model, FedAvgStrategy(), lr)
+            plain = FedAvgStrategy()
+            plain.set_supervised(self.task.supervised_criterion())
+            self._fit(self.upload_model, plain, lr)
         trained = self._fit(self.model, self.strategy, lr)
         self.has_own_model = True
         train_seconds = time.perf_counter() - started
@@ -254,7 +261,8 @@ class Site:
             return None
         metrics.update(self._personalized_metrics())
         on_training = self._evaluate(self.model, self.train_eval_loader).accuracy
-        score = fedkper_score(self.task.reliability(on_training), self.class_counts, self.num_classes)
+        # The histogram's length is the number of classes the diversity is over (C - 1 for segmentation).
+        score = fedkper_score(self.task.reliability(on_training), self.class_counts, len(self.class_counts))
         self._save_state(save_model=True)
         upload = (self.upload_model if self.upload_model is not None else self.model).state_dict()
         metrics.update({"score": score, "num_samples": self.num_train, "train_seconds": train_seconds})

@@ -28,7 +28,7 @@ to the registry.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import torch
@@ -73,6 +73,12 @@ class LocalStrategy:
     def __init__(self) -> None:
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
+        self._supervised: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
+
+    def set_supervised(self, criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None) -> None:
+        """The supervised term ``criterion(logits, targets)`` in place of cross-entropy (a segmentation task's
+        Dice + CE, DESIGN section 5); ``None`` restores cross-entropy."""
+        self._supervised = criterion if criterion is not None else F.cross_entropy
 
     def begin_round(self, model: nn.Module, global_model: nn.Module | None) -> None:
         """Start a round: forget the diagnostics of the previous one.
@@ -126,7 +132,7 @@ class FedAvgStrategy(LocalStrategy):
     name: ClassVar[str] = "fedavg"
 
     def loss(self, logits, targets, teacher_logits, model):
-        ce = F.cross_entropy(logits, targets)
+        ce = self._supervised(logits, targets)
         self._record(ce=ce.item())
         return ce
 
@@ -159,7 +165,7 @@ class FedProxStrategy(LocalStrategy):
     def loss(self, logits, targets, teacher_logits, model):
         if self._global_parameters is None:
             raise RuntimeError("FedProxStrategy.loss called before begin_round")
-        ce = F.cross_entropy(logits, targets)
+        ce = self._supervised(logits, targets)
         proximal = proximal_term(model.parameters(), self._global_parameters, self.mu)
         self._record(ce=ce.item(), proximal=proximal.item())
         return ce + proximal
@@ -217,6 +223,10 @@ class FedKPerStrategy(LocalStrategy):
         self.tau = float(tau)
         self.lambda_max = float(lambda_max)
         self._criterion = KnowledgePersonalizationLoss(tau=self.tau, lambda_max=self.lambda_max)
+
+    def set_supervised(self, criterion):
+        super().set_supervised(criterion)
+        self._criterion.supervised = criterion
 
     def loss(self, logits, targets, teacher_logits, model):
         loss = self._criterion(logits, targets, teacher_logits)

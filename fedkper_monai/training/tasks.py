@@ -12,12 +12,13 @@ No I/O and no FLARE: plain torch and numpy.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from fedkper_monai.algorithm import FlipTracker
 from fedkper_monai.data.datalist import class_counts
 
 __all__ = ["Task", "ClassificationTask", "TASK_NAMES", "make_task"]
@@ -62,6 +63,14 @@ class Task(ABC):
         training split (evaluated deterministically); the metric itself by default."""
         return float(metric_on_training_split)
 
+    def flip_tracker(self, num_classes: int) -> Any:
+        """A fresh flip memory for one model role, fed ``(ids, correct, labels)`` of an evaluation."""
+        return FlipTracker(num_classes)
+
+    def supervised_criterion(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """The supervised term of the local objectives; ``None``: cross-entropy."""
+        return None
+
 
 class ClassificationTask(Task):
     """One integer class per image: labels ``(B,)`` or ``(B, 1)``, logits ``(B, C)``, correctness per sample,
@@ -101,18 +110,30 @@ class ClassificationTask(Task):
         return class_counts(entries, num_classes)
 
 
-_TASKS: Mapping[str, type[Task]] = {cls.name: cls for cls in (ClassificationTask,)}
+def _segmentation() -> type[Task]:
+    # Imported late: the segmentation module imports this one for the base class.
+    from fedkper_monai.training.segmentation import SegmentationTask
+
+    return SegmentationTask
+
+
+_TASKS: Mapping[str, Callable[[], type[Task]]] = {"classification": lambda: ClassificationTask, "segmentation": _segmentation}
 
 TASK_NAMES: tuple[str, ...] = tuple(_TASKS)
 """Names accepted by :func:`make_task`."""
 
 
-def make_task(name: str = "classification") -> Task:
-    """The task called ``name``.
+def make_task(name: str = "classification", **options: Any) -> Task:
+    """The task called ``name``, with its options (segmentation: ``supervised_loss``, ``"ce"`` or ``"dice_ce"``).
 
     Raises:
-        ValueError: unknown name; the message lists the valid ones.
+        ValueError: unknown name or option; the message lists the valid ones.
     """
     if name not in _TASKS:
         raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASK_NAMES)}")
-    return _TASKS[name]()
+    cls = _TASKS[name]()
+    try:
+        return cls(**options)
+    except TypeError:
+        raise ValueError(f"task {name!r} does not take the option(s) {', '.join(sorted(options))}") from None
+

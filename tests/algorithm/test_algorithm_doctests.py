@@ -6,10 +6,10 @@ import doctest
 
 import pytest
 
-from fedkper_monai.algorithm import averaging, forgetting, loss, weighting
+from fedkper_monai.algorithm import averaging, dense_loss, forgetting, loss, voxel_forgetting, weighting
 
 
-@pytest.mark.parametrize("module", [averaging, forgetting, loss, weighting], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [averaging, forgetting, loss, weighting, voxel_forgetting, dense_loss], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
@@ -23,7 +23,7 @@ def test_public_api():
         [
             "KnowledgePersonalizationLoss", "NotTrueDistillationLoss", "proximal_term", "label_diversity",
             "fedkper_score", "aggregation_weights", "scores_usable", "WeightedAverager", "FlipTracker", "FlipResult",
-            "backward_transfer",
+            "backward_transfer", "VoxelFlipTracker",
         ]
     )
     assert all(hasattr(algorithm, name) for name in algorithm.__all__)

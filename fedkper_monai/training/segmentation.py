@@ -1,0 +1,137 @@
+"""The segmentation task (DESIGN section 5): dense labels, mean foreground Dice, voxel-level flips.
+
+Labels are class-index maps ``(B, 1, *spatial)`` (or ``(B, *spatial)``), logits ``(B, C, *spatial)`` with
+class 0 the background. The metric (suffix ``dice``) is the mean foreground Dice of MONAI's ``DiceMetric``
+(background excluded, only the classes present in a case); the flip unit is a ground-truth foreground voxel
+(:class:`~fedkper_monai.algorithm.VoxelFlipTracker`); the label diversity is over the foreground
+voxel-class histogram of the site's training cases (``C - 1`` classes). No FLARE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedkper_monai.algorithm import VoxelFlipTracker
+from fedkper_monai.algorithm.dense_loss import SUPERVISED_LOSSES, supervised_loss
+from fedkper_monai.training.tasks import Task
+
+__all__ = ["SegmentationTask", "dice_per_case", "foreground_histogram"]
+
+
+def dice_per_case(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Dice of every foreground class in every case, ``(N, C - 1)``; NaN where the class is absent from the
+    case's ground truth (MONAI ``DiceMetric``, ``include_background=False``, ``ignore_empty=True``).
+
+    Args:
+        labels, predictions: class-index volumes ``(N, *spatial)``.
+        num_classes: ``C``, background included.
+    """
+    from monai.metrics import DiceMetric
+
+    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
+    rows = []
+    for truth, predicted in zip(labels, predictions):  # one case at a time: one-hot volumes stay small
+        y = F.one_hot(torch.as_tensor(truth, dtype=torch.long), num_classes).movedim(-1, 0)[None].float()
+        y_pred = F.one_hot(torch.as_tensor(predicted, dtype=torch.long), num_classes).movedim(-1, 0)[None].float()
+        rows.append(metric(y_pred=y_pred, y=y)[0].numpy())
+    return np.stack(rows).astype(np.float64) if rows else np.zeros((0, num_classes - 1))
+
+
+def foreground_histogram(label_volume: np.ndarray, num_classes: int) -> list[int]:
+    """Voxels of each foreground class ``1..C-1`` in one label volume."""
+    counts = np.bincount(np.asarray(label_volume, dtype=np.int64).ravel(), minlength=num_classes)
+    return [int(c) for c in counts[1:num_classes]]
+
+
+class SegmentationTask(Task):
+    """Dense labels, mean foreground Dice, voxel flips over ground-truth foreground (see the module docstring).
+
+    Args:
+        supervised_loss: the supervised term of the local objectives, ``"ce"`` (voxel-mean cross-entropy)
+            or ``"dice_ce"`` (MONAI ``DiceCELoss``).
+
+    Example:
+        >>> task = SegmentationTask()
+        >>> labels = np.array([[[0, 1], [1, 2]]])
+        >>> task.summary(labels, labels)
+        (1.0, 1.0)
+    """
+
+    name: ClassVar[str] = "segmentation"
+    metric: ClassVar[str] = "dice"
+
+    def __init__(self, supervised_loss: str = "ce") -> None:
+        if supervised_loss not in SUPERVISED_LOSSES:
+            raise ValueError(f"unknown supervised loss {supervised_loss!r}; valid names: {', '.join(SUPERVISED_LOSSES)}")
+        self.supervised_loss = supervised_loss
+
+    def targets(self, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
+        if labels.ndim >= 3 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim < 2 or labels.shape[0] != batch_size:
+            raise ValueError(
+                f"label maps of shape {tuple(labels.shape)} do not match {batch_size} images: expected (B, 1, *spatial)"
+            )
+        return labels.round().long() if labels.is_floating_point() else labels.long()
+
+    def check_outputs(self, logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> None:
+        if logits.ndim != targets.ndim + 1 or logits.shape[1] != num_classes or logits.shape[2:] != targets.shape[1:]:
+            raise ValueError(
+                f"model produced logits of shape {tuple(logits.shape)}, expected (B, {num_classes}, "
+                f"{', '.join(map(str, targets.shape[1:]))}) for label maps of shape {tuple(targets.shape)}"
+            )
+        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= num_classes):
+            raise ValueError(f"label map values outside [0, {num_classes}): {int(targets.min())}..{int(targets.max())}")
+
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(dim=1)
+
+    def correct(self, labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+        return predictions == labels
+
+    def summary(self, labels: np.ndarray, predictions: np.ndarray) -> tuple[float, float]:
+        """``(mean foreground Dice, class-balanced mean foreground Dice)``.
+
+        The first averages each case's mean Dice over the foreground classes present in it; the second
+        averages each foreground class's mean Dice over the cases holding it. 0.0 when no case holds any
+        foreground (nothing to segment: no reliability).
+        """
+        num_classes = int(max(labels.max(initial=0), predictions.max(initial=0))) + 1
+        dice = dice_per_case(labels, predictions, max(num_classes, 2))
+        present = ~np.isnan(dice)
+        if not present.any():
+            return 0.0, 0.0
+        cases = present.any(axis=1)
+        per_case = np.nanmean(dice[cases], axis=1)
+        classes = present.any(axis=0)
+        per_class = np.nanmean(dice[:, classes], axis=0)
+        return float(per_case.mean()), float(per_class.mean())
+
+    def label_histogram(self, entries: Sequence[Mapping[str, Any]], num_classes: int) -> list[int]:
+        """Foreground voxels per class ``1..C-1`` over the entries (``C - 1`` counts: the diversity is over the
+        foreground classes). An entry's ``class_voxels`` (all ``C`` classes, written by ``prepare``) is used
+        when present; otherwise its label file is read."""
+        total = np.zeros(num_classes - 1, dtype=np.int64)
+        for entry in entries:
+            counts = entry.get("class_voxels")
+            if counts is None:
+                counts = [0, *foreground_histogram(_read_label(entry["label"]), num_classes)]
+            total += np.asarray(counts[1:num_classes], dtype=np.int64)
+        return [int(c) for c in total]
+
+    def flip_tracker(self, num_classes: int) -> VoxelFlipTracker:
+        return VoxelFlipTracker(num_classes)
+
+    def supervised_criterion(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        return None if self.supervised_loss == "ce" else supervised_loss(self.supervised_loss)
+
+
+def _read_label(path: str) -> np.ndarray:
+    from fedkper_monai.data.volumes import read_volume
+
+    return read_volume(path)[0]
