@@ -175,6 +175,12 @@ def read_round_lines(metrics_path: Path) -> list[dict[str, Any]]:
     return [line for line in lines if "round" in line and "site" not in line]
 
 
+def failed_site_lines(metrics_path: Path) -> list[dict[str, Any]]:
+    """The site lines of a metrics file that record a failed site (``status: failed``), in order."""
+    lines = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    return [line for line in lines if "site" in line and line.get("status") == "failed"]
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "  -  "
 
@@ -270,6 +276,8 @@ def simulate(
     if progress is not None:
         progress()
     print(format_summary(rounds))
+    for line in failed_site_lines(metrics_path):
+        print(f"failed: {line['site']} in round {line['round']} ({line.get('task')}): {line.get('reason')}")
     _report_outputs(metrics_path, workspace)
     if len(rounds) != expected_rounds or result.code != 0:
         return _failure(result, len(rounds), expected_rounds, log)

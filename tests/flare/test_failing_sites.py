@@ -60,7 +60,7 @@ def _kill_when_round_zero_is_aggregated(workspace: Path, site: str, killed: list
         time.sleep(0.2)
 
 
-def test_a_broken_site_and_a_killed_site_do_not_stop_the_run(retina_federation, tmp_path):
+def test_a_broken_site_and_a_killed_site_do_not_stop_the_run(retina_federation, tmp_path, capsys):
     data_root = tmp_path / "data"
     shutil.copytree(retina_federation, data_root)
     _break_one_image(data_root, "site-3")
@@ -93,3 +93,6 @@ def test_a_broken_site_and_a_killed_site_do_not_stop_the_run(retina_federation, 
     assert set(rounds[1]["dropped_sites"]) == {"site-2", "site-3"}
     # the report still loads the run
     assert summarize(load_run(workspace))["rounds"] == 2
+    # simulate's final table is followed by each failed site and why.
+    printed = capsys.readouterr().out
+    assert "failed: site-3 in round 0 (train): " in printed and "failed: site-2 in round 1 (train): no answer" in printed
