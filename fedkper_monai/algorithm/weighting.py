@@ -201,3 +201,23 @@ def blend_toward_samples(score_weights: Sequence[float], sample_weights: Sequenc
         return 0.0
     root = (-b - math.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a)
     return float(min(max(root, 0.0), 1.0))
+
+
+def noisy_score(score: float, epsilon: float, rng: np.random.Generator) -> float:
+    """The score with Laplace noise calibrated for ``epsilon``-differential privacy of the value sent.
+
+    The score lies in [0, 1] (times ``1 + eps``), so one site's score changes by at most 1: Laplace noise of
+    scale ``1 / epsilon`` makes the sent value ``epsilon``-differentially private (the Laplace mechanism),
+    and clipping to [0, 1] afterwards is post-processing. Smaller ``epsilon``: more noise, weights closer to
+    chance. A NaN score stays NaN (the server drops it).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> 0.0 <= noisy_score(0.4, epsilon=1.0, rng=rng) <= 1.0
+        True
+    """
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon!r}")
+    if math.isnan(score):
+        return score
+    return float(min(max(score + rng.laplace(0.0, 1.0 / epsilon), 0.0), 1.0))

@@ -112,3 +112,20 @@ def test_scores_usable_matches_the_aggregation_rule():
     assert not scores_usable([0.0, 0.0])
     assert not scores_usable([float("nan"), 0.5])
     assert not scores_usable([])
+
+
+def test_noisy_score_is_the_laplace_mechanism_clipped_to_the_score_range():
+    import numpy as np
+
+    from fedkper_monai.algorithm.weighting import noisy_score
+
+    rng = np.random.default_rng(0)
+    draws = np.array([noisy_score(0.5, epsilon=2.0, rng=rng) for _ in range(20000)])
+    assert draws.min() >= 0.0 and draws.max() <= 1.0
+    # Laplace(0, 1/2) around 0.5: half the mass within 0.5 * ln 2 ~ 0.347 of it (before clipping).
+    assert np.mean(np.abs(draws - 0.5) <= 0.5 * np.log(2)) == pytest.approx(0.5, abs=0.02)
+    precise = [noisy_score(0.5, epsilon=1e6, rng=rng) for _ in range(100)]
+    assert max(abs(x - 0.5) for x in precise) < 1e-4
+    assert np.isnan(noisy_score(float("nan"), epsilon=1.0, rng=rng))
+    with pytest.raises(ValueError, match="epsilon"):
+        noisy_score(0.5, epsilon=0.0, rng=rng)
