@@ -134,6 +134,17 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_mni152(args: argparse.Namespace) -> int:
+    from fedkper_monai.data.mni152 import prepare_mni152_demo
+
+    summary = prepare_mni152_demo(args.source, args.out, num_sites=args.num_sites, cases_per_site=args.cases, patch_size=args.patch_size, seed=args.seed)
+    for site, info in summary["sites"].items():
+        print(f"{site}: {info['training_cases']} training / {info['test_cases']} test cases, field of view "
+              f"{info['crop_side_mm']} mm, grey-matter share {info['mean_grey_matter_share']:.2f}")
+    print(f"3D tissue segmentation federation (ONE MNI152 template, not a patient cohort) ready in {args.out}")
+    return 0
+
+
 def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``prepare {medmnist,folders,manifest,demo}`` to the top-level ``fedkper-monai`` parser."""
     formatter = argparse.RawDescriptionHelpFormatter
@@ -203,3 +214,18 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", dest="root", metavar="OUT", required=True, help="output folder DIR")
     demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     demo.set_defaults(func=_naming_flags(demo, _run_demo))
+
+    mni152 = kinds.add_parser(
+        "mni152-demo", help="a 3D tissue-segmentation federation from the MNI152 template", formatter_class=formatter,
+        description="Write NIfTI crops (background / grey / white matter) of the ONE real MNI152 T1 template and its "
+        "tissue maps as a multi-site segmentation federation: per site its own intensity profile, field of view and "
+        "grey-matter share. One template, not a patient cohort.",
+        epilog="example:\n  fedkper-monai prepare mni152-demo --source ../shared/data/mni152 --sites 3 --out data/mni152",
+    )
+    mni152.add_argument("--source", required=True, help="folder of the three mni_icbm152_*_converted.nii.gz files")
+    mni152.add_argument("--sites", dest="num_sites", metavar="SITES", type=int, default=3, help="2 to 4 sites (default 3)")
+    mni152.add_argument("--cases", type=int, default=10, help="training cases per site (default 10; 2 more are its local test)")
+    mni152.add_argument("--patch-size", type=int, default=32, help="training patch side, a multiple of 8 (default 32)")
+    mni152.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    mni152.add_argument("--out", required=True, help="output folder DIR")
+    mni152.set_defaults(func=_naming_flags(mni152, _run_mni152))
