@@ -30,6 +30,9 @@ __all__ = [
     "UNCHECKED",
     "MetricField",
     "HEADER_FIELDS",
+    "OPTIONAL_HEADER_FIELDS",
+    "DENSE_SITE_FIELDS",
+    "site_fields",
     "SITE_TRAIN_FIELDS",
     "SERVER_TRAIN_FIELDS",
     "VALIDATE_FIELDS",
@@ -77,6 +80,11 @@ HEADER_FIELDS: Mapping[str, str] = {
     "class_names": "class names of the global test list (null without one)",
     "network": "the network's name",
     "started": "UTC start time, ISO 8601",
+}
+# Written only when the run is not a classification run (classification headers keep their fields).
+OPTIONAL_HEADER_FIELDS: Mapping[str, str] = {
+    "task": "the task when not classification: 'segmentation' (site lines then carry *_dice fields, and the round "
+    "line's *_acc fields hold mean foreground Dice)",
 }
 
 # Sent by a site in a train result and written into its train line, in this order.
@@ -145,10 +153,33 @@ ROUND_FIELDS: tuple[MetricField, ...] = (
     MetricField("bytes_received", NUMBER, "bytes of the updates the server received in this round"),
 )
 
+# A segmentation site (DESIGN section 5) names its metric fields *_dice (mean foreground Dice) where a
+# classification site names them *_acc; the train and validate lines take the name the site sent. The round
+# line keeps its field names; in a segmentation run (header "task") they hold Dice.
+DENSE_SITE_FIELDS: tuple[MetricField, ...] = (
+    MetricField("personalized_dice", NUMBER, "segmentation: mean foreground Dice of the local model on its local test cases"),
+    MetricField("personalized_balanced_dice", NUMBER, "the same, mean over foreground classes of their mean Dice"),
+    MetricField("global_on_local_dice", NUMBER, "segmentation: the received global model's mean foreground Dice on the local test cases"),
+    MetricField("train_dice", NUMBER, "the local model's mean foreground Dice on its training cases (the score's reliability); null unless the site shares diagnostics"),
+)
+_DENSE_NAMES = {f"{item.name.rsplit('_', 1)[0]}_acc": item for item in DENSE_SITE_FIELDS}
+
+
+def site_fields(fields: tuple[MetricField, ...], metric: str) -> tuple[MetricField, ...]:
+    """``fields`` as a site of a task with metric suffix ``metric`` sends them (``acc``: unchanged; ``dice``:
+    ``personalized_acc`` -> ``personalized_dice``, ...)."""
+    if metric == "acc":
+        return fields
+    if metric != "dice":
+        raise ValueError(f"unknown metric suffix {metric!r}; known: acc, dice")
+    return tuple(_DENSE_NAMES.get(item.name, item) for item in fields)
+
+
 _STRATEGY_DIAGNOSTIC = "a loss-term mean of the local objective, for the site's own logs; no report compares it"
 # Site fields that metrics.jsonl leaves out on purpose; the file keeps its fields as before (issue 9).
 DROPPED_SITE_FIELDS: Mapping[str, str] = {
     "global_on_local_balanced_acc": "not in metrics.jsonl before the schema existed; written only when a report needs it",
+    "global_on_local_balanced_dice": "as global_on_local_balanced_acc, for segmentation",
     "train_loss": "the site's mean training loss; logged in the site's TensorBoard, no report reads it",
     "lr": "follows from the job's lr, lr_gamma and the round; no report reads it",
     "strategy_ce": _STRATEGY_DIAGNOSTIC,
@@ -166,7 +197,7 @@ def names(fields: tuple[MetricField, ...]) -> tuple[str, ...]:
 
 def site_line_kinds() -> dict[str, str]:
     """Name -> kind of every field of a site line (train or validate)."""
-    return {item.name: item.kind for item in SITE_TRAIN_FIELDS + SERVER_TRAIN_FIELDS + VALIDATE_FIELDS + FAILED_SITE_FIELDS}
+    return {item.name: item.kind for item in SITE_TRAIN_FIELDS + DENSE_SITE_FIELDS + SERVER_TRAIN_FIELDS + VALIDATE_FIELDS + FAILED_SITE_FIELDS}
 
 
 def round_line_kinds() -> dict[str, str]:
@@ -177,8 +208,10 @@ def round_line_kinds() -> dict[str, str]:
 # What a site's train result may carry: its train-line fields, bytes_received (the controller measures
 # it and the learner reports the same figure), the global-on-local fields of its pre-train validation,
 # and the dropped fields.
-_SENT_BY_TRAIN = frozenset(names(SITE_TRAIN_FIELDS) + names(VALIDATE_FIELDS) + ("bytes_received",)) | set(DROPPED_SITE_FIELDS)
-_SENT_BY_VALIDATE = frozenset(names(VALIDATE_FIELDS) + ("global_on_local_balanced_acc",))
+_SENT_BY_TRAIN = frozenset(names(SITE_TRAIN_FIELDS) + names(DENSE_SITE_FIELDS) + names(VALIDATE_FIELDS) + ("bytes_received",)) | set(DROPPED_SITE_FIELDS)
+_SENT_BY_VALIDATE = frozenset(
+    names(VALIDATE_FIELDS) + names(site_fields(VALIDATE_FIELDS, "dice")) + ("global_on_local_balanced_acc", "global_on_local_balanced_dice")
+)
 
 
 class UnknownSiteFieldError(ValueError):

@@ -294,6 +294,7 @@ class FedKPerController(ModelController):
 
     def _header(self, sites: list[str], evaluator: Any) -> dict[str, Any]:
         persistor_network = getattr(self.persistor, "network", {}) if self.persistor else {}
+        task = getattr(getattr(evaluator, "task", None), "name", "classification")
         return {
             "algorithm": self.algorithm,
             "job": self._job_name(),
@@ -307,6 +308,8 @@ class FedKPerController(ModelController):
             "class_names": evaluator.class_names if evaluator is not None else None,
             "network": persistor_network.get("name"),
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            # Only a non-classification run names its task (metrics_schema.OPTIONAL_HEADER_FIELDS).
+            **({"task": task} if task != "classification" else {}),
         }
 
     def _log_round(self, line: dict[str, Any]) -> None:

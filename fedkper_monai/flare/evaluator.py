@@ -9,7 +9,6 @@ from typing import Any, Mapping
 import numpy as np
 from nvflare.apis.fl_component import FLComponent
 
-from fedkper_monai.algorithm import FlipTracker
 from fedkper_monai.errors import FedKPerError
 from fedkper_monai.flare.sitedata import resolve_data_root
 from fedkper_monai.flare.weights import to_torch
@@ -36,6 +35,8 @@ class GlobalEvaluator(FLComponent):
         transform_settings: plain settings of that config, as the learner's (e.g. ``intensity_range``).
         batch_size: evaluation batch size.
         device: ``auto``, ``cpu`` or ``cuda``.
+        task: the task, as in the learner (``segmentation``: "accuracy" is mean foreground Dice, flips are
+            voxel flips and per-class forgetting is per foreground class).
     """
 
     def __init__(
@@ -49,8 +50,12 @@ class GlobalEvaluator(FLComponent):
         batch_size: int = 256,
         device: str = "auto",
         cache: str = "memory",
+        task: str = "classification",
     ) -> None:
+        from fedkper_monai.training.tasks import make_task
+
         super().__init__()
+        self.task = make_task(task)
         self.network_spec = dict(network)
         self.data_root = data_root
         self.demo = demo
@@ -98,7 +103,7 @@ class GlobalEvaluator(FLComponent):
         self.model = build_network(**self.network_spec).to(self.device)
         self.num_classes = datalist.num_classes
         self._class_names = list(datalist.class_names)
-        self.tracker = FlipTracker(self.num_classes)
+        self.tracker = self.task.flip_tracker(self.num_classes)
         self.source = Path(path)
         self._available = True
 
@@ -121,10 +126,10 @@ class GlobalEvaluator(FLComponent):
         if not self._available:
             return None
         self.model.load_state_dict(to_torch(params))
-        result = evaluate(self.model, self.loader, device=self.device, num_classes=self.num_classes)
+        result = evaluate(self.model, self.loader, device=self.device, num_classes=self.num_classes, task=self.task)
         flips = self.tracker.update(result.ids, result.correct, result.labels)
         unseen = {
-            site: evaluate(self.model, loader, device=self.device, num_classes=self.num_classes).accuracy
+            site: evaluate(self.model, loader, device=self.device, num_classes=self.num_classes, task=self.task).accuracy
             for site, loader in self.unseen.items()
         }
         return {

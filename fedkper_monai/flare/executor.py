@@ -31,7 +31,7 @@ from fedkper_monai.flare.weights import to_torch
 __all__ = ["FedKPerExecutor"]
 
 # Scalars also sent to TensorBoard through FLARE's experiment tracking.
-_TENSORBOARD_KEYS = ("personalized_acc", "global_on_local_acc", "nfr_personalized", "train_acc", "score", "train_loss")
+_TENSORBOARD_KEYS = ("personalized_acc", "global_on_local_acc", "personalized_dice", "global_on_local_dice", "nfr_personalized", "train_acc", "score", "train_loss")
 
 
 class FedKPerExecutor(Executor):
@@ -162,10 +162,11 @@ class FedKPerExecutor(Executor):
         """The round in the site's own log (diagnostics included); shared metrics only to TensorBoard, whose
         scalars FLARE forwards to the server."""
         metrics, diagnostics = report.metrics, report.diagnostics
+        metric = "dice" if "personalized_dice" in metrics else "acc"  # a segmentation site reports Dice
         self.log_info(
             fl_ctx,
-            f"{self.site_name} round {round_index}: global-on-local {metrics['global_on_local_acc']:.3f}, "
-            f"personalized {metrics['personalized_acc']:.3f}, score {report.score:.4f}; site-only: "
+            f"{self.site_name} round {round_index}: global-on-local {metrics[f'global_on_local_{metric}']:.3f}, "
+            f"personalized {metrics[f'personalized_{metric}']:.3f}, score {report.score:.4f}; site-only: "
             + ", ".join(f"{key} {value:.4g}" for key, value in diagnostics.items()),
         )
         if self.writer is None:

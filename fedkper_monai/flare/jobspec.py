@@ -69,6 +69,9 @@ class JobSettings:
     lr: float = 0.01
     lr_gamma: float = 0.99
     demo: bool = False
+    # A non-classification task (learner and evaluator) and more site settings (SiteConfig fields).
+    task: str = "classification"
+    site_settings: dict[str, Any] = field(default_factory=dict)
 
 
 def job_component(config: dict, component_id: str) -> dict:
@@ -117,6 +120,7 @@ def job_configs(settings: JobSettings) -> tuple[dict, dict, dict]:
         "min_clients": settings.min_clients,
     }
     data = {"data_root": None, "demo": settings.demo, "transforms": settings.transforms}
+    task = {"task": settings.task} if settings.task != "classification" else {}
     server = {
         "format_version": 2,
         # Sites come back for their next task this many seconds after the last one (FLARE's default is 2 s,
@@ -137,7 +141,7 @@ def job_configs(settings: JobSettings) -> tuple[dict, dict, dict]:
         "components": [
             {"id": "persistor", "path": f"{_PKG}.persistor.NetworkPersistor", "args": {"network": settings.network, "seed": settings.seed}},
             {"id": "aggregator", "path": f"{_PKG}.aggregator.FedKPerAggregator", "args": {}},
-            {"id": "global_evaluator", "path": f"{_PKG}.evaluator.GlobalEvaluator", "args": {"network": settings.network, **data}},
+            {"id": "global_evaluator", "path": f"{_PKG}.evaluator.GlobalEvaluator", "args": {"network": settings.network, **data, **task}},
             {
                 "id": "tb_receiver",
                 "path": "nvflare.app_opt.tracking.tb.tb_receiver.TBAnalyticsReceiver",
@@ -160,6 +164,8 @@ def job_configs(settings: JobSettings) -> tuple[dict, dict, dict]:
                         "lr": settings.lr,
                         "lr_gamma": settings.lr_gamma,
                         "seed": settings.seed,
+                        **task,
+                        **settings.site_settings,
                     },
                 },
             }
@@ -242,6 +248,21 @@ STANDARD_JOBS: dict[str, JobSettings] = {
         demo=True,
     ),
     **{job.name: job for job in map(_medmnist_job, ("fedkper", "fedavg", "fedprox", "fedntd"))},
+    # 3D tissue segmentation on `fedkper-monai prepare mni152-demo` (one MNI152 template, not a cohort; issue 15).
+    "fedkper_seg3d_demo": JobSettings(
+        name="fedkper_seg3d_demo",
+        network={"name": "unet", "spatial_dims": 3, "in_channels": 1, "num_classes": 3, "image_size": [32, 32, 32], "features": [8, 16, 32]},
+        transforms="segmentation_3d",
+        task="segmentation",
+        site_settings={"augment": True, "optimizer": "adam", "task_args": {"supervised_loss": "dice_ce"}},
+        num_rounds=5,
+        sample_fraction=1.0,
+        min_clients=2,
+        local_epochs=2,
+        batch_size=2,
+        lr=0.003,
+        lr_gamma=1.0,
+    ),
 }
 
 

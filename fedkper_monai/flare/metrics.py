@@ -66,6 +66,11 @@ class MetricsFile:
             os.fsync(handle.fileno())
 
 
+def _metric_of(metrics: Mapping[str, Any]) -> str:
+    """The metric suffix a site's fields carry: ``dice`` from a segmentation site, else ``acc``."""
+    return "dice" if "global_on_local_dice" in metrics or "personalized_dice" in metrics else "acc"
+
+
 class RunBook:
     """Cross-round bookkeeping for the round lines (personalized summary and BwT).
 
@@ -94,16 +99,17 @@ class RunBook:
             _LOG.warning("%s sent metrics the schema does not know, not written: %s", site, unknown)
 
     def site_train_line(self, round_index: int, site: str, metrics: Mapping[str, Any], weight: float) -> dict[str, Any]:
-        """The metrics line of one site's train result; also records its personalized accuracy."""
+        """The metrics line of one site's train result; also records its personalized accuracy (or Dice)."""
         self._check_fields(site, metrics, "train")
+        metric = _metric_of(metrics)
         line: dict[str, Any] = {"round": round_index, "site": site, "task": "train"}
-        line.update({field: metrics.get(field) for field in SITE_TRAIN_FIELDS})
+        line.update({field: metrics.get(field) for field in schema.names(schema.site_fields(schema.SITE_TRAIN_FIELDS, metric))})
         line["weight"] = float(weight)
         line["bytes_received"] = metrics.get("bytes_received")
-        if metrics.get("personalized_acc") is not None:
+        if metrics.get(f"personalized_{metric}") is not None:
             self.personalized[site] = {
-                "acc": float(metrics["personalized_acc"]),
-                "balanced": float(metrics.get("personalized_balanced_acc", float("nan"))),
+                "acc": float(metrics[f"personalized_{metric}"]),
+                "balanced": float(metrics.get(f"personalized_balanced_{metric}", float("nan"))),
                 "nfr": float(metrics.get("nfr_personalized", float("nan"))),
             }
         return line
@@ -116,7 +122,7 @@ class RunBook:
         """
         self._check_fields(site, metrics, None)
         line: dict[str, Any] = {"round": round_index, "site": site, "task": "validate"}
-        line.update({field: metrics.get(field) for field in VALIDATE_FIELDS})
+        line.update({field: metrics.get(field) for field in schema.names(schema.site_fields(schema.VALIDATE_FIELDS, _metric_of(metrics)))})
         return line
 
     def backward_transfer(self, current: Mapping[str, float], sampled: Iterable[str], full: bool) -> tuple[float | None, int]:
@@ -163,7 +169,12 @@ class RunBook:
             One validate line per evaluated site (sorted), then the round line (last).
         """
         lines = [self.site_validate_line(record.round, site, evaluations[site]) for site in sorted(evaluations)]
-        current = {line["site"]: float(line["global_on_local_acc"]) for line in lines if line["global_on_local_acc"] is not None}
+        current = {
+            line["site"]: float(value)
+            for line in lines
+            for value in (line.get("global_on_local_acc", line.get("global_on_local_dice")),)
+            if value is not None
+        }
         bwt, bwt_sites = self.backward_transfer(current, record.sampled, full=record.validate)
         lines.append(
             self.round_line(
