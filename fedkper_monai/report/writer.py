@@ -72,6 +72,9 @@ def setting_notes(runs: Sequence[RunMetrics]) -> list[str]:
             listed = ", ".join(f"{label}={value}" for label, value in values.items())
             notes.append(f"The runs differ in `{key}` ({listed}): compare them with care.")
     for run in runs:
+        if run.header.get("task") == "segmentation":
+            # Segmentation runs keep the round fields' names (metrics_schema.OPTIONAL_HEADER_FIELDS).
+            notes.append(f"{run.label} is a segmentation run: its accuracies in this report are mean foreground Dice.")
         planned = run.header.get("num_rounds")
         if isinstance(planned, int) and len(run.round_rows) < planned:
             notes.append(f"{run.label} has {len(run.round_rows)} of its {planned} rounds: unfinished or crashed.")
