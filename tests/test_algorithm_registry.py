@@ -75,8 +75,10 @@ def test_the_registry_imports_nothing_heavy():
 
 
 def _algorithm_lists(text: str) -> list[list[str]]:
-    """Every ``--algorithms a,b,c`` list of a command line in ``text``."""
-    return [match.split(",") for match in re.findall(r"--algorithms\s+([\w,]+)", text)]
+    """Every ``--algorithms a,b,c`` list of a command line in ``text``, and every ``ALGORITHMS=a,b`` setting or
+    ``${ALGORITHMS:-a,b}`` default of a script."""
+    patterns = (r"--algorithms\s+([\w,]+)", r"ALGORITHMS=([\w,]+)", r"ALGORITHMS:-([\w,]+)")
+    return [match.split(",") for pattern in patterns for match in re.findall(pattern, text)]
 
 
 @pytest.mark.parametrize("path", ["README.md", "benchmarks/run_comparison.sh"])
@@ -91,7 +93,7 @@ def test_the_readme_names_every_algorithm_and_every_job():
     from fedkper_monai.flare.jobspec import STANDARD_JOBS
 
     readme = (ROOT / "README.md").read_text()
-    named = set(re.findall(r"`([a-z_]+)`", readme))
+    named = set(re.findall(r"`([a-z0-9_]+)`", readme))
     assert set(ALGORITHMS) <= named, f"README does not name {sorted(set(ALGORITHMS) - named)}"
     jobs = {name for name in named if name.endswith(("_medmnist", "_demo"))}
     assert jobs == set(STANDARD_JOBS), f"README's jobs {sorted(jobs)} are not jobspec's {sorted(STANDARD_JOBS)}"

@@ -62,3 +62,9 @@ def simulated_run(tmp_path_factory, retina_federation) -> Path:
     ])
     assert code == 0
     return workspace
+
+
+@pytest.fixture
+def run_layout():
+    """:func:`lay_out_run` for a test (importing ``conftest`` by name would get whichever conftest pytest loaded last)."""
+    return lay_out_run

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -71,11 +70,9 @@ def test_bundle_errors(user_bundle, tmp_path, monkeypatch):
         build_network(**dict(BUNDLE_NETWORK, num_classes=7))
 
 
-def test_export_and_predict_a_run_trained_from_a_bundle(user_bundle, retina_federation, monkeypatch, tmp_path):
-    from conftest import lay_out_run
-
+def test_export_and_predict_a_run_trained_from_a_bundle(user_bundle, retina_federation, monkeypatch, tmp_path, run_layout):
     monkeypatch.setenv(BUNDLE_ROOT_ENV, str(user_bundle))
-    run = lay_out_run(tmp_path / "ws", retina_federation, BUNDLE_NETWORK)
+    run = run_layout(tmp_path / "ws", retina_federation, BUNDLE_NETWORK)
     out = tmp_path / "trained_bundle"
     assert main(["bundle", "export", "--run", str(run), "--site", "site-1", "--out", str(out)]) == 0
     # The user's own bundle, with the run's weights and where they came from.
@@ -92,18 +89,16 @@ def test_export_and_predict_a_run_trained_from_a_bundle(user_bundle, retina_fede
 @pytest.mark.slow
 def test_a_job_trained_from_a_bundle_runs_two_rounds(user_bundle, retina_federation, monkeypatch, tmp_path):
     monkeypatch.setenv(BUNDLE_ROOT_ENV, str(user_bundle))  # the simulated sites and server inherit it
-    job = tmp_path / "fedkper_bundle"
-    shutil.copytree(JOBS / "fedkper_medmnist", job)
-    for name in ("config_fed_client.json", "config_fed_server.json"):
-        path = job / "app" / "config" / name
-        config = json.loads(path.read_text())
-        for component in config.get("components", []):
-            args = component.get("args", {})
-            if "network" in args:
-                args["network"] = dict(args["network"], name="bundle")
-            if "transforms" in args:
-                args["transforms"] = "bundle"
-        path.write_text(json.dumps(config, indent=2))
+    from fedkper_monai.flare.jobspec import load_job, save_job_configs, site_args
+
+    meta, server, client = load_job(JOBS / "fedkper_medmnist")
+    # The site executor's settings and every server component that names a network or transforms.
+    for args in [site_args(client)] + [component.get("args", {}) for component in server.get("components", [])]:
+        if "network" in args:
+            args["network"] = dict(args["network"], name="bundle")
+        if "transforms" in args:
+            args["transforms"] = "bundle"
+    job = save_job_configs(tmp_path / "fedkper_bundle", meta, server, client)
     workspace = tmp_path / "ws"
     code = main(["simulate", str(job), "-w", str(workspace), "--data-root", str(retina_federation),
                  "-n", "3", "-t", "3", "--rounds", "2", "--sample-fraction", "0.67", "--local-epochs", "1"])

@@ -25,7 +25,7 @@ def test_a_job_shipped_config_file_is_refused_and_its_code_never_runs(tmp_path):
     job_config.mkdir(parents=True)
     marker = tmp_path / "marker"
     evil = _evil_config(job_config, marker)
-    for reference in (str(evil), f"../job/app/config/evil", "app/config/evil.json"):
+    for reference in (str(evil), "../job/app/config/evil", "app/config/evil.json"):
         with pytest.raises(DataError, match="refused: a job names a transform config") as caught:
             build_transforms(reference)
         assert caught.value.field == "transforms"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fedkper_monai.cli import main
-from fedkper_monai.flare.jobspec import job_component, load_job, save_job_configs
+from fedkper_monai.flare.jobspec import load_job, save_job_configs
 from fedkper_monai.report.metrics import load_run, summarize
 
 pytestmark = pytest.mark.slow
