@@ -23,14 +23,17 @@ import io
 import json
 import os
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedkper_monai.algorithm import FlipResult, fedkper_score
+from fedkper_monai.algorithm.weighting import noisy_score
 from fedkper_monai.errors import DataError, FedKPerError
 from fedkper_monai.io import atomic_write_bytes, atomic_write_json
 from fedkper_monai.training.loop import EvalResult, evaluate, make_optimizer, round_learning_rate, select_device, train_local
@@ -68,6 +71,9 @@ class SiteConfig:
         share_diagnostics: also send ``train_acc``, ``train_loss``, ``lr`` and the strategy's loss terms. Off by
             default: ``train_acc`` beside ``score`` gives away the exact normalized label entropy (DESIGN
             section 4), so these stay in the site's own log unless its operator opts in.
+        score_epsilon: when set, the score is sent with Laplace noise for ``score_epsilon``-differential
+            privacy of the value (:func:`~fedkper_monai.algorithm.weighting.noisy_score`). The exact score
+            reveals the site's normalized label entropy; this bounds what the sent one reveals.
     """
 
     network: Mapping[str, Any] = field(default_factory=dict)
@@ -91,6 +97,7 @@ class SiteConfig:
     amp: bool = True
     seed: int = 0
     share_diagnostics: bool = False
+    score_epsilon: float | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "site settings") -> SiteConfig:
@@ -262,7 +269,8 @@ class Site:
         metrics.update(self._personalized_metrics())
         on_training = self._evaluate(self.model, self.train_eval_loader).accuracy
         # The histogram's length is the number of classes the diversity is over (C - 1 for segmentation).
-        score = fedkper_score(self.task.reliability(on_training), self.class_counts, len(self.class_counts))
+        exact_score = fedkper_score(self.task.reliability(on_training), self.class_counts, len(self.class_counts))
+        score = self._sent_score(exact_score, round_index)
         self._save_state(save_model=True)
         upload = (self.upload_model if self.upload_model is not None else self.model).state_dict()
         metrics.update({"score": score, "num_samples": self.num_train, "train_seconds": train_seconds})
@@ -275,6 +283,13 @@ class Site:
         if self.config.share_diagnostics:
             metrics.update(diagnostics)
         return SiteReport(upload=upload, score=float(score), num_samples=int(self.num_train), metrics=metrics, diagnostics=diagnostics)
+
+    def _sent_score(self, score: float, round_index: int) -> float:
+        """The score as it leaves the site: exact, or with calibrated noise (``score_epsilon``), seeded per round."""
+        if self.config.score_epsilon is None:
+            return score
+        rng = np.random.default_rng([self.config.seed, round_index, zlib.crc32(self.name.encode())])
+        return noisy_score(score, self.config.score_epsilon, rng)
 
     def _personalized_metrics(self) -> dict[str, float]:
         """The trained local model on the local test split, with its flips."""

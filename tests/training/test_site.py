@@ -217,3 +217,12 @@ def test_a_datalists_channels_convert_the_sites_images(retina_federation, tmp_pa
     site = Site("site-1", path, _config(gray))
     assert next(iter(site.test_loader))["image"].shape[1] == 1
     assert site.train_round(_weights(gray, 0), round_index=0, version=0) is not None
+
+
+def test_score_epsilon_sends_a_noisy_score_the_same_in_every_run(retina_federation, retina_network):
+    exact = Site("site-1", retina_federation / "site-1.json", _config(retina_network))
+    noisy = [Site("site-1", retina_federation / "site-1.json", _config(retina_network, score_epsilon=1.0)) for _ in range(2)]
+    reports = [site.train_round(_weights(retina_network, 0), round_index=0, version=0) for site in (exact, *noisy)]
+    assert reports[1].score == reports[2].score, "seeded by site, round and seed: reproducible"
+    assert reports[1].score != reports[0].score and 0.0 <= reports[1].score <= 1.0
+    assert reports[1].metrics["score"] == reports[1].score
