@@ -107,10 +107,12 @@ def _resolve_base_job(base_job: str | Path, scratch: Path) -> Path:
 def _normalized(configs: tuple[dict, dict, dict]) -> dict[str, Any]:
     """Prepared job configs with machine-specific paths taken out (a moved folder is the same run)."""
     meta, server, client = copy.deepcopy(configs)
-    for config in (server, client):
-        for component in config.get("components", []):
-            if "data_root" in component.get("args", {}):
-                component["args"]["data_root"] = "<data_root>"
+    # Components (the server's evaluator) and the site executor's settings may name the data root.
+    arg_sets = [component.get("args", {}) for config in (server, client) for component in config.get("components", [])]
+    arg_sets += [entry.get("executor", {}).get("args", {}) for entry in client.get("executors", [])]
+    for args in arg_sets:
+        if "data_root" in args:
+            args["data_root"] = "<data_root>"
     return {"meta": meta, "server": server, "client": client}
 
 

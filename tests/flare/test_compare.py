@@ -263,3 +263,14 @@ def test_compare_runs_every_algorithm_on_the_same_partition_and_site_sampling(fe
 
     assert main(report_argv[:-1] + [str(tmp_path / "report")]) == 0
     assert "fedkper" in (tmp_path / "report" / "summary.csv").read_text()
+
+
+def test_run_settings_leave_out_the_machines_data_path_wherever_the_job_names_it():
+    # A finished run stays finished when its folder moves to another clone or machine (benchmarks/runs is in git).
+    from fedkper_monai.flare.compare_plan import _normalized
+
+    server = {"components": [{"id": "global_evaluator", "args": {"data_root": "/here/data"}}]}
+    client = {"executors": [{"executor": {"path": "x", "args": {"data_root": "/here/data", "seed": 0}}}]}
+    normalized = _normalized(({}, server, client))
+    assert normalized["server"]["components"][0]["args"]["data_root"] == "<data_root>"
+    assert normalized["client"]["executors"][0]["executor"]["args"] == {"data_root": "<data_root>", "seed": 0}
