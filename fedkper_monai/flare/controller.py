@@ -22,7 +22,7 @@ from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedkper_monai.flare.aggregator import FedKPerAggregator
 from fedkper_monai.flare.failures import SiteFailures, failed_site_lines
-from fedkper_monai.flare.learner import GLOBAL_VERSION_KEY, SITE_METRICS_KEY
+from fedkper_monai.flare.messages import GLOBAL_VERSION_KEY, SITE_METRICS_KEY
 from fedkper_monai.flare.metrics import METRICS_FILE, MetricsFile, RunBook
 from fedkper_monai.flare.weights import payload_bytes
 from fedkper_monai.schedule import RoundRecord, RoundSchedule, sample_sites, validation_due

@@ -50,7 +50,7 @@ def _our_processes(marker: str) -> list[str]:
 
 @pytest.mark.slow
 def test_poc_run_on_three_loopback_sites_matches_the_simulator(retina_federation, tmp_path, capsys):
-    from test_simulation import _differences, _normalized
+    from test_simulation import assert_matches_golden
 
     workspace = tmp_path / "poc_ws"
     code = main(["poc", "run", "fedkper", "--sites", "3", "--data-root", str(retina_federation), "--workspace", str(workspace),
@@ -63,16 +63,9 @@ def test_poc_run_on_three_loopback_sites_matches_the_simulator(retina_federation
     assert (result / "workspace" / "global_model.pt").exists()
     models = json.loads((result / "personalized_models.json").read_text())
     assert models and all(path.endswith("personalized_model.pt") for path in models.values())
-    # The same run as the recorded simulator run: same sampled sites, same figures (CPU, one thread per site).
-    from pathlib import Path
-
-    fixture = Path(__file__).parent / "fixtures" / "golden_fedkper_retina_3sites.jsonl"
-    expected = [_normalized(json.loads(line)) for line in fixture.read_text().splitlines()]
-    actual = [_normalized(json.loads(line)) for line in (result / "workspace" / "metrics.jsonl").read_text().splitlines()]
-    for header in (expected[0]["run"], actual[0]["run"]):
-        header.pop("job_id")  # the simulator's "simulate_job", POC's job id
-    problems = [d for i, (e, a) in enumerate(zip(expected, actual)) for d in _differences(e, a, f"line {i + 1}")]
-    assert len(actual) == len(expected) and not problems, "\n".join(problems[:20])
+    # The same run as the recorded simulator run: same sampled sites, same figures (CPU, one thread per site);
+    # the job id differs (the simulator's "simulate_job", POC's uuid).
+    assert_matches_golden(result / "workspace" / "metrics.jsonl", "golden_fedkper_retina_3sites.jsonl", header_ignored=("job_id",))
 
 
 def test_provisioning_with_our_builder_makes_kits_that_allow_our_components(tmp_path):

@@ -60,7 +60,7 @@ def test_a_recipe_in_pocenv_runs_on_separate_processes_and_reproduces_the_record
     # free port); the sites find their data through FEDKPER_DATA_ROOT, inherited by the POC processes.
     import psutil
     from nvflare.recipe import PocEnv
-    from test_simulation import _differences, _normalized
+    from test_simulation import assert_matches_golden
 
     from fedkper_monai.flare.poc import free_port, project_yaml
 
@@ -82,13 +82,7 @@ def test_a_recipe_in_pocenv_runs_on_separate_processes_and_reproduces_the_record
         metrics = [json.loads(line) for line in (Path(result) / "workspace" / "metrics.jsonl").read_text().splitlines()]
     finally:
         env.stop(clean_up=True)
-    fixture = Path(__file__).parent / "fixtures" / "golden_fedkper_retina_3sites.jsonl"
-    expected = [_normalized(json.loads(line)) for line in fixture.read_text().splitlines()]
-    actual = [_normalized(line) for line in metrics]
-    for header in (expected[0]["run"], actual[0]["run"]):
-        header.pop("job_id")
-    problems = [d for i, (e, a) in enumerate(zip(expected, actual)) for d in _differences(e, a, f"line {i + 1}")]
-    assert len(actual) == len(expected) and not problems, "\n".join(problems[:20])
+    assert_matches_golden(metrics, "golden_fedkper_retina_3sites.jsonl", header_ignored=("job_id",))
 
     def ours() -> list:
         return [p for p in psutil.process_iter(["cmdline"]) if str(poc) in " ".join(p.info.get("cmdline") or [])]

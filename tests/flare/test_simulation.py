@@ -37,18 +37,15 @@ def _differences(expected, actual, where: str = "") -> list[str]:
     return [] if expected == actual else [f"{where}: {expected!r} != {actual!r}"]
 
 
-def _normalized(record: dict) -> dict:
-    # The aggregator lists sites in the order their updates arrived, which FLARE does not fix.
-    if "aggregated_sites" in record:
-        record["aggregated_sites"] = sorted(record["aggregated_sites"])
-    return record
-
-
-def assert_matches_golden(metrics: Path, fixture: str) -> None:
-    """``metrics`` equals the recorded ``fixture`` line by line (a change that alters a metric on purpose
-    re-records the fixture and says why in its commit)."""
-    expected = [_normalized(json.loads(line)) for line in (FIXTURES / fixture).read_text().splitlines()]
-    actual = [_normalized(json.loads(line)) for line in metrics.read_text().splitlines()]
+def assert_matches_golden(metrics: Path | list[dict], fixture: str, header_ignored: tuple[str, ...] = ()) -> None:
+    """``metrics`` (a metrics.jsonl or its records) equals the recorded ``fixture`` line by line, header fields
+    ``header_ignored`` aside (a change that alters a metric on purpose re-records the fixture and says why in
+    its commit). Used by the simulator, recipe and POC tests alike."""
+    expected = [json.loads(line) for line in (FIXTURES / fixture).read_text().splitlines()]
+    actual = metrics if isinstance(metrics, list) else [json.loads(line) for line in metrics.read_text().splitlines()]
+    for header in (expected[0]["run"], actual[0]["run"]):
+        for key in header_ignored:
+            header.pop(key, None)
     assert len(actual) == len(expected), f"{len(actual)} lines, fixture {fixture} has {len(expected)}"
     problems = [d for i, (e, a) in enumerate(zip(expected, actual)) for d in _differences(e, a, f"line {i + 1}")]
     assert not problems, f"metrics.jsonl differs from {fixture}:\n" + "\n".join(problems[:20])
