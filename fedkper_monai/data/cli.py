@@ -117,8 +117,21 @@ def _run_folders(args: argparse.Namespace) -> int:
 def _run_manifest(args: argparse.Namespace) -> int:
     from fedkper_monai.data.sources.manifest import import_manifest
 
+    if args.task == "segmentation":
+        return _run_segmentation_manifest(args)
     summary = import_manifest(args.manifest, args.out, class_names=args.class_names, settings=_settings(args))
     return _print_summary(summary, args.out)
+
+
+def _run_segmentation_manifest(args: argparse.Namespace) -> int:
+    from fedkper_monai.data.sources.segmentation import format_segmentation_summary, import_segmentation_manifest
+
+    summary = import_segmentation_manifest(args.manifest, args.out, class_names=args.class_names, settings=_settings(args))
+    print(format_segmentation_summary(summary), end="")
+    held_out = len(summary.get("holdout_sites") or {})
+    extra = f", {held_out} held-out site(s) (holdout-*.json)" if held_out else ""
+    print(f"wrote {summary['num_sites']} segmentation site datalists{extra}, global lists and summary.* to {args.out}")
+    return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -192,10 +205,17 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
         "are relative to the CSV or absolute. " + _CONTRACT,
         epilog="examples:\n"
         "  fedkper-monai prepare manifest --manifest studies.csv --out data/hospitals          # with a site column\n"
-        "  fedkper-monai prepare manifest --manifest studies.csv --sites 8 --alpha 0.1 --out data/skewed",
+        "  fedkper-monai prepare manifest --manifest studies.csv --sites 8 --alpha 0.1 --out data/skewed\n"
+        "  fedkper-monai prepare manifest --task segmentation --manifest cases.csv --class-names background liver tumour "
+        "--sites 4 --alpha 0.5 --out data/liver",
     )
     manifest.add_argument("--manifest", required=True, help="CSV file")
-    manifest.add_argument("--class-names", nargs="+", default=None, help="class names in index order; needed when the label column holds names (default: numeric labels 0..C-1)")
+    manifest.add_argument("--task", choices=("classification", "segmentation"), default="classification",
+                          help="segmentation: label is a label-map path per case, every case is checked (shapes, affines, "
+                          "label values, empty maps, 4D) and cases are stratified by their dominant foreground class "
+                          "(default classification)")
+    manifest.add_argument("--class-names", nargs="+", default=None, help="class names in index order; needed when the label column holds names (default: numeric labels 0..C-1); "
+                          "with --task segmentation required, background first")
     manifest.add_argument("--site-names", nargs="+", type=_site_mapping, default=None, metavar="VALUE=SITE",
                           help="FLARE site name of a site column value, e.g. hospital-a=site-1 (default: the value: hospital-a.json)")
     _add_partition_args(manifest, sites_required=False)

@@ -90,13 +90,15 @@ def check_case(image: str | os.PathLike, label: str | os.PathLike, num_classes: 
     Raises:
         DataError: naming the file and the field: a 4D volume where ``spatial_dims`` are expected, image and
             label of different shapes or geometry, label values that are not class indices in
-            ``[0, num_classes)``, or a label map without foreground.
+            ``[0, num_classes)``, or a label map without foreground; NaN or infinite image voxels.
     """
     image_array, image_affine = read_volume(image)
     label_array, label_affine = read_volume(label)
     image_shape = image_array.shape[:spatial_dims]
     if image_array.ndim > spatial_dims and not (image_array.ndim == spatial_dims + 1 and spatial_dims == 2):
         raise DataError(image, f"has {image_array.ndim} dimensions {image_array.shape}, expected a {spatial_dims}D image", field="image")
+    if np.issubdtype(image_array.dtype, np.floating) and not np.isfinite(image_array).all():
+        raise DataError(image, "holds NaN or infinite voxel values", field="image")
     label_array = np.squeeze(label_array)
     if label_array.ndim != spatial_dims:
         raise DataError(label, f"label map has shape {label_array.shape}, expected {spatial_dims}D", field="label")
