@@ -320,7 +320,8 @@ def evaluate(
         for batch in loader:
             images, targets = _batch_tensors(batch, device, task)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(images)
+                # The task decides how a case is run: whole, or patch by patch (segmentation's sliding window).
+                logits = task.infer(model, images)
             logits = logits.float()
             task.check_outputs(logits, targets, num_classes)
             # Per sample (a dense case: its voxel mean), summed over the batch.

@@ -54,6 +54,14 @@ class SegmentationTask(Task):
     Args:
         supervised_loss: the supervised term of the local objectives, ``"ce"`` (voxel-mean cross-entropy)
             or ``"dice_ce"`` (MONAI ``DiceCELoss``).
+        sliding_window: evaluate each case patch by patch with MONAI's ``sliding_window_inference`` instead of
+            one forward pass over the whole evaluated volume: ``{"roi_size": [96, 96, 96]}`` (required: usually
+            the training patch size) and optionally ``"sw_batch_size"`` (patches per forward, default 4),
+            ``"overlap"`` (default 0.25) and ``"mode"`` (``"gaussian"``, the default, or ``"constant"``
+            blending of overlapping patches). Memory then grows with ``roi_size``, not with the volume, so
+            large volumes can be evaluated whole: set the transform config's ``eval_size`` to cover them
+            (``prepare manifest --task segmentation`` records the largest case as ``max_case_size``).
+            ``None`` (default): one forward pass.
 
     Example:
         >>> task = SegmentationTask()
@@ -65,10 +73,11 @@ class SegmentationTask(Task):
     name: ClassVar[str] = "segmentation"
     metric: ClassVar[str] = "dice"
 
-    def __init__(self, supervised_loss: str = "ce") -> None:
+    def __init__(self, supervised_loss: str = "ce", sliding_window: Mapping[str, Any] | None = None) -> None:
         if supervised_loss not in SUPERVISED_LOSSES:
             raise ValueError(f"unknown supervised loss {supervised_loss!r}; valid names: {', '.join(SUPERVISED_LOSSES)}")
         self.supervised_loss = supervised_loss
+        self.inferer = _sliding_window_inferer(sliding_window) if sliding_window is not None else None
 
     def targets(self, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
         if labels.ndim >= 3 and labels.shape[1] == 1:
@@ -129,6 +138,35 @@ class SegmentationTask(Task):
 
     def supervised_criterion(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
         return None if self.supervised_loss == "ce" else supervised_loss(self.supervised_loss)
+
+    def infer(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, C, *spatial)``: one forward pass, or MONAI's sliding window when configured."""
+        return model(images) if self.inferer is None else self.inferer(images, model)
+
+
+_SLIDING_WINDOW_KEYS = ("roi_size", "sw_batch_size", "overlap", "mode")
+
+
+def _sliding_window_inferer(settings: Mapping[str, Any]) -> Any:
+    """MONAI's ``SlidingWindowInferer`` from the task option, checked first (a bad value names the key)."""
+    from monai.inferers import SlidingWindowInferer
+
+    if not isinstance(settings, Mapping):
+        raise ValueError(f"sliding_window must be a mapping such as {{'roi_size': [96, 96, 96]}}, got {settings!r}")
+    unknown = sorted(set(settings) - set(_SLIDING_WINDOW_KEYS))
+    if unknown:
+        raise ValueError(f"sliding_window: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(_SLIDING_WINDOW_KEYS)}")
+    roi = settings.get("roi_size")
+    if not isinstance(roi, (list, tuple)) or len(roi) not in (2, 3) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in roi):
+        raise ValueError(f"sliding_window.roi_size must be 2 or 3 positive integers (the patch size), got {roi!r}")
+    batch, overlap, mode = settings.get("sw_batch_size", 4), settings.get("overlap", 0.25), settings.get("mode", "gaussian")
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"sliding_window.sw_batch_size must be a positive integer, got {batch!r}")
+    if not isinstance(overlap, (int, float)) or isinstance(overlap, bool) or not 0 <= overlap < 1:
+        raise ValueError(f"sliding_window.overlap must be in [0, 1), got {overlap!r}")
+    if mode not in ("gaussian", "constant"):
+        raise ValueError(f"sliding_window.mode must be 'gaussian' or 'constant', got {mode!r}")
+    return SlidingWindowInferer(roi_size=list(roi), sw_batch_size=batch, overlap=float(overlap), mode=mode)
 
 
 def _read_label(path: str) -> np.ndarray:

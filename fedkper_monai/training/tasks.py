@@ -71,6 +71,11 @@ class Task(ABC):
         """The supervised term of the local objectives; ``None``: cross-entropy."""
         return None
 
+    def infer(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Evaluation logits of ``images`` ``(B, C_in, *spatial)``: one forward pass by default (a task may run
+        the model patch by patch, as segmentation's sliding window does for large volumes)."""
+        return model(images)
+
 
 class ClassificationTask(Task):
     """One integer class per image: labels ``(B,)`` or ``(B, 1)``, logits ``(B, C)``, correctness per sample,
@@ -124,7 +129,8 @@ TASK_NAMES: tuple[str, ...] = tuple(_TASKS)
 
 
 def make_task(name: str = "classification", **options: Any) -> Task:
-    """The task called ``name``, with its options (segmentation: ``supervised_loss``, ``"ce"`` or ``"dice_ce"``).
+    """The task called ``name``, with its options (segmentation: ``supervised_loss``, ``"ce"`` or ``"dice_ce"``,
+    and ``sliding_window``, see :class:`~fedkper_monai.training.segmentation.SegmentationTask`).
 
     Raises:
         ValueError: unknown name or option; the message lists the valid ones.
