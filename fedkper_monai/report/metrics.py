@@ -30,6 +30,10 @@ __all__ = [
     "mean_per_class_forgetting",
     "sampling_mismatches",
     "site_sort_key",
+    "metric_word",
+    "for_metric",
+    "column_title",
+    "column_meaning",
 ]
 
 
@@ -86,6 +90,55 @@ SUMMARY_COLUMNS: tuple[SummaryColumn, ...] = (
     SummaryColumn("single_site_round_fraction", "single-site rounds", ".2f",
                   "share of rounds in which one site effectively carried the whole aggregate"),
 )
+
+
+# Where a column means something else for segmentation than "replace accuracy by Dice" says.
+_DICE_MEANINGS = {
+    "final_balanced_personalized_acc": "last round: class-balanced personalized Dice (each foreground class's mean Dice "
+                                       "over the cases holding it, averaged over the classes), averaged over sites",
+    "mean_global_nfr": "negative flip rate of the global model on the global test set (share of ground-truth foreground "
+                       "voxels labelled right at the previous round and wrong now), mean over rounds after the first",
+    "mean_global_pfr": "positive flip rate of the global model on the global test set (share of ground-truth foreground "
+                       "voxels labelled wrong at the previous round and right now), mean over rounds after the first",
+    "mean_local_nfr": "negative flip rate (foreground voxels) of each site's personalized model on its local test split "
+                      "since its previous evaluation, mean over all site train lines",
+    "mean_local_pfr": "positive flip rate (foreground voxels) of the personalized models on their local test splits, "
+                      "mean over site train lines",
+}
+
+
+def metric_word(runs: Sequence[RunMetrics]) -> str:
+    """What the runs' accuracy fields hold: ``"Dice"`` when every run is a segmentation run (header
+    ``"task": "segmentation"``), ``"accuracy"`` when none is, ``"accuracy or Dice"`` for a mix."""
+    words = {run.metric_word for run in runs}
+    return words.pop() if len(words) == 1 else "accuracy or Dice"
+
+
+def for_metric(text: str, word: str) -> str:
+    """``text`` written for ``word``: "accuracy" (and "acc", "accuracies") become Dice in segmentation reports.
+
+    Example:
+        >>> for_metric("final global acc: global accuracy", "Dice")
+        'final global Dice: global Dice'
+    """
+    if word == "accuracy":
+        return text
+    plural = "Dice scores" if word == "Dice" else "accuracies or Dice scores"
+    text = re.sub(r"\baccuracies\b", plural, text)
+    text = re.sub(r"\baccuracy\b", word, text)
+    return re.sub(r"\bacc\b", word, text)
+
+
+def column_title(column: SummaryColumn, word: str) -> str:
+    """The column's title for runs whose accuracy fields hold ``word``."""
+    return for_metric(column.title, word)
+
+
+def column_meaning(column: SummaryColumn, word: str) -> str:
+    """The column's meaning for runs whose accuracy fields hold ``word``."""
+    if word == "Dice" and column.key in _DICE_MEANINGS:
+        return _DICE_MEANINGS[column.key]
+    return for_metric(column.meaning, word)
 
 
 def _numbers(values: Iterable[Any]) -> list[float]:
@@ -213,7 +266,8 @@ def site_sort_key(site: str) -> tuple:
 
 
 def final_site_accuracies(run: RunMetrics) -> dict[str, tuple[float | None, float | None]]:
-    """Per site: ``(personalized_acc, global_on_local_acc)`` as last reported.
+    """Per site: ``(personalized_acc, global_on_local_acc)`` as last reported (``personalized_dice`` and
+    ``global_on_local_dice`` in a segmentation run).
 
     Personalized accuracy comes from the site's latest train line (``None`` if it was never sampled);
     global-on-local accuracy from its latest line of either task, so unsampled sites count too.
@@ -224,7 +278,7 @@ def final_site_accuracies(run: RunMetrics) -> dict[str, tuple[float | None, floa
         site = str(row["site"])
         entry = latest.setdefault(site, {})
         for key, wanted in (("personalized_acc", _is_train(row)), ("global_on_local_acc", True)):
-            value = row.get(key)
+            value = row.get(key.replace("_acc", "_" + run.metric_suffix))
             # ">=" keeps the later line of the same round: file order is time order.
             if wanted and value is not None and row["round"] >= entry.get(key, (-1, 0.0))[0]:
                 entry[key] = (row["round"], float(value))
@@ -240,9 +294,10 @@ def final_site_accuracies(run: RunMetrics) -> dict[str, tuple[float | None, floa
 def mean_per_class_forgetting(run: RunMetrics) -> list[float]:
     """Mean over rounds after the first of ``global_per_class_forgetting``, one value per class.
 
-    NaN for a class no round reports. The length is the number of class names of the run.
+    NaN for a class no round reports. The length is that of :attr:`RunMetrics.forgetting_class_names`
+    (the foreground classes of a segmentation run).
     """
-    num_classes = len(run.class_names)
+    num_classes = len(run.forgetting_class_names)
     columns: list[list[Any]] = [[] for _ in range(num_classes)]
     for row in run.round_rows[1:]:
         for index, value in enumerate(row.get("global_per_class_forgetting") or []):

@@ -22,7 +22,9 @@ from matplotlib.figure import Figure
 from fedkper_monai.report.metrics import (
     RunMetrics,
     final_site_accuracies,
+    for_metric,
     mean_per_class_forgetting,
+    metric_word,
     round_series,
     site_sort_key,
     summarize,
@@ -110,9 +112,11 @@ def plot_curve(runs: Sequence[RunMetrics], spec: PlotSpec) -> Figure:
             continue
         # About 15 markers per line: enough to tell runs apart, few enough to see the curve.
         axes.plot(rounds, values, label=run.label, markersize=4, markevery=max(1, len(rounds) // 15), **style)
-    axes.set_title(spec.title)
+    # Segmentation runs hold Dice in the accuracy fields: the titles say so.
+    word = metric_word(runs)
+    axes.set_title(for_metric(spec.title, word))
     axes.set_xlabel("round (0-based)")
-    axes.set_ylabel(spec.y_label)
+    axes.set_ylabel(for_metric(spec.y_label, word))
     axes.grid(True, alpha=0.3)
     if spec.key == "bwt":
         axes.axhline(0.0, color="0.5", linewidth=0.8)  # the no-forgetting line
@@ -153,9 +157,10 @@ def plot_tradeoff(runs: Sequence[RunMetrics]) -> Figure:
         axes.scatter([x], [y], color=style["color"], marker=style["marker"], s=60, zorder=3)
         axes.annotate(run.label, (x, y), xytext=(6, 6), textcoords="offset points", fontsize="small")
         points.append((x, y))
-    axes.set_title("Trade-off after the last round: global vs mean personalized accuracy")
-    axes.set_xlabel("final global accuracy (global model, global test set)")
-    axes.set_ylabel("final mean personalized accuracy (site models, local test splits)")
+    word = metric_word(runs)
+    axes.set_title(for_metric("Trade-off after the last round: global vs mean personalized accuracy", word))
+    axes.set_xlabel(for_metric("final global accuracy (global model, global test set)", word))
+    axes.set_ylabel(for_metric("final mean personalized accuracy (site models, local test splits)", word))
     axes.grid(True, alpha=0.3)
     if points:
         # Pad the data range so labels fit, but never leave the [0, 1] accuracy scale.
@@ -164,9 +169,9 @@ def plot_tradeoff(runs: Sequence[RunMetrics]) -> Figure:
         axes.set_xlim(max(0.0, min(xs) - pad), min(1.05, max(xs) + 2 * pad))
         axes.set_ylim(max(0.0, min(ys) - pad), min(1.05, max(ys) + pad))
     else:
-        _no_data(axes, "no run reports both accuracies")
+        _no_data(axes, for_metric("no run reports both accuracies", word))
     if missing:
-        axes.annotate(f"no global accuracy: {', '.join(missing)}", xy=(0.0, -0.14), xycoords="axes fraction",
+        axes.annotate(for_metric("no global accuracy: ", word) + ", ".join(missing), xy=(0.0, -0.14), xycoords="axes fraction",
                       fontsize="small", color="0.4")
     return figure
 
@@ -199,7 +204,7 @@ def plot_per_site_accuracy(runs: Sequence[RunMetrics]) -> Figure:
         seed = f", seed {run.seed}" if run.seed is not None else ""
         axes.set_title(f"{run.label} ({run.algorithm}{seed})", fontsize="medium", loc="left")
         axes.set_ylim(0.0, 1.05)
-        axes.set_ylabel("accuracy")
+        axes.set_ylabel(run.metric_word)
         axes.grid(True, axis="y", alpha=0.3)
     # Below the panels, so the legend never covers a bar or the title.
     handles, labels = panels[0].get_legend_handles_labels()
@@ -207,7 +212,7 @@ def plot_per_site_accuracy(runs: Sequence[RunMetrics]) -> Figure:
     panels[-1].set_xticks(positions, all_sites, rotation=45 if len(all_sites) > 8 else 0, ha="right"
                           if len(all_sites) > 8 else "center")
     panels[-1].set_xlabel("site")
-    figure.suptitle("Final accuracy per site on its local test split: personalized model vs global model")
+    figure.suptitle(for_metric("Final accuracy per site on its local test split: personalized model vs global model", metric_word(runs)))
     return figure
 
 
@@ -217,7 +222,8 @@ def plot_forgetting_heatmap(runs: Sequence[RunMetrics]) -> Figure:
     Each cell: the share of that class's global test samples that were right the round before and
     wrong now, averaged over rounds after the first. Class names come from the run headers.
     """
-    class_names = max((run.class_names for run in runs), key=len, default=[])
+    # A segmentation run's forgetting is per foreground class (no background column).
+    class_names = max((run.forgetting_class_names for run in runs), key=len, default=[])
     rows = []
     for run in runs:
         values = mean_per_class_forgetting(run)
@@ -246,7 +252,8 @@ def plot_forgetting_heatmap(runs: Sequence[RunMetrics]) -> Figure:
     axes.set_ylabel("run")
     axes.set_title(title, fontsize="medium")
     colorbar = figure.colorbar(image, ax=axes)
-    colorbar.set_label("share of class samples\nright before, wrong now")
+    unit = "voxels" if metric_word(runs) == "Dice" else "samples"
+    colorbar.set_label(f"share of class {unit}\nright before, wrong now")
     return figure
 
 
@@ -263,13 +270,14 @@ def render_plots(runs: Sequence[RunMetrics]) -> list[tuple[str, str, bytes]]:
     Returns:
         ``(file_name, title, png_bytes)`` per plot, in the order the report shows them.
     """
+    word = metric_word(runs)
     makers: list[tuple[str, str, Callable[[], Figure]]] = [
-        (spec.file_name, spec.title, lambda spec=spec: plot_curve(runs, spec)) for spec in CURVES
+        (spec.file_name, for_metric(spec.title, word), lambda spec=spec: plot_curve(runs, spec)) for spec in CURVES
     ]
     makers += [
-        ("tradeoff_global_vs_personalized.png", "Global vs personalized accuracy trade-off (final round)",
+        ("tradeoff_global_vs_personalized.png", for_metric("Global vs personalized accuracy trade-off (final round)", word),
          lambda: plot_tradeoff(runs)),
-        ("per_site_accuracy.png", "Final per-site accuracy: personalized vs global-on-local",
+        ("per_site_accuracy.png", for_metric("Final per-site accuracy: personalized vs global-on-local", word),
          lambda: plot_per_site_accuracy(runs)),
         ("per_class_forgetting.png", "Per-class forgetting of the global model (mean over rounds)",
          lambda: plot_forgetting_heatmap(runs)),

@@ -85,6 +85,28 @@ class RunMetrics:
         return self.header.get("seed")
 
     @property
+    def task(self) -> str:
+        """The header's task: ``"segmentation"`` or ``"classification"`` (headers before the field: classification)."""
+        return str(self.header.get("task") or "classification")
+
+    @property
+    def metric_word(self) -> str:
+        """What the run's "accuracy" fields hold: ``"Dice"`` (mean foreground Dice) or ``"accuracy"``."""
+        return "Dice" if self.task == "segmentation" else "accuracy"
+
+    @property
+    def metric_suffix(self) -> str:
+        """Suffix of the site lines' metric fields: ``personalized_dice`` or ``personalized_acc``."""
+        return "dice" if self.task == "segmentation" else "acc"
+
+    @property
+    def forgetting_class_names(self) -> list[str]:
+        """Names of the classes ``global_per_class_forgetting`` lists: every class, or the foreground
+        classes ``1..C-1`` of a segmentation run (voxel flips count ground-truth foreground only)."""
+        names = self.class_names
+        return names[1:] if self.task == "segmentation" and len(names) > self._max_forgetting_length() else names
+
+    @property
     def class_names(self) -> list[str]:
         """Class names from the header; ``class <i>`` for any the header leaves out."""
         names = list(self.header.get("class_names") or [])

@@ -17,7 +17,11 @@ from fedkper_monai.io import atomic_directory, atomic_write_bytes, atomic_write_
 from fedkper_monai.report.metrics import (
     SUMMARY_COLUMNS,
     RunMetrics,
+    column_meaning,
+    column_title,
+    for_metric,
     load_runs,
+    metric_word,
     sampling_mismatches,
     summarize,
     summarize_by_algorithm,
@@ -84,9 +88,9 @@ def setting_notes(runs: Sequence[RunMetrics]) -> list[str]:
     return notes
 
 
-def _algorithm_table(by_algorithm: Sequence[Mapping[str, Any]]) -> list[str]:
+def _algorithm_table(by_algorithm: Sequence[Mapping[str, Any]], word: str = "accuracy") -> list[str]:
     columns = [column for column in SUMMARY_COLUMNS if column.key not in ("run", "algorithm", "seed")]
-    header = ["algorithm", "runs (seeds)"] + [column.title for column in columns]
+    header = ["algorithm", "runs (seeds)"] + [column_title(column, word) for column in columns]
     rows = []
     for group in by_algorithm:
         cells = [str(group["algorithm"]), f"{group['runs']} ({group['seeds']})" if group["seeds"] else str(group["runs"])]
@@ -113,9 +117,16 @@ def report_markdown(runs: Sequence[RunMetrics], summaries: Sequence[Mapping[str,
         by_algorithm: per-algorithm mean ± std rows, or ``None`` when no algorithm has several runs.
         plots: ``(file_name, title)`` of each PNG, embedded by relative path.
     """
+    # Segmentation runs keep the accuracy field names but hold mean foreground Dice: say what they hold.
+    word = metric_word(runs)
     lines = ["# Federated learning comparison report", "",
-             f"{len(runs)} run(s), made by `fedkper-monai report`. Rounds are 0-based; accuracies are fractions "
-             "in [0, 1]; `n/a` means the run does not report the value.", "", "## Runs", ""]
+             f"{len(runs)} run(s), made by `fedkper-monai report`. Rounds are 0-based; "
+             + for_metric("accuracies are fractions in [0, 1]", word) + "; `n/a` means the run does not report the value.", ""]
+    if word == "Dice":
+        lines += ["Segmentation runs: every accuracy field of `metrics.jsonl` (and of `summary.csv`, whose column keys keep "
+                  "the `acc` names) holds the mean foreground Dice (MONAI `DiceMetric`, background excluded), and flips "
+                  "count ground-truth foreground voxels.", ""]
+    lines += ["## Runs", ""]
     lines += _table(
         ["run", "algorithm", "seed", "job", "network", "sites", "sampled fraction", "rounds (planned)", "metrics file"],
         [[run.label, run.algorithm, format_value(run.seed, ""), format_value(run.header.get("job"), ""),
@@ -125,13 +136,13 @@ def report_markdown(runs: Sequence[RunMetrics], summaries: Sequence[Mapping[str,
          for run in runs],
     )
     lines += ["", "## Summary (one row per run; also in `summary.csv`)", ""]
-    lines += _table([column.title for column in SUMMARY_COLUMNS],
+    lines += _table([column_title(column, word) for column in SUMMARY_COLUMNS],
                     [[format_value(summary.get(column.key), column.number_format) for column in SUMMARY_COLUMNS]
                      for summary in summaries])
     if by_algorithm is not None:
         lines += ["", "## Mean ± std per algorithm over its runs (also in `summary_by_algorithm.csv`)", "",
                   "Sample standard deviation (n - 1); a value without ± comes from one run.", ""]
-        lines += _algorithm_table(by_algorithm)
+        lines += _algorithm_table(by_algorithm, word)
     notes = setting_notes(runs)
     if notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
@@ -139,12 +150,13 @@ def report_markdown(runs: Sequence[RunMetrics], summaries: Sequence[Mapping[str,
     for file_name, title in plots:
         lines += [f"### {title}", "", f"![{title}]({file_name})", ""]
     lines += ["## What each metric means", ""]
-    lines += [f"- **{column.title}** (`{column.key}`): {column.meaning}." for column in SUMMARY_COLUMNS]
+    lines += [f"- **{column_title(column, word)}** (`{column.key}`): {column_meaning(column, word)}." for column in SUMMARY_COLUMNS]
+    unit = "ground-truth foreground voxels" if word == "Dice" else "samples"
     lines += [
-        "- **personalized accuracy**: each site's own model, trained locally from the global model, on that "
-        "site's local test split.",
-        "- **global-on-local accuracy**: the global model on a site's local test split (every site, sampled or not).",
-        "- **NFR (negative flip rate)**: share of samples a model role got right at its previous evaluation on "
+        for_metric("- **personalized accuracy**: each site's own model, trained locally from the global model, on that "
+                   "site's local test split.", word),
+        for_metric("- **global-on-local accuracy**: the global model on a site's local test split (every site, sampled or not).", word),
+        f"- **NFR (negative flip rate)**: share of {unit} a model role got right at its previous evaluation on "
         "the same set and gets wrong now; **per-class forgetting** is the same within one class.",
         "",
     ]
