@@ -75,8 +75,9 @@ def setting_notes(runs: Sequence[RunMetrics]) -> list[str]:
         if len({repr(value) for value in values.values()}) > 1:
             listed = ", ".join(f"{label}={value}" for label, value in values.items())
             notes.append(f"The runs differ in `{key}` ({listed}): compare them with care.")
+    mixed_tasks = len({run.task for run in runs}) > 1  # an all-segmentation report says Dice throughout
     for run in runs:
-        if run.header.get("task") == "segmentation":
+        if mixed_tasks and run.task == "segmentation":
             # Segmentation runs keep the round fields' names (metrics_schema.OPTIONAL_HEADER_FIELDS).
             notes.append(f"{run.label} is a segmentation run: its accuracies in this report are mean foreground Dice.")
         planned = run.header.get("num_rounds")
