@@ -4,7 +4,8 @@
 round evaluates the received global model on its local test split (with flips), trains (the received model
 is the teacher or proximal anchor; Ditto also trains an upload copy), evaluates its personalized model
 (with flips), measures its training accuracy and computes its FedKPer score. Its flip memories and its
-personalized model live in ``state_dir`` so that a restarted site continues where it stopped.
+personalized model live in ``state_dir`` so that a restarted site continues where it stopped
+(:mod:`fedkper_monai.training.site_state`), and each round's randomness depends only on (seed, round, site).
 
 The FLARE learner, the in-process benchmark loop and the tests all drive this same class::
 
@@ -19,8 +20,6 @@ models on its own test split (DESIGN section 4).
 from __future__ import annotations
 
 import copy
-import io
-import json
 import os
 import time
 import zlib
@@ -34,79 +33,15 @@ import torch
 
 from fedkper_monai.algorithm import FlipResult, fedkper_score
 from fedkper_monai.algorithm.weighting import noisy_score
-from fedkper_monai.errors import DataError, FedKPerError
-from fedkper_monai.io import atomic_write_bytes, atomic_write_json
+from fedkper_monai.errors import DataError
 from fedkper_monai.training.loop import EvalResult, evaluate, make_optimizer, round_learning_rate, select_device, train_local
 from fedkper_monai.training.networks import build_network, check_network_matches
+from fedkper_monai.training.site_config import SiteConfig
+from fedkper_monai.training.site_state import CHECKPOINT_FILE, ROUND_START_FILE, STATE_FILE, SiteState, round_seed
 from fedkper_monai.training.strategies import FedAvgStrategy, LocalStrategy, make_strategy
 from fedkper_monai.training.tasks import make_task
 
 __all__ = ["SiteConfig", "SiteReport", "Site", "STATE_FILE", "CHECKPOINT_FILE"]
-
-STATE_FILE = "fedkper_site_state.json"
-CHECKPOINT_FILE = "personalized_model.pt"
-
-
-@dataclass(frozen=True)
-class SiteConfig:
-    """A site's local settings; the defaults are the paper's (DESIGN section 1).
-
-    Args:
-        network: ``build_network`` arguments (name, spatial_dims, in_channels, num_classes, image_size).
-        algorithm: local objective, a :func:`~fedkper_monai.training.make_strategy` name.
-        algorithm_args: the strategy's parameters (e.g. ``{"mu": 0.01}`` for FedProx).
-        task: a :func:`~fedkper_monai.training.tasks.make_task` name; the datalist must declare the same.
-        task_args: the task's options, e.g. ``{"supervised_loss": "dice_ce"}`` for segmentation.
-        transforms: transform config name (``transforms/`` or the site's ``$FEDKPER_TRANSFORMS_DIR``).
-        transform_settings: plain top-level settings of that config, e.g. ``{"intensity_range": "per_image"}``
-            (the datalist's ``channels``, when it has one, applies first).
-        augment: switch on the config's random augmentation for training.
-        batch_size, local_epochs, optimizer, lr, momentum, weight_decay: local training.
-        lr_gamma: learning-rate decay per round (StepLR over rounds).
-        cache: dataset caching, ``none``, ``memory`` or ``disk``.
-        num_workers: data loader worker processes.
-        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
-        amp: mixed precision on CUDA.
-        seed: seed of this site's shuffling and initialization.
-        share_diagnostics: also send ``train_acc``, ``train_loss``, ``lr`` and the strategy's loss terms. Off by
-            default: ``train_acc`` beside ``score`` gives away the exact normalized label entropy (DESIGN
-            section 4), so these stay in the site's own log unless its operator opts in.
-        score_epsilon: when set, the score is sent with Laplace noise for ``score_epsilon``-differential
-            privacy of the value (:func:`~fedkper_monai.algorithm.weighting.noisy_score`). The exact score
-            reveals the site's normalized label entropy; this bounds what the sent one reveals.
-    """
-
-    network: Mapping[str, Any] = field(default_factory=dict)
-    algorithm: str = "fedkper"
-    algorithm_args: Mapping[str, float] = field(default_factory=dict)
-    task: str = "classification"
-    task_args: Mapping[str, Any] = field(default_factory=dict)
-    transforms: str = "classification_2d"
-    transform_settings: Mapping[str, Any] = field(default_factory=dict)
-    augment: bool = False
-    batch_size: int = 12
-    local_epochs: int = 5
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-5
-    lr_gamma: float = 0.99
-    cache: str = "memory"
-    num_workers: int = 0
-    device: str = "auto"
-    amp: bool = True
-    seed: int = 0
-    share_diagnostics: bool = False
-    score_epsilon: float | None = None
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], source: str = "site settings") -> SiteConfig:
-        """Build from a job's learner arguments; an unknown key is an error naming it and the valid ones."""
-        valid = [f for f in cls.__dataclass_fields__]
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise FedKPerError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(valid)}")
-        return cls(**values)
 
 
 @dataclass
@@ -150,6 +85,7 @@ class Site:
         self.name = name
         self.config = config
         self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.store = SiteState(self.state_dir)
         self.task = make_task(config.task, **config.task_args)
         data = load_datalist(datalist)
         if data.task != self.task.name:
@@ -176,6 +112,8 @@ class Site:
         self.has_own_model = False
         self.trackers = {role: self.task.flip_tracker(self.num_classes) for role in ("personalized", "global_on_local")}
         self._global_eval: dict[str, Any] = {}
+        # The state the round in progress started from (version, personalized flips, own model or not).
+        self._round_start: dict[str, Any] = {}
         self.restored = False
         # torch imports its compiler stack (~800 modules, ~0.8 s) when a process builds its first optimizer;
         # pay that at setup rather than inside this site's first round (and its train_seconds).
@@ -251,6 +189,8 @@ class Site:
         self.global_model.requires_grad_(False)
         # Local-only and Ditto keep their own model across rounds; everyone starts from the global initialization.
         keeps_own_model = not self.strategy.federated or self.strategy.personal_model
+        self._begin_round(version, keeps_own_model)
+        self._seed_round(round_index)
         if not keeps_own_model or not self.has_own_model:
             self.model.load_state_dict(weights)
         lr = round_learning_rate(self.config.lr, self.config.lr_gamma, round_index)
@@ -283,6 +223,41 @@ class Site:
         if self.config.share_diagnostics:
             metrics.update(diagnostics)
         return SiteReport(upload=upload, score=float(score), num_samples=int(self.num_train), metrics=metrics, diagnostics=diagnostics)
+
+    def _begin_round(self, version: Any, keeps_own_model: bool) -> None:
+        """Remember the state this round starts from; or, when this model was already being trained (a
+        server that restarted sends its round again), go back to that state and train the round once."""
+        if not self.store.kept:
+            return
+        version = _version_key(version)
+        start = self._round_start
+        if start.get("version") == version:
+            self.trackers["personalized"].load_state_dict(start["personalized"])
+            self.has_own_model = bool(start["has_own_model"])
+            own = self.store.read_model(ROUND_START_FILE, self.device) if start.get("model_saved") else None
+            if own is not None:
+                self.model.load_state_dict(own)
+            return
+        saved = keeps_own_model and self.has_own_model
+        if saved:
+            self.store.write_model(ROUND_START_FILE, self.model.state_dict())
+        self._round_start = {
+            "version": version,
+            "personalized": self.trackers["personalized"].state_dict(),
+            "has_own_model": self.has_own_model,
+            "model_saved": saved,
+        }
+        self._save_state(save_model=False)
+
+    def _seed_round(self, round_index: int) -> None:
+        """Seed this round's shuffling, random transforms and dropout from (seed, round, site) alone."""
+        from monai.data.utils import set_rnd
+
+        seed = round_seed(self.config.seed, round_index, self.name)
+        torch.manual_seed(seed)
+        if self.train_loader.generator is not None:
+            self.train_loader.generator.manual_seed(seed)
+        set_rnd(self.train_loader.dataset, seed % (2**32))
 
     def _sent_score(self, score: float, round_index: int) -> float:
         """The score as it leaves the site: exact, or with calibrated noise (``score_epsilon``), seeded per round."""
@@ -327,31 +302,37 @@ class Site:
     # ------------------------------------------------------------------ state on disk
     def _load_state(self) -> None:
         """Restore flip memories, the last global evaluation and the personalized model (a restarted site)."""
-        if self.state_dir is None:
-            return
-        path = self.state_dir / STATE_FILE
-        if path.exists():
-            state = json.loads(path.read_text())
+        state = self.store.read()
+        if state is not None:
             for role, tracker in self.trackers.items():
                 tracker.load_state_dict(state["trackers"][role])
             cache = state.get("global_eval") or {}
             if cache:
                 self._global_eval = {"version": _version_key(cache["version"]), "metrics": cache["metrics"]}
+            self._round_start = dict(state.get("round_start") or {})
             self.restored = True
-        checkpoint = self.state_dir / CHECKPOINT_FILE
-        if checkpoint.exists():
-            self.model.load_state_dict(torch.load(checkpoint, map_location=self.device, weights_only=True))
+        own = self.store.read_model(CHECKPOINT_FILE, self.device)
+        if own is not None:
+            self.model.load_state_dict(own)
             self.has_own_model = True
 
+    def adopt_state(self, previous: str | os.PathLike) -> bool:
+        """Continue from the state a stopped job left in ``previous`` (a resumed run); True when adopted."""
+        if not self.store.adopt(previous):
+            return False
+        self._load_state()
+        return True
+
     def _save_state(self, save_model: bool) -> None:
-        if self.state_dir is None:
+        if not self.store.kept:
             return
         if save_model:
-            buffer = io.BytesIO()
-            torch.save(self.model.state_dict(), buffer)
-            atomic_write_bytes(self.state_dir / CHECKPOINT_FILE, buffer.getvalue())
-        state = {"trackers": {r: t.state_dict() for r, t in self.trackers.items()}, "global_eval": self._global_eval}
-        atomic_write_json(self.state_dir / STATE_FILE, state)
+            self.store.write_model(CHECKPOINT_FILE, self.model.state_dict())
+        self.store.write({
+            "trackers": {role: tracker.state_dict() for role, tracker in self.trackers.items()},
+            "global_eval": self._global_eval,
+            "round_start": self._round_start,
+        })
 
     def describe(self) -> str:
         """One line for the site's log."""

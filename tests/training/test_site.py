@@ -226,3 +226,56 @@ def test_score_epsilon_sends_a_noisy_score_the_same_in_every_run(retina_federati
     assert reports[1].score == reports[2].score, "seeded by site, round and seed: reproducible"
     assert reports[1].score != reports[0].score and 0.0 <= reports[1].score <= 1.0
     assert reports[1].metrics["score"] == reports[1].score
+
+
+@pytest.mark.parametrize("algorithm", ["fedkper", "ditto"])
+def test_a_site_rebuilt_from_disk_each_round_trains_as_one_kept_in_memory(retina_federation, tmp_path, retina_network, algorithm):
+    """FLARE's simulator with fewer threads than sites, and a restarted site, rebuild the site from its state
+    folder: each round's shuffling depends only on (seed, round, site), so the results are the same."""
+    args = {"mu": 1.0} if algorithm == "ditto" else {}
+    kept = Site("site-1", retina_federation / "site-1.json", _config(retina_network, algorithm, algorithm_args=args), state_dir=tmp_path / "kept")
+    received = _weights(retina_network, 0)
+    for round_index in range(3):
+        rebuilt = Site("site-1", retina_federation / "site-1.json", _config(retina_network, algorithm, algorithm_args=args), state_dir=tmp_path / "rebuilt")
+        expected = kept.train_round(received, round_index=round_index, version=round_index)
+        got = rebuilt.train_round(received, round_index=round_index, version=round_index)
+        assert _max_distance(expected.upload, got.upload) < 1e-6, round_index
+        assert _max_distance(kept.model.state_dict(), rebuilt.model.state_dict()) < 1e-6, round_index
+        assert got.metrics == pytest.approx({**expected.metrics, "train_seconds": got.metrics["train_seconds"]})
+        received = {name: value.clone() for name, value in expected.upload.items()}
+
+
+@pytest.mark.parametrize("algorithm", ["fedkper", "ditto"])
+def test_a_round_sent_again_is_trained_once(retina_federation, tmp_path, retina_network, algorithm):
+    """A server that restarts sends its last unfinished round again: the site goes back to the state that
+    round started from (own model, personalized flip memory), so its result is that of one attempt."""
+    args = {"mu": 1.0} if algorithm == "ditto" else {}
+    config = _config(retina_network, algorithm, algorithm_args=args)
+    once = Site("site-1", retina_federation / "site-1.json", config, state_dir=tmp_path / "once")
+    twice = Site("site-1", retina_federation / "site-1.json", config, state_dir=tmp_path / "twice")
+    first = _weights(retina_network, 0)
+    for site in (once, twice):
+        site.train_round(first, round_index=0, version=0)
+    second = _weights(retina_network, 1)
+    twice.train_round(second, round_index=1, version=1)  # the attempt the server never heard back from
+    restarted = Site("site-1", retina_federation / "site-1.json", config, state_dir=tmp_path / "twice")
+    expected = once.train_round(second, round_index=1, version=1)
+    again = restarted.train_round(second, round_index=1, version=1)
+    assert _max_distance(expected.upload, again.upload) < 1e-6
+    assert _max_distance(once.model.state_dict(), restarted.model.state_dict()) < 1e-6
+    assert again.metrics == pytest.approx({**expected.metrics, "train_seconds": again.metrics["train_seconds"]})
+    assert restarted.trackers["personalized"].state_dict() == once.trackers["personalized"].state_dict()
+
+
+def test_a_resumed_job_adopts_the_stopped_jobs_site_state(retina_federation, tmp_path, retina_network):
+    stopped = Site("site-1", retina_federation / "site-1.json", _config(retina_network, "local"), state_dir=tmp_path / "job-1")
+    stopped.train_round(_weights(retina_network, 0), round_index=0, version=0)
+    resumed = Site("site-1", retina_federation / "site-1.json", _config(retina_network, "local"), state_dir=tmp_path / "job-2")
+    assert not resumed.restored and resumed.adopt_state(tmp_path / "job-1")
+    assert _max_distance(resumed.model.state_dict(), stopped.model.state_dict()) == 0
+    assert resumed.trackers["personalized"].state_dict() == stopped.trackers["personalized"].state_dict()
+    assert not resumed.adopt_state(tmp_path / "job-1"), "a folder with state of its own is never overwritten"
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / STATE_FILE).write_text("{not json")
+    with pytest.raises(FedKPerError, match="unreadable site state"):
+        Site("site-1", retina_federation / "site-1.json", _config(retina_network), state_dir=tmp_path / "bad")

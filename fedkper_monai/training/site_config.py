@@ -1,0 +1,72 @@
+"""A site's local settings (:class:`SiteConfig`), with the paper's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from fedkper_monai.errors import FedKPerError
+
+__all__ = ["SiteConfig"]
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """A site's local settings; the defaults are the paper's (DESIGN section 1).
+
+    Args:
+        network: ``build_network`` arguments (name, spatial_dims, in_channels, num_classes, image_size).
+        algorithm: local objective, a :func:`~fedkper_monai.training.make_strategy` name.
+        algorithm_args: the strategy's parameters (e.g. ``{"mu": 0.01}`` for FedProx).
+        task: a :func:`~fedkper_monai.training.tasks.make_task` name; the datalist must declare the same.
+        task_args: the task's options, e.g. ``{"supervised_loss": "dice_ce"}`` for segmentation.
+        transforms: transform config name (``transforms/`` or the site's ``$FEDKPER_TRANSFORMS_DIR``).
+        transform_settings: plain top-level settings of that config, e.g. ``{"intensity_range": "per_image"}``
+            (the datalist's ``channels``, when it has one, applies first).
+        augment: switch on the config's random augmentation for training.
+        batch_size, local_epochs, optimizer, lr, momentum, weight_decay: local training.
+        lr_gamma: learning-rate decay per round (StepLR over rounds).
+        cache: dataset caching, ``none``, ``memory`` or ``disk``.
+        num_workers: data loader worker processes.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        amp: mixed precision on CUDA.
+        seed: seed of this site's shuffling and initialization.
+        share_diagnostics: also send ``train_acc``, ``train_loss``, ``lr`` and the strategy's loss terms. Off by
+            default: ``train_acc`` beside ``score`` gives away the exact normalized label entropy (DESIGN
+            section 4), so these stay in the site's own log unless its operator opts in.
+        score_epsilon: when set, the score is sent with Laplace noise for ``score_epsilon``-differential
+            privacy of the value (:func:`~fedkper_monai.algorithm.weighting.noisy_score`). The exact score
+            reveals the site's normalized label entropy; this bounds what the sent one reveals.
+    """
+
+    network: Mapping[str, Any] = field(default_factory=dict)
+    algorithm: str = "fedkper"
+    algorithm_args: Mapping[str, float] = field(default_factory=dict)
+    task: str = "classification"
+    task_args: Mapping[str, Any] = field(default_factory=dict)
+    transforms: str = "classification_2d"
+    transform_settings: Mapping[str, Any] = field(default_factory=dict)
+    augment: bool = False
+    batch_size: int = 12
+    local_epochs: int = 5
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    lr_gamma: float = 0.99
+    cache: str = "memory"
+    num_workers: int = 0
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    share_diagnostics: bool = False
+    score_epsilon: float | None = None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "site settings") -> SiteConfig:
+        """Build from a job's learner arguments; an unknown key is an error naming it and the valid ones."""
+        valid = [f for f in cls.__dataclass_fields__]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise FedKPerError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(valid)}")
+        return cls(**values)
