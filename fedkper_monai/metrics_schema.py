@@ -85,6 +85,8 @@ HEADER_FIELDS: Mapping[str, str] = {
 OPTIONAL_HEADER_FIELDS: Mapping[str, str] = {
     "task": "the task when not classification: 'segmentation' (site lines then carry *_dice fields, and the round "
     "line's *_acc fields hold mean foreground Dice)",
+    "resumed": "present when the run was continued after a stop: [{round, job_id}], the first round each new "
+    "job ran and its FLARE id (flare/resume.py)",
 }
 
 # Sent by a site in a train result and written into its train line, in this order.

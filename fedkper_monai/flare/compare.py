@@ -9,6 +9,8 @@ reads as it is::
         job/<algorithm>/         the prepared job (what the simulator ran)
         workspace/               the simulator workspace (server/simulate_job/metrics.jsonl, site checkpoints)
         simulator.log            the simulator's console output
+        started.json             the run's settings, written when it started (a stopped run continues only with them)
+        workspace.stopped/       while a stopped run is continued: what it left (flare/resume.py)
         done.json                written atomically after the run finished; holds the run's settings
     RUNS/centralized/data/       the pooled one-site datalist of the centralized upper bound
 
@@ -19,6 +21,7 @@ pooled federation in :mod:`fedkper_monai.flare.compare_data`; this module runs t
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import shutil
 import statistics
@@ -35,6 +38,8 @@ from fedkper_monai.flare.compare_data import pool_sites, site_datalists
 from fedkper_monai.flare.compare_plan import (
     DEFAULT_BASE_JOB,
     DONE_FILE,
+    STARTED_FILE,
+    STOPPED_WORKSPACE,
     CompareRun,
     algorithm_job,
     finished_rounds,
@@ -42,6 +47,7 @@ from fedkper_monai.flare.compare_plan import (
     plan_runs,
 )
 from fedkper_monai.flare.jobspec import save_job_configs
+from fedkper_monai.flare.resume import RESUME_ROOT_ENV, SIMULATOR_JOB_ID, stash_simulator_workspace
 from fedkper_monai.flare.simulate import RoundProgress, SimulationOverrides, find_metrics, prepare_job, read_round_lines, run_simulator
 
 __all__ = [
@@ -62,10 +68,15 @@ DEFAULT_ALGORITHMS = ("fedkper", "fedavg", "fedprox", "fedntd", "ditto", "local"
 
 
 def _execute(run: CompareRun, data_root: Path, out: Path, threads: int | None, quiet: bool) -> bool:
-    """Run one simulation from scratch in ``run.folder``; write ``done.json`` when all rounds are there."""
-    if run.folder.exists():
-        shutil.rmtree(run.folder)  # only our own entries (checked by plan_runs)
-    run.folder.mkdir(parents=True)
+    """Run one simulation in ``run.folder``, continuing a stopped one from its last completed round when it
+    was started with the same settings; write ``done.json`` when all rounds are there."""
+    stopped = run.folder / STOPPED_WORKSPACE
+    resuming = run.status in ("redo", "resume") and stash_simulator_workspace(run.workspace, stopped)
+    if not resuming:
+        if run.folder.exists():
+            shutil.rmtree(run.folder)  # only our own entries (checked by plan_runs)
+        run.folder.mkdir(parents=True)
+        atomic_write_json(run.folder / STARTED_FILE, {"settings": run.settings})
     algorithm = run.algorithm
     run_data = data_root
     if algorithm.pooled:
@@ -73,8 +84,10 @@ def _execute(run: CompareRun, data_root: Path, out: Path, threads: int | None, q
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedkper_compare_") as scratch_name:
         scratch = Path(scratch_name)
-        # The planned job already carries every override; only its data root is set here.
-        job = run.settings["job"]
+        # The planned job already carries every override; only its data root (and a resume) is set here.
+        job = copy.deepcopy(run.settings["job"])
+        if resuming:
+            job["server"]["workflows"][0]["args"]["resume"] = SIMULATOR_JOB_ID
         source = save_job_configs(scratch / algorithm.name, job["meta"], job["server"], job["client"])
         prepared = prepare_job(source, run.workspace, SimulationOverrides(data_root=str(run_data)), run.folder / "job")
     log = run.folder / "simulator.log"
@@ -83,6 +96,7 @@ def _execute(run: CompareRun, data_root: Path, out: Path, threads: int | None, q
     result = run_simulator(
         prepared, run.workspace, n_clients, n_clients if threads is None else max(1, min(threads, n_clients)),
         log_path=log, echo=not quiet, on_poll=progress,
+        extra_environment={RESUME_ROOT_ENV: str(stopped)} if resuming else None,
     )
     seconds = time.perf_counter() - started
     found = finished_rounds(run.workspace)
@@ -92,6 +106,8 @@ def _execute(run: CompareRun, data_root: Path, out: Path, threads: int | None, q
         if result.cause:
             print(f"{run.label}: {result.cause}", file=sys.stderr)
         return False
+    if stopped.exists():
+        shutil.rmtree(stopped)
     atomic_write_json(run.folder / DONE_FILE, {
         "settings": run.settings,
         "metrics": str(find_metrics(run.workspace).relative_to(run.folder)),
@@ -118,7 +134,7 @@ def run_compare(
 
     Each prepared job names its data root (centralized: ``out/centralized/data``, rebuilt before its run).
     With ``quiet`` the simulator's console output goes to the run's ``simulator.log``. A simulation that
-    ends without all its rounds is redone from scratch up to ``retries`` times (FLARE's simulator can lose a
+    ends without all its rounds is tried again (from its last completed round) up to ``retries`` times (FLARE's simulator can lose a
     site's result when it runs fewer threads than sites), then counted as failed and the next run starts.
 
     Returns:
@@ -135,12 +151,14 @@ def run_compare(
         if run.status == "done":
             print(f"{prefix} finished earlier, skipped ({run.folder})", flush=True)
             continue
-        reason = {"redo": " (unfinished run, redone from scratch)", "overwrite": " (settings changed, overwriting)"}
+        reason = {"redo": " (unfinished run, from scratch)", "resume": " (stopped run, continued from its last completed round)",
+                  "overwrite": " (settings changed, overwriting)"}
         print(f"{prefix} running {run.rounds} rounds{reason.get(run.status, '')} -> {run.folder}", flush=True)
         started = time.perf_counter()
         for attempt in range(retries + 1):
             if attempt:
-                print(f"{prefix} retry {attempt} of {retries}, from scratch", flush=True)
+                run.status = "resume"  # a checkpoint of the failed attempt is continued; none: from scratch
+                print(f"{prefix} retry {attempt} of {retries}", flush=True)
             if _execute(run, root, out, threads, quiet):
                 run_seconds.append(time.perf_counter() - started)
                 left = (len(todo) - len(run_seconds) - len(failed)) * sum(run_seconds) / len(run_seconds)
@@ -276,7 +294,7 @@ algorithms (the same base job, only these change):
 
 Each run goes to OUT/<algorithm>/ (with --seeds: OUT/<algorithm>/seed<k>/): the prepared job, the simulator
 workspace (metrics.jsonl, checkpoints, TensorBoard), simulator.log and done.json. Rerunning the same command
-skips finished runs and redoes unfinished ones.
+skips finished runs and continues a stopped one from its last completed round (Ctrl-C is safe).
 """
 
 

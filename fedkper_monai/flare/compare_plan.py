@@ -22,9 +22,12 @@ from fedkper_monai.flare.checks import check_site_count
 from fedkper_monai.flare.compare_data import data_fingerprint, site_datalists
 from fedkper_monai.flare.jobspec import STANDARD_JOBS, load_job, save_job_configs, set_algorithm, write_job
 from fedkper_monai.flare.simulate import SimulationOverrides, find_metrics, prepare_job, read_round_lines
+from fedkper_monai.flare.resume import CHECKPOINT_FILE, SIMULATOR_JOB_ID
 
 __all__ = [
     "DONE_FILE",
+    "STARTED_FILE",
+    "STOPPED_WORKSPACE",
     "DEFAULT_BASE_JOB",
     "CompareRun",
     "parse_algorithms",
@@ -34,9 +37,11 @@ __all__ = [
 ]
 
 DONE_FILE = "done.json"
+STARTED_FILE = "started.json"
+STOPPED_WORKSPACE = "workspace.stopped"
 DEFAULT_BASE_JOB = "jobs/fedkper_medmnist"
 # What a run folder may hold; anything else means it is not ours and is never deleted.
-_RUN_ENTRIES = frozenset({"job", "workspace", "data", "simulator.log", DONE_FILE})
+_RUN_ENTRIES = frozenset({"job", "workspace", "data", "simulator.log", DONE_FILE, STARTED_FILE, STOPPED_WORKSPACE})
 _SETTINGS_VERSION = 1
 
 
@@ -74,7 +79,8 @@ class CompareRun:
         folder: the run folder.
         settings: everything that determines the run's result (compared with ``done.json``).
         rounds: the number of rounds it runs.
-        status: ``"done"`` (skipped), ``"new"``, ``"redo"`` (unfinished) or ``"overwrite"``.
+        status: ``"done"`` (skipped), ``"new"``, ``"redo"`` (unfinished, nothing to continue), ``"resume"``
+            (stopped, continued from its last completed round) or ``"overwrite"``.
     """
 
     algorithm: Algorithm
@@ -220,24 +226,38 @@ def plan_runs(
 
 
 def _status(run: CompareRun, overwrite: bool, conflicts: list[str]) -> str:
-    """``new``, ``redo`` (unfinished), ``done`` (finished, same settings) or ``overwrite``; a finished run
-    with other settings is added to ``conflicts`` unless ``overwrite``."""
-    done_path = run.folder / DONE_FILE
+    """``new``, ``redo`` or ``resume`` (unfinished), ``done`` (finished, same settings) or ``overwrite``; a run
+    started or finished with other settings is added to ``conflicts`` unless ``overwrite``."""
     if not run.folder.exists():
         return "new"
-    try:
-        done = json.loads(done_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return "redo"  # no (readable) marker: the run stopped before it finished
-    previous = done.get("settings") if isinstance(done, dict) else None
-    if previous == run.settings:
-        # Marked done, but with incomplete or missing metrics it is not a finished run.
-        return "done" if finished_rounds(run.workspace) == run.rounds else "redo"
+    done = _read_settings(run.folder / DONE_FILE)
+    if done is not None and done == run.settings and finished_rounds(run.workspace) == run.rounds:
+        return "done"
+    previous = done if done is not None else _read_settings(run.folder / STARTED_FILE)
+    if previous is None or previous == run.settings:
+        # Unfinished (or marked done with incomplete metrics): continued when it left a checkpoint.
+        return "resume" if previous is not None and _left_checkpoint(run) else "redo"
     if overwrite:
         return "overwrite"
-    changed = _differences(previous if isinstance(previous, dict) else {}, run.settings)
+    changed = _differences(previous, run.settings)
     conflicts.append(f"{run.folder}: {'; '.join(changed[:3]) or 'settings changed'}")
     return "conflict"
+
+
+def _read_settings(path: Path) -> dict | None:
+    """The ``settings`` of a done.json or started.json; None when missing or unreadable."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    settings = record.get("settings") if isinstance(record, dict) else None
+    return settings if isinstance(settings, dict) else None
+
+
+def _left_checkpoint(run: CompareRun) -> bool:
+    """Whether a stopped run left a controller checkpoint to continue from (flare/resume.py)."""
+    return any((folder / "server" / SIMULATOR_JOB_ID / CHECKPOINT_FILE).is_file()
+               for folder in (run.workspace, run.folder / STOPPED_WORKSPACE))
 
 
 def _differences(old: Any, new: Any, where: str = "") -> list[str]:

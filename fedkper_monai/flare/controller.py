@@ -22,8 +22,9 @@ from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedkper_monai.flare.aggregator import FedKPerAggregator
 from fedkper_monai.flare.failures import SiteFailures, failed_site_lines
-from fedkper_monai.flare.messages import GLOBAL_VERSION_KEY, SITE_METRICS_KEY
+from fedkper_monai.flare.messages import GLOBAL_VERSION_KEY, RESUME_CHAIN_KEY, SITE_METRICS_KEY
 from fedkper_monai.flare.metrics import METRICS_FILE, MetricsFile, RunBook
+from fedkper_monai.flare.resume import ABORTED, FINISHED, Checkpointer, stopped_runs_root
 from fedkper_monai.flare.weights import payload_bytes
 from fedkper_monai.schedule import RoundRecord, RoundSchedule, sample_sites, validation_due
 
@@ -42,6 +43,7 @@ class _Run:
     schedule: RoundSchedule
     metrics: MetricsFile
     book: RunBook
+    checkpoints: Checkpointer
 
 
 class FedKPerController(ModelController):
@@ -78,6 +80,9 @@ class FedKPerController(ModelController):
         first_task_timeout: the timeout before any site has answered (loading and caching the data included).
         min_task_timeout: the least timeout once sized from the run.
         timeout_factor: the sized timeout in multiples of the slowest answer so far.
+        resume: continue a stopped run from its last completed round (:mod:`fedkper_monai.flare.resume`):
+            ``"auto"`` the newest run of this job that stopped without ending, with the same settings;
+            ``"never"``; or the id of the stopped job (an error when it cannot be continued).
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class FedKPerController(ModelController):
         first_task_timeout: float = 1800.0,
         min_task_timeout: float = 60.0,
         timeout_factor: float = 5.0,
+        resume: str = "auto",
     ) -> None:
         # Check for finished tasks every 0.1 s (FLARE's default 0.5 s adds up to a second per round).
         # ignore_result_error: a site's error never panics the job; this loop drops the site and checks
@@ -121,6 +127,8 @@ class FedKPerController(ModelController):
         self.tensorboard = bool(tensorboard)
         self.min_responses = int(min_responses)
         self.failures = SiteFailures(task_timeout, first_task_timeout, min_task_timeout, timeout_factor)
+        self.resume = str(resume)
+        self._chain: list[str] = []
 
     def _component(self, component_id: str) -> Any:
         return self.get_component(component_id) if component_id else None
@@ -138,18 +146,40 @@ class FedKPerController(ModelController):
         schedule = RoundSchedule(
             sites, self.num_rounds, self.sample_fraction, self.seed, self.min_sites_per_round, self.validate_every
         )
-        run = _Run(aggregator, evaluator, schedule, MetricsFile(Path(self.get_run_dir()) / METRICS_FILE), RunBook())
-        run.metrics.append({"run": self._header(sites, evaluator)})
-        params = model.params
-        previous: RoundRecord | None = None  # the last round, until its global model has been validated
-        for round_index in range(self.num_rounds):
+        run_dir = Path(self.get_run_dir())
+        checkpoints = Checkpointer(run_dir, self._job_name(), str(self.fl_ctx.get_job_id()), self._settings(sites, evaluator))
+        run = _Run(aggregator, evaluator, schedule, MetricsFile(run_dir / METRICS_FILE), RunBook(), checkpoints)
+        start, params, previous = self._start(run, sites, evaluator, model.params)
+        for round_index in range(start, self.num_rounds):
             if self.abort_signal.triggered:
+                run.checkpoints.mark(ABORTED)
                 return
             outcome = self._run_round(run, round_index, params, previous)
             if outcome is None:
+                if self.abort_signal.triggered:
+                    run.checkpoints.mark(ABORTED)
                 return
             params, previous = outcome
-        self._finish(run, params, previous)
+            state = {"book": run.book.state_dict(), "evaluator": evaluator.state_dict() if evaluator else None,
+                     "slowest": self.failures.slowest}
+            run.checkpoints.save(round_index, params, previous, state)
+        if self._finish(run, params, previous):
+            run.checkpoints.mark(FINISHED)
+
+    def _start(self, run: _Run, sites: list[str], evaluator: Any, initial: dict) -> tuple[int, dict, RoundRecord | None]:
+        """Round, weights and pending record to start from: a stopped run's (resumed), else round 0."""
+        root = stopped_runs_root(self.engine.get_workspace().get_root_dir())
+        resumed = run.checkpoints.take_over(root, self.resume)
+        if resumed is None:
+            run.metrics.append({"run": self._header(sites, evaluator)})
+            return 0, initial, None
+        run.book.load_state_dict(resumed.book)
+        if evaluator is not None:
+            evaluator.load_state_dict(resumed.evaluator)
+        self.failures.slowest = resumed.slowest
+        self._chain = list(resumed.chain)
+        self.info(f"continuing the stopped job {resumed.chain[0]} from round {resumed.next_round}")
+        return resumed.next_round, resumed.params, resumed.previous
 
     def _run_round(
         self, run: _Run, round_index: int, params: dict, previous: RoundRecord | None
@@ -195,7 +225,7 @@ class FedKPerController(ModelController):
         self.save_model(self._as_task_model(params, round_index, version=round_index + 1))
         return params, record
 
-    def _finish(self, run: _Run, params: dict, last: RoundRecord) -> None:
+    def _finish(self, run: _Run, params: dict, last: RoundRecord) -> bool:
         """The last global model: validated by every site in one broadcast while the server evaluates it."""
         model = self._as_task_model(params, self.num_rounds - 1, version=self.num_rounds)
         self.failures.start_round()
@@ -203,13 +233,14 @@ class FedKPerController(ModelController):
         if run.evaluator is not None:
             last.global_eval = run.evaluator.evaluate(model.params)
         if not self._wait_for_tasks():
-            return
+            return False
         targets = run.schedule.sites if last.validate else []
         failed = self.failures.close_round([], targets, {}, validations)
         for line in failed_site_lines(self.num_rounds - 1, failed, validate_round=self.num_rounds - 1):
             run.metrics.append(line)
         self._write_round(run, last, validations, seconds=time.perf_counter() - last.started)
         self.info(f"finished {self.num_rounds} rounds; metrics in {run.metrics.path}")
+        return True
 
     def _send_train(self, model: FLModel, targets: list[str], aggregator: FedKPerAggregator) -> dict[str, dict[str, Any]]:
         """Send ``train`` to ``targets`` without waiting; updates stream into ``aggregator`` as they arrive.
@@ -282,7 +313,7 @@ class FedKPerController(ModelController):
             params=params,
             current_round=round_index,
             total_rounds=self.num_rounds,
-            meta={GLOBAL_VERSION_KEY: version},
+            meta={GLOBAL_VERSION_KEY: version, **({RESUME_CHAIN_KEY: list(self._chain)} if self._chain else {})},
         )
 
     def _job_name(self) -> str:
@@ -291,6 +322,20 @@ class FedKPerController(ModelController):
             return str(json.loads((Path(self.get_run_dir()) / "meta.json").read_text())["name"])
         except (OSError, ValueError, KeyError, TypeError):
             return str(self.fl_ctx.get_job_id())
+
+    def _settings(self, sites: list[str], evaluator: Any) -> dict[str, Any]:
+        """What a continued run must share with the stopped one (any difference is named)."""
+        return {
+            "algorithm": self.algorithm,
+            "seed": self.seed,
+            "num_rounds": self.num_rounds,
+            "sample_fraction": self.sample_fraction,
+            "min_sites_per_round": self.min_sites_per_round,
+            "validate_every": self.validate_every,
+            "sites": sites,
+            "network": dict(getattr(self.persistor, "network", {}) or {}),
+            "class_names": evaluator.class_names if evaluator is not None else None,
+        }
 
     def _header(self, sites: list[str], evaluator: Any) -> dict[str, Any]:
         persistor_network = getattr(self.persistor, "network", {}) if self.persistor else {}

@@ -117,6 +117,19 @@ class GlobalEvaluator(FLComponent):
         transform = build_transforms(self.transforms_name, image_size=self.network_spec.get("image_size"), augment=False, overrides=settings)
         return make_loader(make_dataset(entries, transform, cache=self.cache), batch_size=self.batch_size, shuffle=False)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The flip memory of the global test list (a resumed run continues it)."""
+        if not self._ready:
+            self._setup()
+        return {"tracker": self.tracker.state_dict()} if self._available else {}
+
+    def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if not self._ready:
+            self._setup()
+        if self._available and state and state.get("tracker"):
+            self.tracker.load_state_dict(state["tracker"])
+
     def evaluate(self, params: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
         """Accuracy, balanced accuracy, NFR and per-class forgetting of ``params``; None without a test set."""
         from fedkper_monai.training import evaluate

@@ -23,7 +23,8 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 from nvflare.security.logging import secure_format_exception
 
-from fedkper_monai.flare.messages import is_initial, received_version, report_to_flmodel
+from fedkper_monai.flare.messages import is_initial, received_version, report_to_flmodel, resume_chain
+from fedkper_monai.flare.resume import job_folder, stopped_runs_root
 from fedkper_monai.flare.siteconfig import read_site_config
 from fedkper_monai.flare.sitedata import site_datalist_path
 from fedkper_monai.flare.weights import to_torch
@@ -65,7 +66,7 @@ class FedKPerExecutor(Executor):
         **settings: Any,
     ) -> None:
         super().__init__()
-        from fedkper_monai.training.site import SiteConfig
+        from fedkper_monai.training.site_config import SiteConfig
 
         self.data_root = data_root
         self.demo = demo
@@ -78,6 +79,8 @@ class FedKPerExecutor(Executor):
         self.site_name = ""
         self.writer: Any = None
         self._where: tuple[str, str, str] | None = None  # site name, run folder, local/ (set at START_RUN)
+        self._workspace_root = ""
+        self._resume_checked = False
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         """Set up when the job starts, not at this site's first task.
@@ -92,6 +95,7 @@ class FedKPerExecutor(Executor):
         workspace = engine.get_workspace()
         self.writer = engine.get_component(self.analytic_sender_id) if self.analytic_sender_id else None
         self._where = (fl_ctx.get_identity_name(), workspace.get_run_dir(fl_ctx.get_job_id()), workspace.get_site_config_dir())
+        self._workspace_root = workspace.get_root_dir()
         try:
             self.setup(*self._where)
         except Exception as error:  # noqa: BLE001 - FLARE would swallow it; the first task reports it again
@@ -133,12 +137,24 @@ class FedKPerExecutor(Executor):
                 if self._where is None:
                     raise RuntimeError("the site was not set up: FLARE sent no START_RUN")
                 self.setup(*self._where)
+            self._adopt_stopped_state(resume_chain(model), fl_ctx)
             if task_name == self.validate_task:
                 return FLModelUtils.to_shareable(FLModel(metrics=self._validate(model)))
             return self._train(model, abort_signal, fl_ctx)
         except Exception as error:  # noqa: BLE001 - the server records the site's failure; the log has why
             self.log_exception(fl_ctx, f"{task_name} failed: {secure_format_exception(error)}")
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+
+    def _adopt_stopped_state(self, chain: list[str], fl_ctx: FLContext) -> None:
+        """In a resumed run, take over this site's state from the newest stopped job that holds it (once)."""
+        if self._resume_checked or not chain:
+            return
+        self._resume_checked = True
+        root = stopped_runs_root(self._workspace_root)
+        for job_id in chain:
+            if self.site.adopt_state(job_folder(root, job_id)):
+                self.log_info(fl_ctx, f"{self.site_name}: continuing with the state the stopped job {job_id} left")
+                return
 
     def _validate(self, model: FLModel) -> dict[str, Any]:
         """Global-on-local figures and their NFR (computed once per received model)."""

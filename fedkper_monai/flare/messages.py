@@ -9,13 +9,16 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
 from fedkper_monai.flare.weights import to_numpy
 
-__all__ = ["GLOBAL_VERSION_KEY", "SITE_METRICS_KEY", "report_to_flmodel", "received_version", "is_initial"]
+__all__ = ["GLOBAL_VERSION_KEY", "SITE_METRICS_KEY", "RESUME_CHAIN_KEY", "resume_chain", "report_to_flmodel", "received_version", "is_initial"]
 
 # Meta key set by the controller: how many aggregations produced the model in this task.
 GLOBAL_VERSION_KEY = "global_version"
 # Meta key of a train result's metrics. FLARE turns the metrics of a result that also carries weights into
 # its pre-train validation figures (``MetaKey.INITIAL_METRICS``), so the site's train metrics travel here.
 SITE_METRICS_KEY = "site_metrics"
+# Meta key set by the controller of a resumed run: the ids of the stopped jobs it continues, newest first.
+# A site takes over its state from the first of their folders that holds it (flare/resume.py).
+RESUME_CHAIN_KEY = "resume_chain"
 
 
 def report_to_flmodel(report: Any) -> FLModel:
@@ -39,3 +42,9 @@ def received_version(model: FLModel) -> Any:
     """
     version = (model.meta or {}).get(GLOBAL_VERSION_KEY)
     return ["round", model.current_round] if version is None else version
+
+
+def resume_chain(model: FLModel) -> list[str]:
+    """The stopped jobs a task's run continues (newest first); empty for a run that never stopped."""
+    chain = (model.meta or {}).get(RESUME_CHAIN_KEY) or []
+    return [str(job_id) for job_id in chain] if isinstance(chain, list) else []

@@ -89,6 +89,15 @@ class RunBook:
         self.baselines: dict[str, float] = {}
         self._reported_unknown: set[str] = set()
 
+    def state_dict(self) -> dict[str, Any]:
+        """The cross-round state, as JSON (a resumed run continues it)."""
+        return {"personalized": self.personalized, "baselines": self.baselines}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.personalized = {site: dict(values) for site, values in (state.get("personalized") or {}).items()}
+        self.baselines = {site: float(value) for site, value in (state.get("baselines") or {}).items()}
+
     def _check_fields(self, site: str, metrics: Mapping[str, Any], task: str | None) -> None:
         if self.strict:
             schema.check_site_fields(metrics, task)

@@ -21,8 +21,14 @@ from typing import Callable, Sequence
 
 __all__ = ["WatchedRun", "run_watched", "run_with_retries", "first_error", "PORT_CLASH_LINES", "HIDDEN_LINES"]
 
-# A simulated site that could not start: the run cannot go on, a fresh start (fresh ports) can.
-PORT_CLASH_LINES = ("Address already in use", "Failed to create connection to the child process")
+# A simulated site that could not start, or whose process died (FLARE then waits for it forever): the run
+# cannot go on, a fresh start (fresh ports) can. FLARE logs the last two only when a site process is gone.
+PORT_CLASH_LINES = (
+    "Address already in use",
+    "Failed to create connection to the child process",
+    "Communication error with client",
+    "Subprocess died for client",
+)
 # Known FLARE deprecation notices about what our jobs use on purpose (kept in the log file, never echoed).
 # FLARE emits them with warnings forced to "always" (nvflare.fuel.utils.deprecated), so no warnings filter
 # reaches them: they are dropped here, by message.

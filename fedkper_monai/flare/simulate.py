@@ -10,7 +10,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from fedkper_monai.errors import FedKPerError
 from fedkper_monai.flare.metrics import METRICS_FILE
@@ -143,14 +143,17 @@ def run_simulator(
     echo: bool | None = None,
     on_poll: Callable[[], None] | None = None,
     attempts: int = 3,
+    extra_environment: Mapping[str, str] | None = None,
 ) -> WatchedRun:
     """Run ``nvflare simulator`` in a watched child process (see :mod:`fedkper_monai.flare.process`).
 
     Its console output is appended to ``log_path`` (None: a temporary file) and shown on this console
     when ``echo`` (default: when there is no ``log_path``).
     A start in which a simulated site could not start is ended at once and redone, up to ``attempts`` starts.
+    ``extra_environment`` is added to the simulator's environment (e.g. ``$FEDKPER_RESUME_ROOT``).
     """
     command, environment = simulator_command(job_folder, workspace, n_clients, threads, log_config)
+    environment.update(extra_environment or {})
     echo = log_path is None if echo is None else echo
 
     def retry(result: WatchedRun, attempt: int) -> None:

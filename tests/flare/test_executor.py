@@ -108,6 +108,9 @@ class _Workspace:
     def get_site_config_dir(self):
         return str(self.root / "local")
 
+    def get_root_dir(self):
+        return str(self.root)
+
 
 class _Engine:
     def __init__(self, root):
