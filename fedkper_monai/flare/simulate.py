@@ -204,17 +204,19 @@ def format_summary(round_lines: list[dict[str, Any]]) -> str:
 class RoundProgress:
     """Prints ``round k of R`` with an estimate of the time left as the server's round lines arrive.
 
-    ``label`` starts each line (``compare`` names the run); ``every`` prints only every k-th round (and the last).
+    ``label`` starts each line (``compare`` names the run); ``every`` prints only every k-th round (and the last);
+    ``metrics``: the file to watch (default: the one :func:`find_metrics` finds in ``workspace``).
     """
 
-    def __init__(self, workspace: Path, rounds: int, label: str = "", every: int = 1) -> None:
+    def __init__(self, workspace: Path, rounds: int, label: str = "", every: int = 1, metrics: Path | None = None) -> None:
         self.workspace, self.rounds, self.label, self.every = workspace, rounds, label, max(1, int(every))
+        self.metrics = metrics
         self.started = time.monotonic()
         self.shown = 0
 
     def __call__(self) -> None:
         try:
-            lines = read_round_lines(find_metrics(self.workspace))
+            lines = read_round_lines(self.metrics or find_metrics(self.workspace))
         except (FedKPerError, OSError, ValueError):
             return  # not written yet, or a line half-written
         for line in lines[self.shown:]:
