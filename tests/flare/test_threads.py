@@ -1,0 +1,63 @@
+"""Fewer simulator threads than sites (slow): FLARE's simulator then starts a fresh process for each site
+task, and the site rebuilds itself from its run folder; the metrics must equal those of one process per site."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedkper_monai.cli import main
+from fedkper_monai.flare.jobspec import load_job, save_job_configs, site_args
+from fedkper_monai.flare.simulate import find_metrics
+
+pytestmark = pytest.mark.slow
+
+# 4 sites, 2 trained per round: every site trains at least once and validates in the other rounds.
+_RUN = ["--rounds", "3", "--sample-fraction", "0.5", "--local-epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def retina_four_sites(tmp_path_factory, retinamnist_npz) -> Path:
+    """4 sites from the real RetinaMNIST train split, Dirichlet(0.5), seed 0 (as conftest's retina_federation)."""
+    out = tmp_path_factory.mktemp("retina4") / "federation"
+    code = main(["prepare", "medmnist", "--npz", str(retinamnist_npz), "--sites", "4", "--alpha", "0.5", "--seed", "0", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def _job(algorithm: str, folder: Path) -> Path:
+    """``jobs/fedkper_medmnist``, or a copy of ``jobs/fedavg_medmnist`` set to ``algorithm``."""
+    if algorithm == "fedkper":
+        return Path("jobs/fedkper_medmnist")
+    meta, server, client = load_job("jobs/fedavg_medmnist")
+    site_args(client).update(algorithm=algorithm, algorithm_args={"mu": 1.0} if algorithm == "ditto" else {})
+    next(w for w in server["workflows"] if w["id"] == "controller")["args"]["algorithm"] = algorithm
+    return save_job_configs(folder / algorithm, meta, server, client)
+
+
+def _simulate(job: Path, data_root: Path, workspace: Path, threads: int) -> list[dict]:
+    code = main(["simulate", str(job), "-w", str(workspace), "--data-root", str(data_root), "-n", "4", "-t", str(threads), *_RUN])
+    assert code == 0
+    return [json.loads(line) for line in find_metrics(workspace).read_text().splitlines()]
+
+
+# Ditto keeps a personal model across rounds: the other branch of the site round, and one more file to restore.
+@pytest.mark.parametrize("algorithm", ["fedkper", "ditto"])
+def test_two_threads_for_four_sites_give_the_metrics_of_one_process_per_site(algorithm, retina_four_sites, tmp_path, monkeypatch):
+    from test_simulation import _differences
+
+    job = _job(algorithm, tmp_path / "job")
+    # The same OpenMP team size in both runs (simulate sizes it from -t otherwise): torch's CPU kernels
+    # may sum in another order with another thread count.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    separate = _simulate(job, retina_four_sites, tmp_path / "t4", threads=4)
+    shared = _simulate(job, retina_four_sites, tmp_path / "t2", threads=2)
+    # The -t 2 run really rebuilt sites from disk between tasks (FLARE started a process per task).
+    restored = [site for site in ("site-1", "site-2", "site-3", "site-4")
+                if "restored flip memories" in (tmp_path / "t2" / site / "log.txt").read_text()]
+    assert restored, "no site of the -t 2 run was rebuilt from its run folder"
+    assert len(shared) == len(separate)
+    problems = [d for i, (one, other) in enumerate(zip(separate, shared)) for d in _differences(one, other, f"line {i + 1}")]
+    assert not problems, "-t 2 differs from -t 4:\n" + "\n".join(problems[:20])
