@@ -59,8 +59,7 @@ def _simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         validate_every=args.validate_every,
     )
-    threads = args.n_clients if args.threads is None else args.threads
-    return simulate(args.job, args.workspace, args.n_clients, threads, overrides, verbose=args.verbose)
+    return simulate(args.job, args.workspace, args.n_clients, args.threads, overrides, verbose=args.verbose)
 
 
 def _describe_network(job: str) -> str:
@@ -126,8 +125,10 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("job", help="job folder, e.g. jobs/fedkper_demo")
     parser.add_argument("-w", "--workspace", required=True, help="simulator workspace folder")
     parser.add_argument("-n", "--n-clients", type=int, required=True, help="number of sites (site-1 ... site-N)")
-    parser.add_argument("-t", "--threads", type=int, help="sites run in parallel (default: all; with fewer, FLARE's "
-                        "simulator restarts site processes between tasks, which is slower)")
+    parser.add_argument("-t", "--threads", type=int, help="site processes at a time (default: one per site while they "
+                        "fit in 60%% of this machine's memory at ~600 MiB each, else the sites trained per round, at "
+                        "least 2; with fewer than the sites FLARE's simulator starts a process per site task: same "
+                        "metrics, less memory, slower)")
     parser.add_argument("--data-root", help="folder made by `fedkper-monai prepare` (sets data and network size)")
     add_override_options(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace a workspace that holds an earlier run")

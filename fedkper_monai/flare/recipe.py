@@ -44,7 +44,12 @@ class _SpecJob(FedJob):
     def simulator_run(self, workspace: str, n_clients: int | None = None, clients: list[str] | None = None,
                       threads: int | None = None, gpu: str | None = None, log_config: str | None = None) -> int:
         """Run the job in FLARE's simulator in ``workspace`` (as ``fedkper-monai simulate`` does: our allow-list,
-        one OpenMP thread per site process on a small machine); returns its exit code."""
+        one OpenMP thread per site process on a small machine); returns its exit code.
+
+        ``threads`` None, or equal to the number of sites (``SimEnv``'s default) when that many site processes
+        would not fit in this machine's memory: :func:`~fedkper_monai.flare.simulate.default_threads` (the sites
+        trained per round), said on the console; the metrics are the same, the run slower.
+        """
         from fedkper_monai.flare.simulate import run_simulator
         from fedkper_monai.flare.workspace import allow_components
 
@@ -55,13 +60,29 @@ class _SpecJob(FedJob):
             n_clients = len(clients)
         if not n_clients:
             raise FedKPerError("SimEnv needs num_clients")
+        threads = self._threads(n_clients, threads)
         folder = Path(workspace).resolve()
         with tempfile.TemporaryDirectory(prefix="fedkper_recipe_") as scratch:
             job = self.export_job(scratch)
             allow_components(folder, create=True)
-            result = run_simulator(job, folder, n_clients, threads or n_clients, log_config=log_config or "concise",
+            result = run_simulator(job, folder, n_clients, threads, log_config=log_config or "concise",
                                    log_path=Path(scratch) / "simulator.log", echo=True)
         return result.code
+
+    def _threads(self, n_clients: int, threads: int | None) -> int:
+        """The simulator's ``-t``: ``threads`` unless it is unset or one process per site would not fit."""
+        from fedkper_monai.flare.simulate import default_threads
+
+        fraction = float(self.configs[1]["workflows"][0]["args"].get("sample_fraction", 1.0))
+        fitting = default_threads(n_clients, fraction)
+        # SimEnv turns an unset num_threads into num_clients: both mean "one process per site" here, and at
+        # ~0.6 GB a site process, 50 of them would exhaust a 24 GB machine (and every other run on it).
+        if threads is None or (threads == n_clients and fitting < n_clients):
+            if threads is not None:
+                print(f"{n_clients} site processes would not fit in this machine's memory: running {fitting} at a time "
+                      f"(same metrics; pass SimEnv(num_threads=...) below {n_clients} to choose)", flush=True)
+            return fitting
+        return threads
 
 
 class FedKPerRecipe(Recipe):

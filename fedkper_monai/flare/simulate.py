@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -18,7 +19,36 @@ from fedkper_monai.flare.jobspec import job_component, load_job, save_job_config
 from fedkper_monai.flare.process import WatchedRun, run_with_retries
 from fedkper_monai.flare.workspace import allow_components
 
-__all__ = ["SimulationOverrides", "RoundProgress", "simulator_command", "job_component", "configure_job", "apply_overrides", "prepare_job", "run_simulator", "simulate", "find_metrics", "read_round_lines", "format_summary"]
+__all__ = ["SimulationOverrides", "RoundProgress", "default_threads", "simulator_command", "job_component", "configure_job", "apply_overrides", "prepare_job", "run_simulator", "simulate", "find_metrics", "read_round_lines", "format_summary"]
+
+
+# Peak resident memory of one simulated site process, with headroom: 470 MiB measured after a first round of
+# the reference CNN on 28x28 images (torch, MONAI and FLARE alone: 250 MiB; benchmarks/bench_memory.py), up to
+# ~700 MiB seen in long runs of 20 processes. One process per site is the default while the sites take at most
+# this share of the machine's memory: the simulator's server, the command and the user's other work need the rest.
+SITE_PROCESS_MIB = 600
+ONE_PROCESS_PER_SITE_SHARE = 0.6
+
+
+def machine_memory_mib() -> int:
+    """This machine's physical memory in MiB."""
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20)
+
+
+def default_threads(n_clients: int, sample_fraction: float, memory_mib: int | None = None) -> int:
+    """The simulator's ``-t`` when none is given.
+
+    One process per site while ``n_clients`` site processes take at most 60% of the machine's memory (fastest: with
+    fewer threads FLARE starts a fresh process for every site task); else as many as there are sites trained
+    per round (at least 2, so a round's trainers run side by side), which bounds memory whatever the number of
+    sites. The metrics are the same either way (a site rebuilds itself from its run folder between tasks) at
+    the same ``OMP_NUM_THREADS``: :func:`simulator_command` gives each site cores // threads unless it is set.
+    """
+    memory_mib = machine_memory_mib() if memory_mib is None else memory_mib
+    if n_clients * SITE_PROCESS_MIB <= ONE_PROCESS_PER_SITE_SHARE * memory_mib:
+        return n_clients
+    sampled = math.floor(sample_fraction * n_clients + 1e-9)  # as schedule.sample_sites counts them
+    return min(n_clients, max(2, sampled))
 
 
 @dataclass
@@ -250,12 +280,14 @@ def simulate(
     job: str | Path,
     workspace: str | Path,
     n_clients: int,
-    threads: int,
+    threads: int | None,
     overrides: SimulationOverrides,
     *,
     verbose: bool = False,
 ) -> int:
     """Prepare, run and summarize one simulation; returns the exit code (nonzero if rounds are missing).
+
+    ``threads`` None: :func:`default_threads` for the job's sample fraction.
 
     Prints progress and the final table; FLARE's own output goes to ``WORKSPACE/simulator.log`` (and to
     this console as well with ``verbose``).
@@ -264,7 +296,10 @@ def simulate(
     log = workspace / "simulator.log"
     with tempfile.TemporaryDirectory(prefix="fedkper_job_") as job_dir:
         prepared = prepare_job(job, workspace, overrides, job_dir)
-        expected_rounds = load_job(prepared)[1]["workflows"][0]["args"]["num_rounds"]
+        controller = load_job(prepared)[1]["workflows"][0]["args"]
+        expected_rounds = controller["num_rounds"]
+        if threads is None:
+            threads = default_threads(n_clients, float(controller.get("sample_fraction", 1.0)))
         print(f"simulating {Path(job).name}: {n_clients} sites, {expected_rounds} rounds, {threads} site(s) at a time; "
               f"FLARE's output: {log}" + ("" if verbose else " (-v shows it)"), flush=True)
         scratch_log = Path(job_dir) / "simulator.log"

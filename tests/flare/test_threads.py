@@ -1,5 +1,6 @@
-"""Fewer simulator threads than sites (slow): FLARE's simulator then starts a fresh process for each site
-task, and the site rebuilds itself from its run folder; the metrics must equal those of one process per site."""
+"""Fewer simulator threads than sites: FLARE's simulator then starts a fresh process for each site task, and
+the site rebuilds itself from its run folder; the metrics must equal those of one process per site (slow).
+How many site processes run at a time when the user does not say (fast)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from fedkper_monai.cli import main
+from fedkper_monai.flare import simulate
 from fedkper_monai.flare.jobspec import load_job, save_job_configs, site_args
-from fedkper_monai.flare.simulate import find_metrics
+from fedkper_monai.flare.recipe import FedKPerRecipe
+from fedkper_monai.flare.simulate import default_threads, find_metrics
 
-pytestmark = pytest.mark.slow
+_MACHINE_24_GB = 24105  # MiB, this machine; 50 site processes of ~0.6 GB do not fit it
 
 # 4 sites, 2 trained per round: every site trains at least once and validates in the other rounds.
 _RUN = ["--rounds", "3", "--sample-fraction", "0.5", "--local-epochs", "1"]
@@ -43,7 +46,27 @@ def _simulate(job: Path, data_root: Path, workspace: Path, threads: int) -> list
     return [json.loads(line) for line in find_metrics(workspace).read_text().splitlines()]
 
 
+def test_one_process_per_site_while_they_fit_else_the_sites_trained_per_round():
+    assert default_threads(4, 0.5, memory_mib=_MACHINE_24_GB) == 4
+    assert default_threads(20, 0.1, memory_mib=_MACHINE_24_GB) == 20  # the paper's 20-site setting, as before
+    assert default_threads(50, 0.1, memory_mib=_MACHINE_24_GB) == 5  # the paper's 50-site setting
+    assert default_threads(50, 0.1, memory_mib=128 * 1024) == 50
+    assert default_threads(50, 0.02, memory_mib=_MACHINE_24_GB) == 2  # a round's trainers side by side
+    assert default_threads(3, 0.1, memory_mib=1024) == 2
+
+
+def test_a_recipe_in_simenv_runs_few_processes_when_one_per_site_would_not_fit(monkeypatch, capsys):
+    # SimEnv turns an unset num_threads into num_clients; 50 processes would exhaust a 24 GB machine.
+    monkeypatch.setattr(simulate, "machine_memory_mib", lambda: _MACHINE_24_GB)
+    job = FedKPerRecipe("fedkper", sample_fraction=0.1)._job
+    assert job._threads(50, 50) == 5
+    assert "50 site processes would not fit" in capsys.readouterr().out
+    assert job._threads(50, 8) == 8 and job._threads(20, 20) == 20 and job._threads(50, None) == 5
+    assert capsys.readouterr().out == ""
+
+
 # Ditto keeps a personal model across rounds: the other branch of the site round, and one more file to restore.
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["fedkper", "ditto"])
 def test_two_threads_for_four_sites_give_the_metrics_of_one_process_per_site(algorithm, retina_four_sites, tmp_path, monkeypatch):
     from test_simulation import _differences
