@@ -11,6 +11,10 @@ Steps (each is also a FLARE command an operator runs by hand; README "Real sites
    (as a study admin submits to real sites);
    progress printed per round; the result downloaded into ``WS/result/``;
 5. every process started here stopped, also on failure, timeout or Ctrl-C.
+
+A participant that exits during the job is started again (``restarts`` times at most): a site rejoins, and
+the server, since FLARE 2.9 abandons a job whose server restarted, gets the job submitted again, which
+continues from its last completed round (:mod:`fedkper_monai.flare.resume`).
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class PocRun:
     device: str | None = "cpu"
     timeout: float = 1800.0
     connect_timeout: float = 120.0
+    restarts: int = 1  # times each participant is started again when it exits during the job
+    min_task_timeout: float | None = None  # the controller's least task timeout (how long a dead site is waited for)
 
 
 def free_port() -> int:
@@ -115,6 +121,8 @@ class Participants:
     def __init__(self, logs: Path) -> None:
         self.logs = logs
         self.processes: dict[str, subprocess.Popen] = {}
+        self.started: dict[str, tuple[Path, dict[str, str]]] = {}
+        self.restarted: dict[str, int] = {}
 
     def start(self, name: str, kit: Path, env: dict[str, str]) -> None:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process in stop()
@@ -122,34 +130,61 @@ class Participants:
             ["bash", str(kit / "startup" / "sub_start.sh"), "--once"], cwd=kit, env=env, stdout=log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
+        self.started[name] = (kit, env)
         log.close()
 
     def dead(self) -> list[str]:
         """Participants whose process has exited."""
         return [name for name, process in self.processes.items() if process.poll() is not None]
 
+    def restart(self, name: str) -> None:
+        """End what is left of ``name`` (its job processes outlive a killed parent) and start it again."""
+        _end(self._leftovers(name), grace=5.0)
+        self.restarted[name] = self.restarted.get(name, 0) + 1
+        self.start(name, *self.started[name])
+
+    def _leftovers(self, name: str) -> list[Any]:
+        """Every process running from ``name``'s kit (FLARE's job processes start in sessions of their own)."""
+        import psutil
+
+        kit = str(self.started[name][0])
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            arguments = process.info.get("cmdline") or []
+            if any(arg == kit or arg.startswith(kit + os.sep) for arg in arguments):
+                found.append(process)
+        return found
+
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM to each process group and its descendants, then SIGKILL to what is left after ``grace`` s."""
         import psutil
 
         victims: list[psutil.Process] = []
-        for process in self.processes.values():
+        for name, process in self.processes.items():
             try:
                 parent = psutil.Process(process.pid)
                 victims += [parent, *parent.children(recursive=True)]
             except psutil.NoSuchProcess:
                 pass
+            victims += self._leftovers(name)
         for process in self.processes.values():
             _signal_group(process.pid, signal.SIGTERM)
-        for victim in victims:
-            _quietly(victim.terminate)
-        _, alive = psutil.wait_procs(victims, timeout=grace)
-        for victim in alive:
-            _quietly(victim.kill)
-        psutil.wait_procs(alive, timeout=grace)
+        _end(victims, grace)
         for process in self.processes.values():
             _signal_group(process.pid, signal.SIGKILL)
             process.wait(timeout=grace)
+
+
+def _end(victims: list[Any], grace: float) -> None:
+    """SIGTERM to ``victims`` (psutil processes), SIGKILL to those alive after ``grace`` s."""
+    import psutil
+
+    for victim in victims:
+        _quietly(victim.terminate)
+    _, alive = psutil.wait_procs(victims, timeout=grace)
+    for victim in alive:
+        _quietly(victim.kill)
+    psutil.wait_procs(alive, timeout=grace)
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -195,24 +230,41 @@ def _wait_for_sites(session: Any, sites: int, deadline: float, participants: Par
         time.sleep(1.0)
 
 
-def _wait_for_job(session: Any, job_id: str, run: PocRun, server_kit: Path, rounds: int, participants: Participants) -> str:
-    """Poll the job until it ends; print a line per round; returns FLARE's final status."""
-    from fedkper_monai.flare.simulate import RoundProgress
+def _wait_for_job(session: Any, job_id: str, run: PocRun, server_kit: Path, progress: Any, participants: Participants) -> str | None:
+    """Poll the job until it ends; print a line per round (``progress``, a ``RoundProgress`` kept across the
+    jobs of one run); start a site that exited again (``run.restarts`` times). Returns FLARE's final status,
+    or None when the server exited (the caller restarts it)."""
+    from fedkper_monai.metrics_schema import METRICS_FILE
 
-    progress = RoundProgress(server_kit.parent, rounds)
+    # This job's own file: a job that continues a stopped one starts with the stopped job's lines.
+    progress.metrics = server_kit / job_id / METRICS_FILE
     deadline = time.monotonic() + run.timeout
     while True:
         progress()
-        status = str(session.get_job_meta(job_id).get("status", ""))
+        if "server" in participants.dead():
+            return None
+        status = str(_quietly_ask(session.get_job_meta, job_id).get("status", ""))
         if status.startswith(_DONE_PREFIX):
             progress()
             return status
-        if "server" in participants.dead():
-            raise FedKPerError(f"the POC server exited during the job; log: {participants.logs / 'server.log'}")
+        for site in [name for name in participants.dead() if name != "server"]:
+            if participants.restarted.get(site, 0) >= run.restarts:
+                raise FedKPerError(f"{site} exited during the job and was restarted {run.restarts} time(s); "
+                                   f"log: {participants.logs / (site + '.log')}")
+            print(f"{site} exited during the job; starting it again (it rejoins the federation)", flush=True)
+            participants.restart(site)
         if time.monotonic() > deadline:
             session.abort_job(job_id)
             raise FedKPerError(f"job {job_id} did not finish within {run.timeout:.0f} s (aborted)")
         time.sleep(2.0)
+
+
+def _quietly_ask(call: Any, *args: Any) -> dict:
+    """An admin query that may fail while the server goes down: an empty answer then."""
+    try:
+        return dict(call(*args) or {})
+    except Exception:  # noqa: BLE001 - the caller checks the server process next
+        return {}
 
 
 def _collect(session: Any, job_id: str, run: PocRun, kits: dict[str, Path]) -> Path:
@@ -229,10 +281,8 @@ def _collect(session: Any, job_id: str, run: PocRun, kits: dict[str, Path]) -> P
 
 def poc_run(run: PocRun) -> int:
     """Run ``run`` end to end (module docstring); returns 0 when the job completed every round."""
-    from nvflare.recipe import ProdEnv
-
     from fedkper_monai.flare.recipe import FedKPerRecipe
-    from fedkper_monai.flare.simulate import SimulationOverrides
+    from fedkper_monai.flare.simulate import RoundProgress, SimulationOverrides, failed_site_lines
 
     overrides = run.overrides or SimulationOverrides()
     run.workspace.mkdir(parents=True, exist_ok=True)
@@ -248,19 +298,31 @@ def poc_run(run: PocRun) -> int:
     # sub_start.sh runs `python3`: this interpreter's, also when its environment is not activated.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, "PATH": path, "OMP_NUM_THREADS": threads, "FEDKPER_DATA_ROOT": str(run.data_root)}
+    if run.min_task_timeout is not None:
+        recipe.configs[1]["workflows"][0]["args"]["min_task_timeout"] = float(run.min_task_timeout)
     session = None
     try:
         participants.start("server", kits["server"], env)
         for site in sorted(name for name in kits if name.startswith("site-")):
             participants.start(site, kits[site], env)
-        deadline = time.monotonic() + run.connect_timeout
-        session = _session(kits[ADMIN], deadline)
-        _wait_for_sites(session, run.sites, deadline, participants)
-        # Submitted the way a study admin submits to real sites: the recipe in FLARE's ProdEnv, with the admin kit.
-        job_id = recipe.run(ProdEnv(startup_kit_location=str(kits[ADMIN]), username=ADMIN, login_timeout=30.0)).get_job_id()
-        print(f"submitted {recipe.name} as job {job_id}: {recipe.num_rounds} rounds on {run.sites} sites", flush=True)
-        status = _wait_for_job(session, job_id, run, kits["server"], recipe.num_rounds, participants)
+        session = _connect(run, kits, participants)
+        job_id = _submit(recipe, run, kits)
+        progress = RoundProgress(kits["server"].parent, recipe.num_rounds)
+        status = _wait_for_job(session, job_id, run, kits["server"], progress, participants)
+        while status is None:  # the server exited: FLARE abandons the job; a new one continues it
+            if participants.restarted.get("server", 0) >= run.restarts:
+                raise FedKPerError(f"the POC server exited during job {job_id} and was restarted {run.restarts} "
+                                   f"time(s); log: {participants.logs / 'server.log'}")
+            print(f"the POC server exited during job {job_id}; starting it again", flush=True)
+            _quietly_close(session)
+            participants.restart("server")
+            session = _connect(run, kits, participants)
+            job_id = _submit(recipe, run, kits)
+            print(f"job {job_id} continues the stopped job from its last completed round", flush=True)
+            status = _wait_for_job(session, job_id, run, kits["server"], progress, participants)
         result = _collect(session, job_id, run, kits)
+        for line in failed_site_lines(result / "workspace" / "metrics.jsonl"):
+            print(f"failed: {line['site']} in round {line['round']} ({line.get('task')}): {line.get('reason')}")
         print(f"job {job_id}: {status}; result in {result}", flush=True)
         return 0 if status == "FINISHED:COMPLETED" else 1
     finally:
@@ -268,6 +330,23 @@ def poc_run(run: PocRun) -> int:
             _quietly_close(session)
         print("stopping POC ...", flush=True)
         participants.stop()
+
+
+def _connect(run: PocRun, kits: dict[str, Path], participants: Participants) -> Any:
+    """An admin session once the server answers and every site is connected."""
+    deadline = time.monotonic() + run.connect_timeout
+    session = _session(kits[ADMIN], deadline)
+    _wait_for_sites(session, run.sites, deadline, participants)
+    return session
+
+
+def _submit(recipe: Any, run: PocRun, kits: dict[str, Path]) -> str:
+    """Submit the recipe the way a study admin submits to real sites: FLARE's ``ProdEnv`` with the admin kit."""
+    from nvflare.recipe import ProdEnv
+
+    job_id = recipe.run(ProdEnv(startup_kit_location=str(kits[ADMIN]), username=ADMIN, login_timeout=30.0)).get_job_id()
+    print(f"submitted {recipe.name} as job {job_id}: {recipe.num_rounds} rounds on {run.sites} sites", flush=True)
+    return job_id
 
 
 def _quietly_close(session: Any) -> None:

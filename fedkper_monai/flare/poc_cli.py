@@ -23,6 +23,10 @@ def _poc_run(args: argparse.Namespace) -> int:
                  validate_every=args.validate_every, seed=args.seed)
     if args.sites < 1:
         raise SettingError("--sites", f"must be >= 1, got {args.sites}")
+    if args.restarts < 0:
+        raise SettingError("--restarts", f"must be >= 0, got {args.restarts}")
+    if args.min_task_timeout is not None and not args.min_task_timeout > 0:
+        raise SettingError("--min-task-timeout", f"must be > 0, got {args.min_task_timeout}")
     data_root = Path(args.data_root)
     if not data_root.is_dir():
         raise SettingError("--data-root", f"{data_root}: no such folder (make one with `fedkper-monai prepare`)")
@@ -44,7 +48,8 @@ def _poc_run(args: argparse.Namespace) -> int:
     overrides = SimulationOverrides(rounds=args.rounds, sample_fraction=args.sample_fraction, local_epochs=args.local_epochs,
                                     seed=args.seed, validate_every=args.validate_every)
     run = PocRun(job=args.job, sites=args.sites, data_root=data_root.resolve(), workspace=workspace.resolve(),
-                 overrides=overrides, device=args.device, timeout=args.timeout)
+                 overrides=overrides, device=args.device, timeout=args.timeout, restarts=args.restarts,
+                 min_task_timeout=args.min_task_timeout)
     return poc_run(run)
 
 
@@ -74,7 +79,9 @@ def add_site_parsers(subparsers: argparse._SubParsersAction) -> None:
         help="prepare POC, start server and sites, submit, wait, download the result, stop",
         description="Prepare FLARE's POC workspace in WS (a free port), allow our components and write each site's "
         "site-config, start the server and N sites as separate processes, submit JOB, print progress, download "
-        "the result into WS/result/, and stop every process, also on failure or Ctrl-C.",
+        "the result into WS/result/, and stop every process, also on failure or Ctrl-C. A site or the server "
+        "that exits during the job is started again (--restarts); the job then continues from its last "
+        "completed round.",
         epilog="example:\n  fedkper-monai poc run fedkper --sites 3 --data-root data/retina --workspace /tmp/poc --rounds 2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -85,6 +92,11 @@ def add_site_parsers(subparsers: argparse._SubParsersAction) -> None:
     add_override_options(run)
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="each site's device (default cpu)")
     run.add_argument("--timeout", type=float, default=1800.0, help="seconds the job may run before it is aborted")
+    run.add_argument("--restarts", type=int, default=1,
+                     help="times a site or the server that exits during the job is started again (default 1); a "
+                     "restarted server gets the job again, which continues from its last completed round")
+    run.add_argument("--min-task-timeout", type=float, metavar="S",
+                     help="least seconds the server waits for a site's answer (the job's default: 60)")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty workspace")
     run.set_defaults(func=_poc_run)
     poc.set_defaults(func=lambda args: poc.print_help() or 2)

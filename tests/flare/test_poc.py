@@ -106,3 +106,84 @@ def test_the_readme_project_provisions_a_server_and_three_hospitals_that_allow_o
         for name in ("resources.json", "resources.json.default"):  # POC rewrites the server's from the default
             (resources,) = (tmp_path / "ws").glob(f"fedkper_study/prod_*/{kit}/local/{name}")
             assert set(allowed_classes()) <= set(json.loads(resources.read_text())["class_allow_list"]), (kit, name)
+
+
+def _kill_participant(workspace, name: str) -> int:
+    """SIGKILL every process running from ``name``'s POC kit (its parent and the job processes it started)."""
+    import psutil
+
+    kits = list(workspace.glob(f"poc/*/prod_*/{name}"))
+    assert len(kits) == 1, kits
+    kit = str(kits[0])
+    killed = 0
+    for process in psutil.process_iter(["cmdline"]):
+        if any(arg == kit or arg.startswith(kit + "/") for arg in process.info.get("cmdline") or []):
+            try:
+                process.kill()
+                killed += 1
+            except psutil.NoSuchProcess:
+                pass
+    return killed
+
+
+def _server_round_lines(workspace) -> list[dict]:
+    """Round lines of the newest job's metrics.jsonl on the POC server (while the job runs)."""
+    found = sorted(workspace.glob("poc/*/prod_*/server/*/metrics.jsonl"), key=lambda path: path.stat().st_mtime)
+    if not found:
+        return []
+    try:
+        lines = [json.loads(line) for line in found[-1].read_text().splitlines()]
+    except ValueError:
+        return []  # a line half-written
+    return [line for line in lines if "round" in line and "site" not in line]
+
+
+@pytest.mark.slow
+def test_poc_run_survives_a_killed_site_and_a_killed_server(retina_federation, tmp_path):
+    """Issue 12's drill: 3 sites on loopback; one site killed mid-run (the job goes on with the others and the
+    site is started again), then the server killed (started again; the job, submitted again, continues from its
+    last completed round): every round once in metrics.jsonl, no process left."""
+    import subprocess
+    import sys
+    import time
+
+    workspace = tmp_path / "poc_ws"
+    rounds = 4
+    command = [sys.executable, "-m", "fedkper_monai.cli", "poc", "run", "fedkper", "--sites", "3", "--data-root",
+               str(retina_federation), "--workspace", str(workspace), "--rounds", str(rounds), "--sample-fraction", "0.67",
+               "--local-epochs", "3", "--min-task-timeout", "20", "--timeout", "900"]
+    log = open(tmp_path / "poc_run.log", "w")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600
+
+        def wait_for_round(index: int) -> None:
+            while not any(line["round"] >= index for line in _server_round_lines(workspace)):
+                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "poc_run.log").read_text()[-3000:]
+                time.sleep(0.5)
+
+        # Round r's line is written in round r + 1's broadcast, once every site answered for model r or timed
+        # out. site-3 is killed as round 1 starts (it is sampled in rounds 0, 1 and 3 with seed 0); by the
+        # round-2 line its failed task is in a completed round, and the server is killed during round 3.
+        wait_for_round(0)
+        assert _kill_participant(workspace, "site-3") >= 1
+        wait_for_round(2)
+        assert _kill_participant(workspace, "server") >= 1
+        assert process.wait(timeout=900) == 0, (tmp_path / "poc_run.log").read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+    printed = (tmp_path / "poc_run.log").read_text()
+    assert "site-3 exited during the job; starting it again" in printed
+    assert "the POC server exited during job" in printed and "continues the stopped job from its last completed round" in printed
+    records = [json.loads(line) for line in (workspace / "result" / "workspace" / "metrics.jsonl").read_text().splitlines()]
+    rounds_written = [r["round"] for r in records if "round" in r and "site" not in r]
+    assert rounds_written == list(range(rounds)), "each round once, in order"
+    header = records[0]["run"]
+    # Killed during round 3 (or, when round 3 had just been aggregated, before the final validation).
+    assert header["resumed"] and header["resumed"][0]["round"] in (3, 4)
+    failed = [r for r in records if r.get("status") == "failed"]
+    assert any(r["site"] == "site-3" for r in failed), "the killed site's task failed and the round went on"
+    assert "failed: site-3 in round" in printed, "poc run names the failed tasks"
+    assert not _our_processes(str(workspace)), "every POC process is stopped"
