@@ -321,8 +321,10 @@ def poc_run(run: PocRun) -> int:
             print(f"job {job_id} continues the stopped job from its last completed round", flush=True)
             status = _wait_for_job(session, job_id, run, kits["server"], progress, participants)
         result = _collect(session, job_id, run, kits)
-        for line in failed_site_lines(result / "workspace" / "metrics.jsonl"):
+        failed = failed_site_lines(result / "workspace" / "metrics.jsonl")
+        for line in failed:
             print(f"failed: {line['site']} in round {line['round']} ({line.get('task')}): {line.get('reason')}")
+        _print_site_errors(sorted({line["site"] for line in failed}), kits, job_id)
         print(f"job {job_id}: {status}; result in {result}", flush=True)
         return 0 if status == "FINISHED:COMPLETED" else 1
     finally:
@@ -330,6 +332,18 @@ def poc_run(run: PocRun) -> int:
             _quietly_close(session)
         print("stopping POC ...", flush=True)
         participants.stop()
+
+
+def _print_site_errors(sites: list[str], kits: dict[str, Path], job_id: str) -> None:
+    """A failed site's own first error, read from its log (a site sends the server only that it failed;
+    in POC its log is on this machine)."""
+    from fedkper_monai.flare.process import first_error
+
+    for site in sites:
+        log = kits[site] / job_id / "log.txt"
+        error = first_error(log.read_text(errors="replace").splitlines()) if log.is_file() else None
+        if error:
+            print(f"{site}'s log ({log}): {error}", flush=True)
 
 
 def _connect(run: PocRun, kits: dict[str, Path], participants: Participants) -> Any:

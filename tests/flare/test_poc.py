@@ -187,3 +187,48 @@ def test_poc_run_survives_a_killed_site_and_a_killed_server(retina_federation, t
     assert any(r["site"] == "site-3" for r in failed), "the killed site's task failed and the round went on"
     assert "failed: site-3 in round" in printed, "poc run names the failed tasks"
     assert not _our_processes(str(workspace)), "every POC process is stopped"
+
+
+@pytest.mark.slow
+def test_a_site_that_never_connects_is_a_clear_error_in_bounded_time(retina_federation, tmp_path, monkeypatch):
+    """site-3's machine is down (its process is never started): poc run stops within its connect timeout,
+    naming who connected, and leaves no process behind."""
+    import time
+
+    from fedkper_monai.errors import FedKPerError
+    from fedkper_monai.flare import poc
+
+    real_start = poc.Participants.start
+    monkeypatch.setattr(poc.Participants, "start", lambda self, name, kit, env: None if name == "site-3" else real_start(self, name, kit, env))
+    workspace = tmp_path / "poc_ws"
+    run = poc.PocRun(job="fedkper", sites=3, data_root=retina_federation, workspace=workspace, connect_timeout=25.0)
+    started = time.monotonic()
+    with pytest.raises(FedKPerError, match=r"2 of 3 sites connected in time \(site-1, site-2\)"):
+        poc.poc_run(run)
+    assert time.monotonic() - started < 120
+    assert not _our_processes(str(workspace)), "every POC process is stopped"
+
+
+@pytest.mark.slow
+def test_a_site_whose_data_is_broken_is_named_and_the_job_goes_on(retina_federation, tmp_path, capsys):
+    """site-2's datalist names an image that does not exist: its tasks fail with the file in the reason, the
+    rounds go on with site-1, and poc run prints each failure."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(retina_federation, data)
+    broken = json.loads((data / "site-2.json").read_text())
+    broken["training"][0]["image"] = "missing/nowhere.png"
+    (data / "site-2.json").write_text(json.dumps(broken))
+    for name in ("site-3.json",):
+        (data / name).unlink()
+    workspace = tmp_path / "poc_ws"
+    code = main(["poc", "run", "fedkper", "--sites", "2", "--data-root", str(data), "--workspace", str(workspace),
+                 "--rounds", "2", "--sample-fraction", "1.0", "--local-epochs", "1", "--timeout", "300"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "failed: site-2 in round 0 (train)" in printed
+    assert "site-2's log" in printed and "site-2.json: training[0].image: image file not found" in printed
+    records = [json.loads(line) for line in (workspace / "result" / "workspace" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["aggregated_sites"] for r in records if "aggregated_sites" in r] == [["site-1"], ["site-1"]]
+    assert not _our_processes(str(workspace)), "every POC process is stopped"
