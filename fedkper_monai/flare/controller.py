@@ -20,6 +20,7 @@ from nvflare.apis.utils.analytix_utils import create_analytic_dxo, send_analytic
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
 
+from fedkper_monai.errors import FedKPerError
 from fedkper_monai.flare.aggregator import FedKPerAggregator
 from fedkper_monai.flare.failures import SiteFailures, failed_site_lines
 from fedkper_monai.flare.messages import GLOBAL_VERSION_KEY, RESUME_CHAIN_KEY, SITE_METRICS_KEY
@@ -149,7 +150,10 @@ class FedKPerController(ModelController):
         run_dir = Path(self.get_run_dir())
         checkpoints = Checkpointer(run_dir, self._job_name(), str(self.fl_ctx.get_job_id()), self._settings(sites, evaluator))
         run = _Run(aggregator, evaluator, schedule, MetricsFile(run_dir / METRICS_FILE), RunBook(), checkpoints)
-        start, params, previous = self._start(run, sites, evaluator, model.params)
+        started = self._start(run, sites, evaluator, model.params)
+        if started is None:
+            return
+        start, params, previous = started
         for round_index in range(start, self.num_rounds):
             if self.abort_signal.triggered:
                 run.checkpoints.mark(ABORTED)
@@ -166,10 +170,15 @@ class FedKPerController(ModelController):
         if self._finish(run, params, previous):
             run.checkpoints.mark(FINISHED)
 
-    def _start(self, run: _Run, sites: list[str], evaluator: Any, initial: dict) -> tuple[int, dict, RoundRecord | None]:
-        """Round, weights and pending record to start from: a stopped run's (resumed), else round 0."""
+    def _start(self, run: _Run, sites: list[str], evaluator: Any, initial: dict) -> tuple[int, dict, RoundRecord | None] | None:
+        """Round, weights and pending record to start from: a stopped run's (resumed), else round 0; None when a
+        named stopped run cannot be continued (the job then stops, saying why)."""
         root = stopped_runs_root(self.engine.get_workspace().get_root_dir())
-        resumed = run.checkpoints.take_over(root, self.resume)
+        try:
+            resumed = run.checkpoints.take_over(root, self.resume)
+        except FedKPerError as error:  # a named stopped run that cannot be continued: say why, run nothing
+            self.panic(str(error))
+            return None
         if resumed is None:
             run.metrics.append({"run": self._header(sites, evaluator)})
             return 0, initial, None

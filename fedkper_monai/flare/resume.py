@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -64,6 +65,7 @@ SIMULATOR_JOB_ID = "simulate_job"
 # A site's state file (fedkper_monai.training.site_state.STATE_FILE; not imported: that pulls torch).
 _SITE_STATE_FILE = "fedkper_site_state.json"
 _FORMAT = 1
+_LOG = logging.getLogger(__name__)
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
@@ -173,8 +175,13 @@ def find_resumable(
             state = read_checkpoint(path.parent)
         except FedKPerError:
             continue  # a damaged folder of another run is not ours to continue
-        if state and state["status"] == RUNNING and state["job"] == job and not settings_difference(settings, state["settings"]):
-            candidates.append((path.stat().st_mtime, path.parent, state))
+        if not state or state["status"] != RUNNING or state["job"] != job:
+            continue
+        difference = settings_difference(settings, state["settings"])
+        if difference:
+            _LOG.warning("%s stopped without ending but is not continued: settings changed, %s", path.parent, difference)
+            continue
+        candidates.append((path.stat().st_mtime, path.parent, state))
     if not candidates:
         return None
     _, folder, state = max(candidates, key=lambda item: item[0])
