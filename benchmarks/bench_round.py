@@ -32,11 +32,14 @@ of ``../shared/data/brain_tumor_mri/brain_tumor_mri_28.npz`` (seed 0) in a tempo
    .do_one_task), so every task pays for Python/torch/MONAI imports and a learner setup (~5 s a turn here,
    about 40 turns a round), which measures process start-up, not FLARE's messaging.
 
+3. ``--memory``: peak memory of one site process and of a 50-site federation run, 10% sampled, with
+   ``simulate``'s default ``-t`` (``benchmarks/bench_memory.py``, which also runs alone), under ``memory``.
+
 Writes ``benchmarks/results/bench_round.json`` atomically and prints a summary. Other work on the same
 cores distorts wall times: the machine's load average is recorded at the start and end of every part.
 
 Run from the repository root:
-``python benchmarks/bench_round.py [--reps 5] [--rounds 6] [--validate-every K] [--site-threads N] [--t1-rounds 0]``
+``python benchmarks/bench_round.py [--reps 5] [--rounds 6] [--validate-every K] [--site-threads N] [--t1-rounds 0] [--memory]``
 """
 
 from __future__ import annotations
@@ -439,6 +442,8 @@ def main() -> int:
                         help="rounds between validations of all sites in part 2 (default: the job's value)")
     parser.add_argument("--t1-rounds", type=int, default=0,
                         help="rounds of an extra -t 1 run for context (default 0: ~5 s per site turn, minutes per round)")
+    parser.add_argument("--memory", action="store_true",
+                        help="also measure peak memory: one site process, 50 sites (bench_memory.py, ~20 min here)")
     parser.add_argument("--skip-local", action="store_true")
     parser.add_argument("--skip-flare", action="store_true")
     parser.add_argument("--out", default=str(RESULT_PATH))
@@ -475,6 +480,11 @@ def main() -> int:
             result["flare_over_inprocess"] = flare["simulator"][f"t{args.threads}"]["flare_over_inprocess"]
             if "t1" in flare["simulator"] and args.threads != 1:
                 result["flare_t1_over_inprocess"] = flare["simulator"]["t1"]["flare_over_inprocess"]
+    if args.memory:
+        import bench_memory  # beside this file
+
+        print(f"part 3: peak memory, one site process and {bench_memory.SITES} sites", flush=True)
+        result["memory"] = bench_memory.measure(Path(args.npz), bench_memory.SITES, bench_memory.ALPHA, None, bench_memory.ROUNDS)
     result["load_average_end"] = _load()
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     result["met"] = {key: result[key] <= target for key, target in TARGETS.items() if key in result}
@@ -484,6 +494,8 @@ def main() -> int:
     for key, target in TARGETS.items():
         if key in result:
             print(f"{key}: {result[key]:.3f} (target <= {target}) {'met' if result['met'][key] else 'MISSED'}")
+    if "memory" in result:
+        print("memory: " + ", ".join(f"{key} {value}" for key, value in result["memory"]["summary"].items()))
     print(f"wrote {args.out}")
     return 0
 
