@@ -21,10 +21,11 @@ seed 0, in a temporary folder):
    sizes (shared pages split between the processes that map them: what the tree really takes), the number of
    site processes, the largest site process and the rest of the tree. One process per site (``-t`` = sites) is
    estimated as the rest's peak plus the sites times the largest site process: at 50 sites that run is not
-   started (it would not fit this machine).
+   started (it would not fit this machine); at 6 sites, where it fits, the estimate came out 5% above the
+   measured peak (``benchmarks/results/bench_memory_6sites.json``).
 
 Writes ``benchmarks/results/bench_memory.json`` atomically and prints a summary. Run from the repository root:
-``python benchmarks/bench_memory.py [--sites 50] [--threads 5] [--rounds 3]``
+``python benchmarks/bench_memory.py [--sites 50] [--rounds 3] [--threads T]`` (about 15 min here at 50 sites)
 """
 
 from __future__ import annotations
