@@ -315,7 +315,8 @@ def run_flare(job: Path, overrides: Any, work: Path, threads: int) -> dict[str, 
     prepared = prepare_job(job, workspace, overrides, work / f"job_t{threads}")
     log_path = work / f"simulator_t{threads}.log"
     started = time.perf_counter()
-    code = run_simulator(prepared, workspace, NUM_SITES, threads, log_path=log_path)
+    # run_simulator returns how the watched run ended (a WatchedRun), not a bare exit code.
+    code = run_simulator(prepared, workspace, NUM_SITES, threads, log_path=log_path).code
     total = time.perf_counter() - started
     metrics_path = find_metrics(workspace)
     lines = read_round_lines(metrics_path)
