@@ -37,6 +37,8 @@ class GlobalEvaluator(FLComponent):
         device: ``auto``, ``cpu`` or ``cuda``.
         task: the task, as in the learner (``segmentation``: "accuracy" is mean foreground Dice, flips are
             voxel flips and per-class forgetting is per foreground class).
+        task_args: the task's options, as the sites' ``task_args`` (e.g. ``{"sliding_window": {"roi_size":
+            [96, 96, 96]}}`` to evaluate whole volumes patch by patch, as the sites do).
     """
 
     def __init__(
@@ -51,11 +53,12 @@ class GlobalEvaluator(FLComponent):
         device: str = "auto",
         cache: str = "memory",
         task: str = "classification",
+        task_args: dict | None = None,
     ) -> None:
         from fedkper_monai.training.tasks import make_task
 
         super().__init__()
-        self.task = make_task(task)
+        self.task = make_task(task, **dict(task_args or {}))
         self.network_spec = dict(network)
         self.data_root = data_root
         self.demo = demo

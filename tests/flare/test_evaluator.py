@@ -52,3 +52,16 @@ def test_held_out_sites_are_evaluated_on_all_their_samples(retina_federation, re
     assert result["unseen_site_acc"] == {"holdout-1": pytest.approx(labels.count(2) / len(labels))}
     plain = GlobalEvaluator(network=retina_network, data_root=str(retina_federation), device="cpu")
     assert plain.evaluate(_always_predicts(retina_network, 2))["unseen_site_acc"] == {}
+
+
+def test_the_server_evaluates_patch_by_patch_when_the_sites_do(retina_network):
+    """The sites' ``task_args`` (a sliding window over whole volumes) reach the server's evaluator too; a bad
+    option is named when the job is built, not at the first evaluation."""
+    import pytest
+
+    unet = {"name": "unet", "spatial_dims": 3, "in_channels": 1, "num_classes": 3}
+    evaluator = GlobalEvaluator(network=unet, task="segmentation", task_args={"sliding_window": {"roi_size": [16, 16, 16]}})
+    assert evaluator.task.inferer is not None and list(evaluator.task.inferer.roi_size) == [16, 16, 16]
+    assert GlobalEvaluator(network=unet, task="segmentation").task.inferer is None
+    with pytest.raises(ValueError, match="sliding_window: unknown key"):
+        GlobalEvaluator(network=unet, task="segmentation", task_args={"sliding_window": {"roi": [16, 16, 16]}})
