@@ -21,14 +21,14 @@ from typing import Callable, Sequence
 
 __all__ = ["WatchedRun", "run_watched", "run_with_retries", "first_error", "PORT_CLASH_LINES", "HIDDEN_LINES"]
 
-# A simulated site that could not start, or whose process died (FLARE then waits for it forever): the run
-# cannot go on, a fresh start (fresh ports) can. FLARE logs the last two only when a site process is gone.
-PORT_CLASH_LINES = (
-    "Address already in use",
-    "Failed to create connection to the child process",
-    "Communication error with client",
-    "Subprocess died for client",
-)
+# A simulated site that could not start: the run cannot go on, a fresh start (fresh ports) can.
+PORT_CLASH_LINES = ("Address already in use", "Failed to create connection to the child process")
+# A site process that is gone. Before any site finished a task this is a site that died at start (the round
+# then waits for it until the first, long task timeout): a fresh start. Later it is a site that stopped
+# mid-run, which the controller's failure handling covers (its task times out, the run goes on).
+SITE_DIED_LINES = ("Communication error with client", "Subprocess died for client")
+# Printed for every task a simulated site finishes.
+_TASK_DONE_LINE = "Finished one task run for client"
 # Known FLARE deprecation notices about what our jobs use on purpose (kept in the log file, never echoed).
 # FLARE emits them with warnings forced to "always" (nvflare.fuel.utils.deprecated), so no warnings filter
 # reaches them: they are dropped here, by message.
@@ -76,6 +76,7 @@ class _Reader(threading.Thread):
         self.stream, self.log, self.echo = stream, log, echo
         self.errors: list[str] = []
         self.clash: str | None = None
+        self.progressed = False  # a site has finished a task
 
     def run(self) -> None:
         for raw in iter(self.stream.readline, b""):
@@ -85,7 +86,9 @@ class _Reader(threading.Thread):
             if self.echo and not any(marker in line for marker in HIDDEN_LINES):
                 sys.stdout.write(line)
                 sys.stdout.flush()
-            if self.clash is None and any(marker in line for marker in PORT_CLASH_LINES):
+            self.progressed = self.progressed or _TASK_DONE_LINE in line
+            started_badly = not self.progressed and any(marker in line for marker in SITE_DIED_LINES)
+            if self.clash is None and (started_badly or any(marker in line for marker in PORT_CLASH_LINES)):
                 self.clash = line.strip()
             if len(self.errors) < 200 and ("Error" in line or "Exception" in line or " - ERROR - " in line):
                 self.errors.append(line.rstrip("\n"))

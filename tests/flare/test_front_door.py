@@ -226,3 +226,17 @@ def test_the_readme_demo_is_quiet(tmp_path, capsys):
     assert [line.split(" (")[0] for line in shown if line.startswith("round ") and " of " in line] == [
         f"round {k} of 5 done" for k in range(1, 6)]
     assert (workspace / "simulator.log").stat().st_size > 0
+
+
+def test_a_site_that_dies_at_start_ends_the_run_but_one_that_dies_later_does_not(tmp_path):
+    """FLARE's line for a site process that is gone: at start (no task finished yet) the round would wait for
+    it until the long first timeout, so the run starts again; mid-run the controller's failure handling
+    covers it (tests/flare/test_failing_sites.py kills a site on purpose)."""
+    died = "2026 - SimulatorClientRunner - ERROR - Communication error with client site-3: [Errno 104] Connection reset by peer"
+    at_start = f"import time\nprint({died!r}, flush=True)\ntime.sleep(60)\n"
+    started = time.perf_counter()
+    result = run_watched([sys.executable, "-c", at_start], {}, tmp_path / "start.log", poll_seconds=0.1)
+    assert result.port_clash and "site-3" in result.cause and time.perf_counter() - started < 10
+    later = f"print('2026 - INFO - Finished one task run for client: site-2 interval: 0.25', flush=True)\nprint({died!r}, flush=True)\n"
+    result = run_watched([sys.executable, "-c", later], {}, tmp_path / "later.log", poll_seconds=0.1)
+    assert not result.port_clash and result.code == 0
