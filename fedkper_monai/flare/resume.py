@@ -255,19 +255,25 @@ class Checkpointer:
         if found is None:
             return None
         folder, state = found
-        model_path = folder / str(state.get("model", ""))
+        where = folder / CHECKPOINT_FILE
+        if state.get("model") not in (model_file(0), model_file(1)):  # a file name of ours, never a path
+            raise FedKPerError(f"resume: {where}: field 'model' is {state.get('model')!r}, not a checkpoint model file")
         try:
-            with np.load(model_path, allow_pickle=False) as arrays:
+            with np.load(folder / state["model"], allow_pickle=False) as arrays:
                 params = {name: arrays[name] for name in arrays.files}
         except (OSError, ValueError) as error:
-            raise FedKPerError(f"resume: {folder / CHECKPOINT_FILE}: field 'model' names an unreadable model ({error})") from error
-        next_round = int(state["completed_round"]) + 1
-        lines = (folder / METRICS_FILE).read_text().splitlines()[: int(state["metrics_lines"])]
-        header = json.loads(lines[0])
-        header["run"]["resumed"] = [*header["run"].get("resumed", []), {"round": next_round, "job_id": self.job_id}]
+            raise FedKPerError(f"resume: {where}: field 'model' names an unreadable model ({error})") from error
+        try:
+            next_round = int(state["completed_round"]) + 1
+            lines = (folder / METRICS_FILE).read_text().splitlines()[: int(state["metrics_lines"])]
+            header = json.loads(lines[0])
+            header["run"]["resumed"] = [*header["run"].get("resumed", []), {"round": next_round, "job_id": self.job_id}]
+            chain = [str(job_id) for job_id in state["chain"]]
+            previous = record_from_dict(state["previous"], started=time.perf_counter() - float(state.get("elapsed", 0.0)))
+        except (OSError, ValueError, TypeError, KeyError, IndexError) as error:
+            raise FedKPerError(f"resume: {where} or its {METRICS_FILE} is damaged ({type(error).__name__}: {error})") from error
         atomic_write_text(self.run_dir / METRICS_FILE, "\n".join([json.dumps(header), *lines[1:]]) + "\n")
-        self.chain = [folder.name, *[job_id for job_id in state["chain"] if job_id != folder.name]]
-        previous = record_from_dict(state["previous"], started=time.perf_counter() - float(state.get("elapsed", 0.0)))
+        self.chain = [folder.name, *[job_id for job_id in chain if job_id != folder.name]]
         resumed = Resumed(next_round, params, previous, dict(state.get("book") or {}), state.get("evaluator"), state.get("slowest"), self.chain)
         own = {key: state.get(key) for key in ("book", "evaluator", "slowest")}
         self.save(next_round - 1, params, previous, own)

@@ -135,3 +135,17 @@ def test_stash_merges_what_each_stop_left(tmp_path):
     assert read_checkpoint(stopped / "server" / "simulate_job")["completed_round"] == 3
     Checkpointer(stopped / "server" / "simulate_job", "fedkper_medmnist", "simulate_job", SETTINGS).mark(FINISHED)
     assert not stash_simulator_workspace(workspace, stopped), "a finished run is not continued"
+
+
+def test_a_checkpoint_naming_another_file_or_damaged_fields_is_refused_by_name(tmp_path):
+    checkpoints = _stopped_run(tmp_path, "job-a", completed=1)
+    state = read_checkpoint(tmp_path / "job-a")
+    for field, value, message in (("model", "../../etc/passwd", "field 'model'"), ("previous", {"round": 1}, "is damaged")):
+        path = tmp_path / "job-a" / CHECKPOINT_FILE
+        path.write_text(json.dumps({**state, field: value}))
+        new = tmp_path / f"job-new-{field}"
+        new.mkdir()
+        with pytest.raises(FedKPerError, match=message):
+            Checkpointer(new, "fedkper_medmnist", new.name, SETTINGS).take_over(tmp_path, "job-a")
+        assert not (new / METRICS_FILE).exists(), "nothing is written from a refused checkpoint"
+    assert checkpoints.run_dir == tmp_path / "job-a"
