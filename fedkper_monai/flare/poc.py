@@ -350,7 +350,13 @@ def _connect(run: PocRun, kits: dict[str, Path], participants: Participants) -> 
     """An admin session once the server answers and every site is connected."""
     deadline = time.monotonic() + run.connect_timeout
     session = _session(kits[ADMIN], deadline)
-    _wait_for_sites(session, run.sites, deadline, participants)
+    try:
+        _wait_for_sites(session, run.sites, deadline, participants)
+    except BaseException:
+        # Closed here: the caller never holds it, and an open session's connector threads keep retrying
+        # the stopped server and keep this process from exiting.
+        _quietly_close(session)
+        raise
     return session
 
 

@@ -86,12 +86,16 @@ class _Reader(threading.Thread):
             if self.echo and not any(marker in line for marker in HIDDEN_LINES):
                 sys.stdout.write(line)
                 sys.stdout.flush()
-            self.progressed = self.progressed or _TASK_DONE_LINE in line
-            started_badly = not self.progressed and any(marker in line for marker in SITE_DIED_LINES)
-            if self.clash is None and (started_badly or any(marker in line for marker in PORT_CLASH_LINES)):
-                self.clash = line.strip()
-            if len(self.errors) < 200 and ("Error" in line or "Exception" in line or " - ERROR - " in line):
-                self.errors.append(line.rstrip("\n"))
+            self._note(line)
+
+    def _note(self, line: str) -> None:
+        """Keep what a line says: a site that finished a task, a site that could not start, an error."""
+        self.progressed = self.progressed or _TASK_DONE_LINE in line
+        started_badly = not self.progressed and any(marker in line for marker in SITE_DIED_LINES)
+        if self.clash is None and (started_badly or any(marker in line for marker in PORT_CLASH_LINES)):
+            self.clash = line.strip()
+        if len(self.errors) < 200 and ("Error" in line or "Exception" in line or " - ERROR - " in line):
+            self.errors.append(line.rstrip("\n"))
 
 
 def _end_tree(process: subprocess.Popen) -> None:
