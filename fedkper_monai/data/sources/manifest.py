@@ -68,6 +68,16 @@ def _label(value: str, names: list[str], csv_path: Path, where: str) -> int:
     return label
 
 
+def _site_and_split(rec: dict, columns: Sequence[str], csv_path: Path, where: str) -> tuple[str | None, str | None]:
+    """A manifest row's optional ``site`` (never empty) and ``split`` columns (shared by both manifest readers)."""
+    site = None
+    if "site" in columns:
+        if not rec["site"]:
+            raise DataError(csv_path, "empty site", field=f"{where}.site")
+        site = rec["site"]
+    return site, _split(rec["split"], csv_path, where) if "split" in columns else None
+
+
 def _split(value: str, csv_path: Path, where: str) -> str:
     split = value.lower() or "train"
     split = _SPLIT_ALIASES.get(split, split)
@@ -83,12 +93,7 @@ def _row(rec: dict[str, str], where: str, columns: list[str], names: list[str], 
         raise DataError(csv_path, "empty image path", field=f"{where}.image")
     image = Path(rec["image"]).expanduser()
     image = image if image.is_absolute() else csv_path.parent / image
-    site = None
-    if "site" in columns:
-        if not rec["site"]:
-            raise DataError(csv_path, "empty site", field=f"{where}.site")
-        site = rec["site"]
-    split = _split(rec["split"], csv_path, where) if "split" in columns else None
+    site, split = _site_and_split(rec, columns, csv_path, where)
     sample_id = rec.get("id") or Path(rec["image"]).as_posix()
     return Row(id=sample_id, label=label, image=str(image), split=split, site=site)
 

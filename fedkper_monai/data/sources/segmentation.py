@@ -34,7 +34,7 @@ from fedkper_monai.data import partition as partitioners
 from fedkper_monai.data.datalist import write_datalist
 from fedkper_monai.data.federation import Catalog, FederationPlan, Row, open_output, plan_federation, site_names
 from fedkper_monai.data.import_settings import ImportSettings
-from fedkper_monai.data.sources.manifest import _read_csv, _split
+from fedkper_monai.data.sources.manifest import _read_csv, _site_and_split
 from fedkper_monai.data.volumes import check_case, read_volume
 from fedkper_monai.errors import DataError
 from fedkper_monai.io import atomic_write_json, atomic_write_text
@@ -94,12 +94,7 @@ def _check_row(rec: dict[str, str], i: int, columns: list[str], num_classes: int
         column = error.field if error.field in ("image", "label") else ("label" if error.path == label else "image")
         raise DataError(error.path, f"{error.reason} (manifest {csv_path}, {where})", field=f"{where}.{column}") from None
     shape = _shape(image, dims)
-    site = None
-    if "site" in columns:
-        if not rec["site"]:
-            raise DataError(csv_path, "empty site", field=f"{where}.site")
-        site = rec["site"]
-    split = _split(rec["split"], csv_path, where) if "split" in columns else None
+    site, split = _site_and_split(rec, columns, csv_path, where)
     # The partition's stratum: the foreground class that fills most of the case.
     dominant = int(np.argmax(counts[1:])) + 1
     row = Row(id=rec.get("id") or Path(rec["image"]).as_posix(), label=dominant, image=image, split=split, site=site)
