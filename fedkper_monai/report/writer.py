@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from fedkper_monai.errors import FedKPerError
 from fedkper_monai.io import atomic_directory, atomic_write_bytes, atomic_write_text
 from fedkper_monai.report.metrics import (
     SUMMARY_COLUMNS,
@@ -26,6 +27,7 @@ from fedkper_monai.report.metrics import (
     summarize,
     summarize_by_algorithm,
 )
+from fedkper_monai.report.paired import PAIRED_METRICS, paired_cell, paired_counts
 
 __all__ = ["write_report", "summary_csv_text", "format_value", "report_markdown", "setting_notes"]
 
@@ -107,9 +109,23 @@ def _algorithm_table(by_algorithm: Sequence[Mapping[str, Any]], word: str = "acc
     return _table(header, rows)
 
 
+def _paired_section(summaries: Sequence[Mapping[str, Any]], reference: str, word: str) -> list[str]:
+    counts = paired_counts(summaries, reference)
+    if not counts:
+        return []
+    lines = ["", f"## {reference} against each algorithm, seed by seed", "",
+             f"Runs with the same seed share the partition, the initial model and the sites sampled each round. "
+             f"A cell counts the seeds in which {reference} was better (of the seeds where both runs report the "
+             "metric; equal values are ties). Lower is better for the global model's round-to-round change and NFR.",
+             ""]
+    rows = [[algorithm] + [paired_cell(by_metric[metric.key]) for metric in PAIRED_METRICS]
+            for algorithm, by_metric in counts]
+    return lines + _table(["against"] + [for_metric(metric.title, word) for metric in PAIRED_METRICS], rows)
+
+
 def report_markdown(runs: Sequence[RunMetrics], summaries: Sequence[Mapping[str, Any]],
                     by_algorithm: Sequence[Mapping[str, Any]] | None,
-                    plots: Sequence[tuple[str, str]]) -> str:
+                    plots: Sequence[tuple[str, str]], *, reference: str = "fedkper") -> str:
     """The text of ``report.md``.
 
     Args:
@@ -117,6 +133,8 @@ def report_markdown(runs: Sequence[RunMetrics], summaries: Sequence[Mapping[str,
         summaries: :func:`~fedkper_monai.report.metrics.summarize` of each run.
         by_algorithm: per-algorithm mean ± std rows, or ``None`` when no algorithm has several runs.
         plots: ``(file_name, title)`` of each PNG, embedded by relative path.
+        reference: the algorithm compared seed by seed with every other one (a section only when some
+            other algorithm shares a seed with it).
     """
     # Segmentation runs keep the accuracy field names but hold mean foreground Dice: say what they hold.
     word = metric_word(runs)
@@ -144,6 +162,7 @@ def report_markdown(runs: Sequence[RunMetrics], summaries: Sequence[Mapping[str,
         lines += ["", "## Mean ± std per algorithm over its runs (also in `summary_by_algorithm.csv`)", "",
                   "Sample standard deviation (n - 1); a value without ± comes from one run.", ""]
         lines += _algorithm_table(by_algorithm, word)
+    lines += _paired_section(summaries, reference, word)
     notes = setting_notes(runs)
     if notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
@@ -164,7 +183,8 @@ def report_markdown(runs: Sequence[RunMetrics], summaries: Sequence[Mapping[str,
     return "\n".join(lines)
 
 
-def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = False,
+                 reference: str | None = None) -> Path:
     """Compare runs: write ``out/report.md``, ``out/summary.csv`` and the PNG plots.
 
     With several runs of one algorithm (different seeds), also mean ± std rows per algorithm in
@@ -174,6 +194,8 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
         run_dirs: run folders (each holding one ``metrics.jsonl`` at any depth) or the files themselves.
         out: the report folder, created (or replaced with ``overwrite``) as a whole.
         overwrite: replace a non-empty ``out``.
+        reference: the algorithm compared seed by seed with every other one in ``report.md``; ``None``
+            compares ``fedkper`` where the runs hold it.
 
     Returns:
         The path of ``report.md``.
@@ -181,10 +203,14 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     Raises:
         DataError: a run folder without exactly one metrics file, or a malformed metrics file.
         FileExistsError: ``out`` exists, is not empty, and ``overwrite`` is False.
+        FedKPerError: ``reference`` names no algorithm of the runs.
     """
     if not run_dirs:
         raise ValueError("write_report needs at least one run folder")
     runs = load_runs(run_dirs)
+    if reference is not None and reference not in {run.algorithm for run in runs}:
+        raise FedKPerError(f"--reference {reference!r} names no algorithm of the runs "
+                           f"({', '.join(sorted({run.algorithm for run in runs}))})")
     summaries = [summarize(run) for run in runs]
     groups = summarize_by_algorithm(summaries)
     by_algorithm = groups if any(group["runs"] > 1 for group in groups) else None
@@ -202,5 +228,6 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
             columns = list(by_algorithm[0])
             atomic_write_text(staging / "summary_by_algorithm.csv", summary_csv_text(by_algorithm, columns))
         atomic_write_text(staging / "report.md",
-                          report_markdown(runs, summaries, by_algorithm, [(name, title) for name, title, _ in plots]))
+                          report_markdown(runs, summaries, by_algorithm, [(name, title) for name, title, _ in plots],
+                                          reference=reference or "fedkper"))
     return target / "report.md"
