@@ -101,8 +101,8 @@ class Site:
         self.local_test_size = len(data.test)
         self.device = select_device(config.device)
         torch.manual_seed(config.seed)
-        self._build_loaders(data)
         self.model = build_network(**config.network).to(self.device)
+        self._build_loaders(data, drop_last=self._drop_last_single(data.path))
         # The received global model, frozen each round: teacher (FedKPer, FedNTD) or anchor (FedProx, Ditto).
         self.global_model = copy.deepcopy(self.model)
         self.strategy: LocalStrategy = make_strategy(config.algorithm, **config.algorithm_args)
@@ -120,7 +120,22 @@ class Site:
         self._optimizer(self.model, config.lr)
         self._load_state()
 
-    def _build_loaders(self, data: Any) -> None:
+    def _drop_last_single(self, path: str) -> bool:
+        """Whether training drops a last batch of one sample (only with batch normalization).
+
+        A batch of one reaches a BatchNorm layer as one value per channel wherever the network pools to 1x1
+        (MONAI's 3D ResNets at 16^3, DenseNets at 32^3), and PyTorch then refuses it in the middle of a round.
+        The loader shuffles each epoch, so the sample left out differs from epoch to epoch.
+        """
+        batch_norm = any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in self.model.modules())
+        if not batch_norm or self.num_train % self.config.batch_size != 1:
+            return False
+        if self.num_train == 1:
+            raise DataError(path, f"site {self.name} has 1 training sample; network {self.config.network.get('name')!r} "
+                                  "uses batch normalization, which cannot train on a batch of one", field="training")
+        return True
+
+    def _build_loaders(self, data: Any, drop_last: bool = False) -> None:
         from fedkper_monai.data import build_transforms, is_deterministic, make_dataset, make_loader
 
         config = self.config
@@ -132,7 +147,8 @@ class Site:
         self.cache_teacher_logits = is_deterministic(train_transform)
         eval_batch = max(config.batch_size, 64)
         train_set = make_dataset(data.training, train_transform, cache=config.cache)
-        self.train_loader = make_loader(train_set, batch_size=config.batch_size, shuffle=True, seed=config.seed, num_workers=config.num_workers)
+        self.train_loader = make_loader(train_set, batch_size=config.batch_size, shuffle=True, seed=config.seed,
+                                        num_workers=config.num_workers, drop_last=drop_last)
         # The score's training accuracy: the training split with the evaluation transforms, in order.
         train_eval_set = train_set if not config.augment else make_dataset(data.training, eval_transform, cache=config.cache)
         self.train_eval_loader = make_loader(train_eval_set, batch_size=eval_batch, shuffle=False, num_workers=config.num_workers)

@@ -5,6 +5,7 @@ reference CNN in 3D and (slow) MONAI's 3D ResNet-10."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 
 from fedkper_monai.cli import main
 from fedkper_monai.data import build_transforms, load_datalist
+from fedkper_monai.errors import DataError
 from fedkper_monai.training import build_network
 from fedkper_monai.training.site import Site, SiteConfig
 
@@ -94,3 +96,35 @@ def test_a_site_trains_a_3d_network(federation, tmp_path, name, lr):
     # Dark background, grey and bright white matter: learnt well above the majority class within two rounds.
     assert accuracies[-1] > majority + 0.15
     assert 0.0 <= report.metrics["personalized_acc"] <= 1.0 and 0.0 < report.score <= 1.0
+
+
+def test_a_last_batch_of_one_is_dropped_for_batch_norm_networks(federation, tmp_path):
+    """MONAI's 3D ResNet-10 at 16^3 pools to 1x1x1 before its last BatchNorm: a batch of one is refused there
+    by PyTorch. A site whose training split leaves a last batch of one drops it (and only then)."""
+    num_train = len(load_datalist(federation / "site-1.json").training)
+    batch_size = next(b for b in range(2, num_train) if num_train % b == 1)
+    model = build_network(**NETWORK).train()
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        model(torch.zeros(1, 1, SIDE, SIDE, SIDE))  # why the drop is needed
+    config = SiteConfig(network=NETWORK, transforms="classification_3d", local_epochs=1, batch_size=batch_size,
+                        optimizer="adam", lr=0.001, lr_gamma=1.0, device="cpu", amp=False, seed=0)
+    site = Site("site-1", federation / "site-1.json", config, state_dir=tmp_path / "batch_norm")
+    assert site.train_loader.drop_last and len(site.train_loader) == num_train // batch_size
+    report = site.train_round(model.state_dict(), round_index=0, version=0)
+    assert report is not None and set(report.upload) == set(model.state_dict())
+    # The reference CNN has no batch normalization: it keeps every sample.
+    plain = Site("site-1", federation / "site-1.json", dataclasses.replace(config, network={**NETWORK, "name": "reference_cnn"}),
+                 state_dir=tmp_path / "plain")
+    assert not plain.train_loader.drop_last
+
+
+def test_one_training_sample_with_batch_norm_is_a_clear_error(federation, tmp_path):
+    site_1 = json.loads((federation / "site-1.json").read_text())
+    site_1["training"] = site_1["training"][:1]
+    # Relative image paths stay valid: the datalist is read from the federation's folder.
+    one = federation / "one_sample.json"
+    one.write_text(json.dumps(site_1))
+    config = SiteConfig(network=NETWORK, transforms="classification_3d", batch_size=4, device="cpu", seed=0)
+    with pytest.raises(DataError, match=r"one_sample.json: training: site site-1 has 1 training sample; network 'resnet10' "
+                                        "uses batch normalization"):
+        Site("site-1", one, config, state_dir=tmp_path)
