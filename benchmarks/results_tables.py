@@ -1,0 +1,117 @@
+"""Print the tables of ``benchmarks/RESULTS.md`` from a report folder that ``fedkper-monai report`` wrote.
+
+RESULTS.md shows a few of the report's columns, one row per metric and one column per algorithm, mean ± std
+over the seeds, then the seed-by-seed counts (``fedkper_monai.report.paired``) and each run's value of the
+metrics the text quotes seed by seed. Everything is read from the report's ``summary.csv`` (one row per run),
+so the tables are exactly what the report holds. Run from the repository root:
+
+    python benchmarks/results_tables.py benchmarks/results/brain28 --algorithms fedkper,fedavg,fedntd,ditto
+
+Prints Markdown; writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedkper_monai.report.metrics import SUMMARY_COLUMNS  # noqa: E402
+from fedkper_monai.report.paired import PAIRED_METRICS, paired_cell, paired_counts  # noqa: E402
+
+# (summary column, row title): the paper's metrics first (issue 10), then forgetting and the weighting.
+ROWS = (
+    ("final_global_acc", "final global acc"),
+    ("best_global_acc", "best global acc"),
+    ("global_acc_stability", "global acc change, last 20% of rounds (lower is steadier)"),
+    ("final_mean_personalized_acc", "mean personalized acc"),
+    ("final_worst_personalized_acc", "worst site's personalized acc"),
+    ("final_balance", "balance, (global + mean personalized) / 2"),
+    ("final_mean_unseen_site_acc", "unseen-site acc (held-out sites)"),
+    ("final_bwt", "final BwT"),
+    ("mean_global_nfr", "global NFR, mean over rounds"),
+    ("mean_local_nfr", "personalized NFR, mean over site rounds"),
+    ("single_site_round_fraction", "single-site rounds"),
+)
+PER_SEED = ("final_global_acc", "global_acc_stability", "final_worst_personalized_acc", "final_mean_unseen_site_acc",
+            "final_bwt")
+
+
+def _number(text: str) -> float | None:
+    return float(text) if text not in ("", None) else None
+
+
+def read_summary(folder: Path) -> list[dict[str, Any]]:
+    """The rows of ``folder/summary.csv``, numbers as floats and seeds as ints."""
+    path = folder / "summary.csv"
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: run `fedkper-monai report ... --out {folder}` first")
+    numeric = {column.key for column in SUMMARY_COLUMNS} - {"run", "algorithm", "seed"}
+    rows = []
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            parsed: dict[str, Any] = {key: (_number(value) if key in numeric else value) for key, value in row.items()}
+            parsed["seed"] = int(row["seed"]) if row.get("seed") else None
+            rows.append(parsed)
+    return rows
+
+
+def _format(key: str, value: float) -> str:
+    return f"{value:+.3f}" if key == "final_bwt" else f"{value:.3f}"
+
+
+def _cell(key: str, values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    text = _format(key, statistics.fmean(values))
+    return text + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
+
+
+def tables(rows: list[dict[str, Any]], algorithms: list[str], reference: str) -> str:
+    """The three Markdown tables for ``algorithms`` (in that order)."""
+    missing = [name for name in algorithms if not any(row["algorithm"] == name for row in rows)]
+    if missing:
+        raise SystemExit(f"no runs of {', '.join(missing)} in the report (it has "
+                         f"{', '.join(sorted({row['algorithm'] for row in rows}))})")
+    runs = {name: [row for row in rows if row["algorithm"] == name] for name in algorithms}
+    seeds = {name: sorted(row["seed"] for row in members) for name, members in runs.items()}
+    lines = ["| metric | " + " | ".join(f"{name} ({len(seeds[name])} seeds)" for name in algorithms) + " |",
+             "|---|" + "---|" * len(algorithms)]
+    for key, title in ROWS:
+        cells = [_cell(key, [row[key] for row in runs[name] if row[key] is not None]) for name in algorithms]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    selected = [row for row in rows if row["algorithm"] in algorithms]
+    counts = sorted(paired_counts(selected, reference), key=lambda item: algorithms.index(item[0]))
+    if counts:
+        lines += ["", f"Seeds in which {reference} is better, of the seeds both ran:", "",
+                  "| against | " + " | ".join(metric.title for metric in PAIRED_METRICS) + " |",
+                  "|---|" + "---|" * len(PAIRED_METRICS)]
+        lines += [f"| {name} | " + " | ".join(paired_cell(by_metric[metric.key]) for metric in PAIRED_METRICS) + " |"
+                  for name, by_metric in counts]
+    lines += ["", "Each run, seeds in order (" + ", ".join(f"{name}: {' '.join(map(str, seeds[name]))}"
+                                                          for name in algorithms) + "):", "",
+              "| metric | " + " | ".join(algorithms) + " |", "|---|" + "---|" * len(algorithms)]
+    for key in PER_SEED:
+        cells = ["/".join(_format(key, row[key]) if row[key] is not None else "n/a"
+                          for row in sorted(runs[name], key=lambda row: row["seed"])) for name in algorithms]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("report", type=Path, help="a folder written by `fedkper-monai report` (holding summary.csv)")
+    parser.add_argument("--algorithms", required=True, help="comma-separated, in column order")
+    parser.add_argument("--reference", default="fedkper", help="the algorithm counted seed by seed against the others")
+    args = parser.parse_args(argv)
+    print(tables(read_summary(args.report), [name for name in args.algorithms.split(",") if name], args.reference))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
