@@ -19,6 +19,7 @@ with the reason. To add a metric: compute it at the site, add it to one of these
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -43,6 +44,7 @@ __all__ = [
     "names",
     "site_line_kinds",
     "round_line_kinds",
+    "site_sort_key",
     "unknown_site_fields",
     "check_site_fields",
 ]
@@ -245,3 +247,9 @@ def check_site_fields(metrics: Mapping[str, object], task: str | None = None) ->
             f"site metrics {unknown} are neither written nor dropped by fedkper_monai.metrics_schema; "
             "add each to a line's fields or to DROPPED_SITE_FIELDS with its reason"
         )
+
+
+def site_sort_key(site: str) -> tuple:
+    """Sort ``site-2`` before ``site-10`` (in tables, plots and the held-out sites' order): digit runs compare
+    as numbers."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", site) if part)

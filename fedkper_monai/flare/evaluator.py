@@ -12,7 +12,7 @@ from nvflare.apis.fl_component import FLComponent
 from fedkper_monai.errors import FedKPerError
 from fedkper_monai.flare.sitedata import resolve_data_root
 from fedkper_monai.flare.weights import to_torch
-from fedkper_monai.report.metrics import site_sort_key
+from fedkper_monai.metrics_schema import site_sort_key
 from fedkper_monai.training.networks import check_network_matches
 
 __all__ = ["GlobalEvaluator"]

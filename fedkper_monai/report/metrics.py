@@ -12,6 +12,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from fedkper_monai.metrics_schema import site_sort_key
 from fedkper_monai.report.runs import METRICS_FILE_NAME, RunMetrics, find_metrics_file, load_run, load_runs
 
 __all__ = [
@@ -258,11 +259,6 @@ def round_series(run: RunMetrics, key: str) -> tuple[list[int], list[float]]:
     rounds = [row["round"] for row in run.round_rows]
     values = [float(row[key]) if row.get(key) is not None else math.nan for row in run.round_rows]
     return rounds, values
-
-
-def site_sort_key(site: str) -> tuple:
-    """Sort ``site-2`` before ``site-10``: digit runs compare as numbers."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", site) if part)
 
 
 def final_site_accuracies(run: RunMetrics) -> dict[str, tuple[float | None, float | None]]:
