@@ -215,6 +215,25 @@ class Checkpointer:
         self.job, self.job_id = job, job_id
         self.settings = dict(settings)
         self.chain: list[str] = []  # the stopped jobs this run continues, newest first
+        # Lines of metrics.jsonl counted so far and the byte offset they end at: each checkpoint reads only
+        # what was appended since (a 200-round, 20-site file is ~9,000 lines).
+        self._counted = (0, 0)
+
+    def _metrics_lines(self) -> int:
+        """The number of complete lines in this run's metrics file now."""
+        metrics = self.run_dir / METRICS_FILE
+        if not metrics.exists():
+            return 0
+        lines, offset = self._counted
+        with metrics.open("rb") as handle:
+            if handle.seek(0, os.SEEK_END) < offset:  # shorter than counted: never appended to, so count afresh
+                lines, offset = 0, 0
+            handle.seek(offset)
+            tail = handle.read()
+        # Only whole lines count; a line being written stays for the next checkpoint.
+        complete = tail.rfind(b"\n") + 1
+        self._counted = (lines + tail.count(b"\n", 0, complete), offset + complete)
+        return self._counted[0]
 
     def save(self, completed_round: int, params: Mapping[str, np.ndarray], previous: RoundRecord, state: Mapping[str, Any]) -> None:
         """Checkpoint after ``completed_round`` was aggregated: the model first, then the JSON naming it.
@@ -225,7 +244,6 @@ class Checkpointer:
         np.savez(buffer, **{name: np.asarray(value) for name, value in params.items()})
         name = model_file(completed_round)
         atomic_write_bytes(self.run_dir / name, buffer.getvalue())
-        metrics = self.run_dir / METRICS_FILE
         write_checkpoint(self.run_dir, {
             "status": RUNNING,
             "job": self.job,
@@ -235,7 +253,7 @@ class Checkpointer:
             "model": name,
             "previous": record_to_dict(previous),
             "elapsed": time.perf_counter() - previous.started,
-            "metrics_lines": len(metrics.read_text().splitlines()) if metrics.exists() else 0,
+            "metrics_lines": self._metrics_lines(),
             "chain": self.chain,
             **state,
         })
@@ -273,6 +291,7 @@ class Checkpointer:
         except (OSError, ValueError, TypeError, KeyError, IndexError) as error:
             raise FedKPerError(f"resume: {where} or its {METRICS_FILE} is damaged ({type(error).__name__}: {error})") from error
         atomic_write_text(self.run_dir / METRICS_FILE, "\n".join([json.dumps(header), *lines[1:]]) + "\n")
+        self._counted = (0, 0)
         self.chain = [folder.name, *[job_id for job_id in chain if job_id != folder.name]]
         resumed = Resumed(next_round, params, previous, dict(state.get("book") or {}), state.get("evaluator"), state.get("slowest"), self.chain)
         own = {key: state.get(key) for key in ("book", "evaluator", "slowest")}

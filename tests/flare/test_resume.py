@@ -149,3 +149,22 @@ def test_a_checkpoint_naming_another_file_or_damaged_fields_is_refused_by_name(t
             Checkpointer(new, "fedkper_medmnist", new.name, SETTINGS).take_over(tmp_path, "job-a")
         assert not (new / METRICS_FILE).exists(), "nothing is written from a refused checkpoint"
     assert checkpoints.run_dir == tmp_path / "job-a"
+
+
+def test_each_checkpoint_counts_the_metrics_lines_written_so_far(tmp_path):
+    """The count is kept from one checkpoint to the next (only the appended tail is read); a line still being
+    written is not counted, and a file rewritten shorter is counted afresh."""
+    folder = tmp_path / "job"
+    folder.mkdir()
+    checkpoints = Checkpointer(folder, "fedkper_medmnist", "job", SETTINGS)
+    params = {"w": np.zeros(2, dtype=np.float32)}
+    state = {"book": {}, "evaluator": None, "slowest": None}
+    counts = []
+    for text in ('{"run": {}}\n{"round": 0}\n', '{"round": 1}\n{"round": 2, "si', 'te": "site-1"}\n'):
+        with open(folder / METRICS_FILE, "a") as handle:
+            handle.write(text)
+        checkpoints.save(len(counts), params, _record(len(counts)), state)
+        counts.append(read_checkpoint(folder)["metrics_lines"])
+    (folder / METRICS_FILE).write_text('{"run": {}}\n')
+    checkpoints.save(3, params, _record(3), state)
+    assert counts + [read_checkpoint(folder)["metrics_lines"]] == [2, 3, 4, 1]
