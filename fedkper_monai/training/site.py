@@ -156,13 +156,15 @@ class Site:
         self.test_loader = make_loader(test_set, batch_size=eval_batch, shuffle=False, num_workers=config.num_workers)
 
     # ------------------------------------------------------------------ the round
-    def evaluate_global(self, weights: Mapping[str, torch.Tensor], version: Any, initial: bool = False) -> dict[str, float | int]:
+    def evaluate_global(self, weights: Mapping[str, torch.Tensor], version: Any, initial: bool = False,
+                        save: bool = True) -> dict[str, float | int]:
         """The received global model on the local test split, with its flips; once per model ``version``.
 
         FLARE validates before each train task and the train task needs the same figures: a version already
         evaluated returns the stored metrics (also across a restart), so no model is counted twice in the flips.
         ``initial``: the never-trained initial model, which is no previous evaluation for the flips (DESIGN
-        section 2): it is scored but not remembered.
+        section 2): it is scored but not remembered. ``save``: write the state now (a train round writes it
+        once, when the round starts).
         """
         version = _version_key(version)
         if self._global_eval.get("version") == version:
@@ -179,7 +181,8 @@ class Site:
             **_flip_fields("global_on_local", flips, initial),
         }
         self._global_eval = {"version": version, "metrics": metrics}
-        self._save_state(save_model=False)
+        if save:
+            self._save_state(save_model=False)
         return dict(metrics)
 
     def train_round(
@@ -199,7 +202,8 @@ class Site:
             is_aborted: polled after training; when it returns True the round stops and returns ``None``.
             initial: the received model is the never-trained initial one (see :meth:`evaluate_global`).
         """
-        metrics: dict[str, float | int] = self.evaluate_global(weights, version, initial=initial)
+        # The evaluation is written with the round's start state in _begin_round: one state write, not two.
+        metrics: dict[str, float | int] = self.evaluate_global(weights, version, initial=initial, save=False)
         self.global_model.load_state_dict(weights)
         self.global_model.eval()
         self.global_model.requires_grad_(False)
@@ -253,6 +257,7 @@ class Site:
             own = self.store.read_model(ROUND_START_FILE, self.device) if start.get("model_saved") else None
             if own is not None:
                 self.model.load_state_dict(own)
+            self._save_state(save_model=False)
             return
         saved = keeps_own_model and self.has_own_model
         if saved:

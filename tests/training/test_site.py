@@ -279,3 +279,33 @@ def test_a_resumed_job_adopts_the_stopped_jobs_site_state(retina_federation, tmp
     (tmp_path / "bad" / STATE_FILE).write_text("{not json")
     with pytest.raises(FedKPerError, match="unreadable site state"):
         Site("site-1", retina_federation / "site-1.json", _config(retina_network), state_dir=tmp_path / "bad")
+
+
+def test_a_site_that_dies_while_training_kept_its_evaluation_and_writes_its_state_twice_a_round(
+        retina_federation, tmp_path, retina_network):
+    """The global evaluation is written with the round's start state (one write), so a site killed during
+    training comes back knowing that model was evaluated (its flips are not counted again); a whole round
+    writes the state twice (start, end)."""
+    config = _config(retina_network)
+    site = Site("site-1", retina_federation / "site-1.json", config, state_dir=tmp_path)
+    writes = []
+    write = site.store.write
+    site.store.write = lambda state: (writes.append(1), write(state))[1]
+    received = _weights(retina_network, 0)
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed while training")
+
+    fit, site._fit = site._fit, killed
+    with pytest.raises(RuntimeError, match="killed"):
+        site.train_round(received, round_index=0, version=0)
+    assert len(writes) == 1
+    restarted = Site("site-1", retina_federation / "site-1.json", config, state_dir=tmp_path)
+    assert restarted._global_eval["version"] == 0
+    tracker_before = restarted.trackers["global_on_local"].state_dict()
+    restarted.evaluate_global(received, version=0)
+    assert restarted.trackers["global_on_local"].state_dict() == tracker_before  # not counted twice
+    site._fit = fit
+    writes.clear()
+    assert site.train_round(_weights(retina_network, 1), round_index=1, version=1) is not None
+    assert len(writes) == 2
