@@ -27,6 +27,7 @@ from fedkper_monai.report.paired import PAIRED_METRICS, paired_cell, paired_coun
 # (summary column, row title): the paper's metrics first (issue 10), then forgetting and the weighting.
 ROWS = (
     ("final_global_acc", "final global acc"),
+    ("late_global_acc", "global acc, mean over the last 20% of rounds"),
     ("best_global_acc", "best global acc"),
     ("global_acc_stability", "global acc change, last 20% of rounds (lower is steadier)"),
     ("final_mean_personalized_acc", "mean personalized acc"),
@@ -38,7 +39,7 @@ ROWS = (
     ("mean_local_nfr", "personalized NFR, mean over site rounds"),
     ("single_site_round_fraction", "single-site rounds"),
 )
-PER_SEED = ("final_global_acc", "global_acc_stability", "final_worst_personalized_acc", "final_mean_unseen_site_acc",
+PER_SEED = ("final_global_acc", "late_global_acc", "global_acc_stability", "final_worst_personalized_acc", "final_mean_unseen_site_acc",
             "final_bwt")
 
 

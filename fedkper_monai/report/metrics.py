@@ -26,6 +26,7 @@ __all__ = [
     "summarize",
     "summarize_by_algorithm",
     "stability",
+    "late_mean",
     "round_series",
     "final_site_accuracies",
     "mean_per_class_forgetting",
@@ -66,6 +67,9 @@ SUMMARY_COLUMNS: tuple[SummaryColumn, ...] = (
                   "last round: class-balanced personalized accuracy (mean of per-class recalls), averaged over sites"),
     SummaryColumn("final_balance", "balance", ".3f",
                   "the paper's balance: (final global acc + final mean personalized acc) / 2"),
+    SummaryColumn("late_global_acc", "late global acc", ".3f",
+                  "accuracy of the global model on the global test set, mean over the last 20% of rounds (the "
+                  "window of the stability figure): steadier than the last round alone"),
     SummaryColumn("global_acc_stability", "global acc change", ".4f",
                   "mean absolute round-to-round change of global accuracy over the last 20% of rounds (lower is steadier)"),
     SummaryColumn("final_mean_unseen_site_acc", "unseen-site acc", ".3f",
@@ -182,6 +186,7 @@ def summarize(run: RunMetrics) -> dict[str, Any]:
         "final_worst_personalized_acc": last.get("worst_personalized_acc"),
         "final_balanced_personalized_acc": last.get("balanced_personalized_acc"),
         "final_balance": (final_global + final_personalized) / 2 if None not in (final_global, final_personalized) else None,
+        "late_global_acc": late_mean(global_accs),
         "global_acc_stability": stability(global_accs),
         "final_mean_unseen_site_acc": last.get("mean_unseen_site_acc"),
         "mean_global_nfr": _mean(row.get("global_nfr") for row in after_first),
@@ -208,8 +213,24 @@ def stability(global_accs: Sequence[float], share: float = 0.2) -> float | None:
     """
     if len(global_accs) < 2:
         return None
-    window = list(global_accs[-max(2, math.ceil(share * len(global_accs))):])
+    window = _last_rounds(global_accs, share)
     return statistics.fmean(abs(b - a) for a, b in zip(window, window[1:]))
+
+
+def late_mean(global_accs: Sequence[float], share: float = 0.2) -> float | None:
+    """Mean global accuracy over the last ``share`` of rounds (the window :func:`stability` uses); ``None``
+    without rounds.
+
+    Example:
+        >>> round(late_mean([0.1, 0.2, 0.5, 0.4, 0.6], share=0.6), 6)  # the last 3 rounds
+        0.5
+    """
+    return statistics.fmean(_last_rounds(global_accs, share)) if global_accs else None
+
+
+def _last_rounds(values: Sequence[float], share: float) -> list[float]:
+    """The last ``share`` of ``values``, at least two of them (all, when there are fewer)."""
+    return list(values[-max(2, math.ceil(share * len(values))):])
 
 
 def _flip_rate(row: Mapping[str, Any], key: str, *other_keys: str) -> float | None:
