@@ -66,6 +66,10 @@ def _format(key: str, value: float) -> str:
     return f"{value:+.3f}" if key == "final_bwt" else f"{value:.3f}"
 
 
+def _seed_order(row: dict[str, Any]) -> tuple[bool, int]:
+    return row["seed"] is None, row["seed"] or 0
+
+
 def _cell(key: str, values: list[float]) -> str:
     if not values:
         return "n/a"
@@ -80,7 +84,8 @@ def tables(rows: list[dict[str, Any]], algorithms: list[str], reference: str) ->
         raise SystemExit(f"no runs of {', '.join(missing)} in the report (it has "
                          f"{', '.join(sorted({row['algorithm'] for row in rows}))})")
     runs = {name: [row for row in rows if row["algorithm"] == name] for name in algorithms}
-    seeds = {name: sorted(row["seed"] for row in members) for name, members in runs.items()}
+    runs = {name: sorted(members, key=_seed_order) for name, members in runs.items()}
+    seeds = {name: [row["seed"] for row in members] for name, members in runs.items()}
     lines = ["| metric | " + " | ".join(f"{name} ({len(seeds[name])} seeds)" for name in algorithms) + " |",
              "|---|" + "---|" * len(algorithms)]
     for key, title in ROWS:
@@ -99,7 +104,7 @@ def tables(rows: list[dict[str, Any]], algorithms: list[str], reference: str) ->
               "| metric | " + " | ".join(algorithms) + " |", "|---|" + "---|" * len(algorithms)]
     for key in PER_SEED:
         cells = ["/".join(_format(key, row[key]) if row[key] is not None else "n/a"
-                          for row in sorted(runs[name], key=lambda row: row["seed"])) for name in algorithms]
+                          for row in runs[name]) for name in algorithms]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
