@@ -86,7 +86,7 @@ def tables(rows: list[dict[str, Any]], algorithms: list[str], reference: str) ->
     runs = {name: [row for row in rows if row["algorithm"] == name] for name in algorithms}
     runs = {name: sorted(members, key=_seed_order) for name, members in runs.items()}
     seeds = {name: [row["seed"] for row in members] for name, members in runs.items()}
-    lines = ["| metric | " + " | ".join(f"{name} ({len(seeds[name])} seeds)" for name in algorithms) + " |",
+    lines = ["| metric | " + " | ".join(f"{name} ({len(seeds[name])} seed{'' if len(seeds[name]) == 1 else 's'})" for name in algorithms) + " |",
              "|---|" + "---|" * len(algorithms)]
     for key, title in ROWS:
         cells = [_cell(key, [row[key] for row in runs[name] if row[key] is not None]) for name in algorithms]

@@ -15,7 +15,9 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-_ROUNDS = 4
+# Stopped after round 1 of 6: four rounds of margin for a loaded machine, where the test notices round 1's
+# line late (with 4 rounds a run under heavy load once reached its end before the Ctrl-C).
+_ROUNDS = 6
 
 
 def _command(data: Path, out: Path) -> list[str]:
@@ -57,8 +59,8 @@ def test_a_stopped_comparison_continues_and_matches_an_uninterrupted_one(retina_
     reference, stopped = tmp_path / "reference", tmp_path / "stopped"
     assert subprocess.run(_command(retina_federation, reference), capture_output=True, timeout=900).returncode == 0
     _stop_after_round(_command(retina_federation, stopped), _metrics(stopped), round_index=1)
-    assert not (stopped / "ditto" / "seed0" / "done.json").exists()
     lines_at_stop = len(_round_lines(_metrics(stopped)))
+    assert not (stopped / "ditto" / "seed0" / "done.json").exists(), f"stopped after {lines_at_stop} rounds"
     assert lines_at_stop < _ROUNDS
     again = subprocess.run(_command(retina_federation, stopped), capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
