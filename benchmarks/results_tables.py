@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedkper_monai.report.metrics import SUMMARY_COLUMNS  # noqa: E402
+from fedkper_monai.report.metrics import SUMMARY_COLUMNS, summarize_by_algorithm  # noqa: E402
 from fedkper_monai.report.paired import PAIRED_METRICS, paired_cell, paired_counts  # noqa: E402
 
 # (summary column, row title): the paper's metrics first (issue 10), then forgetting and the weighting.
@@ -70,11 +69,12 @@ def _seed_order(row: dict[str, Any]) -> tuple[bool, int]:
     return row["seed"] is None, row["seed"] or 0
 
 
-def _cell(key: str, values: list[float]) -> str:
-    if not values:
+def _cell(key: str, group: dict[str, Any]) -> str:
+    """Mean ± std of ``key`` from a :func:`summarize_by_algorithm` row (the report's own figures)."""
+    mean, std = group[f"{key}_mean"], group[f"{key}_std"]
+    if mean is None:
         return "n/a"
-    text = _format(key, statistics.fmean(values))
-    return text + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
+    return _format(key, mean) + (f" ± {std:.3f}" if std is not None else "")
 
 
 def tables(rows: list[dict[str, Any]], algorithms: list[str], reference: str) -> str:
@@ -86,12 +86,13 @@ def tables(rows: list[dict[str, Any]], algorithms: list[str], reference: str) ->
     runs = {name: [row for row in rows if row["algorithm"] == name] for name in algorithms}
     runs = {name: sorted(members, key=_seed_order) for name, members in runs.items()}
     seeds = {name: [row["seed"] for row in members] for name, members in runs.items()}
+    selected = [row for name in algorithms for row in runs[name]]
+    groups = {group["algorithm"]: group for group in summarize_by_algorithm(selected)}
     lines = ["| metric | " + " | ".join(f"{name} ({len(seeds[name])} seed{'' if len(seeds[name]) == 1 else 's'})" for name in algorithms) + " |",
              "|---|" + "---|" * len(algorithms)]
     for key, title in ROWS:
-        cells = [_cell(key, [row[key] for row in runs[name] if row[key] is not None]) for name in algorithms]
+        cells = [_cell(key, groups[name]) for name in algorithms]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
-    selected = [row for row in rows if row["algorithm"] in algorithms]
     counts = sorted(paired_counts(selected, reference), key=lambda item: algorithms.index(item[0]))
     if counts:
         lines += ["", f"Seeds in which {reference} is better, of the seeds both ran:", "",
