@@ -8,7 +8,7 @@
 # trained; the server scores the global model on them every round), Dirichlet(0.1) label skew (seed 0), 10% of
 # the training sites per round, reference CNN, 5 local epochs, batch 12, SGD 0.01; ROUNDS rounds (default 100),
 # every site validated every round (BwT), seeds SEEDS (default 0,1,2: sampling, init, shuffling).
-# A 100-round run takes 4-5 (RetinaMNIST), 8-12 (brain MRI) or 12-14 (BCCD: at 64x64 the CNN is a 34 MB model)
+# A 100-round run takes 4-5 (RetinaMNIST), 8-13 (brain MRI) or 12-14 (BCCD: at 64x64 the CNN is a 34 MB model)
 # minutes here: the comparison is resumable (finished runs are skipped, a stopped run continues from its last
 # round), so it can be stopped and continued across sessions. Outputs: RUNS_DIR/<name>/ (default benchmarks/runs; its
 # small files, done.json and each run's metrics.jsonl, are kept in git so a later session resumes) and
