@@ -12,6 +12,9 @@ __all__ = ["build_parser", "main"]
 
 # (module, function) pairs: each function adds its subcommand(s) to the subparsers object and
 # sets ``func`` on them. Modules are imported here, but must import heavy libraries lazily.
+# Subcommands that continue a stopped run when started again with the same arguments.
+_RESUMABLE = frozenset({"compare"})
+
 _REGISTRARS: tuple[tuple[str, str], ...] = (
     ("fedkper_monai.data.cli", "add_prepare_parser"),
     ("fedkper_monai.flare.cli", "add_simulate_parser"),
@@ -55,6 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FedKPerError as error:
         print(f"fedkper-monai {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C is a user's decision, not a crash: one line instead of a traceback, and the shell's code.
+        hint = " (the same command continues from the last completed round)" if args.command in _RESUMABLE else ""
+        print(f"fedkper-monai {args.command}: stopped by Ctrl-C{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -219,7 +219,7 @@ def plan_runs(
                 runs.append(run)
     if conflicts:
         raise FedKPerError(
-            "finished runs were made with other settings (pass --overwrite to redo them, or choose another "
+            "runs started or finished in --out were made with other settings (pass --overwrite to redo them, or choose another "
             "--out):\n  " + "\n  ".join(conflicts)
         )
     return runs

@@ -34,24 +34,26 @@ def _round_lines(path: Path) -> list[dict]:
     return [line for line in map(json.loads, path.read_text().splitlines()) if "round" in line and "site" not in line]
 
 
-def _stop_after_round(command: list[str], metrics: Path, round_index: int, timeout: float = 600) -> None:
-    """Run ``command`` and press Ctrl-C once ``metrics`` holds the round line of ``round_index``."""
+def _stop_after_round(command: list[str], metrics: Path, round_index: int, stderr: Path,
+                      timeout: float = 600) -> int:
+    """Run ``command``, press Ctrl-C once ``metrics`` holds the round line of ``round_index``; its exit code."""
     # A test run started in the background (`cmd &` without job control, as a CI runner may) ignores SIGINT,
     # and children inherit that: the comparison would never see the Ctrl-C. Give it the default back.
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if metrics.exists() and any(line["round"] >= round_index for line in _round_lines(metrics)):
-                break
-            time.sleep(0.5)
-        assert process.poll() is None, "the comparison ended before it could be stopped"
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    with open(stderr, "wb") as errors:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and process.poll() is None:
+                if metrics.exists() and any(line["round"] >= round_index for line in _round_lines(metrics)):
+                    break
+                time.sleep(0.5)
+            assert process.poll() is None, "the comparison ended before it could be stopped"
+            process.send_signal(signal.SIGINT)
+            return process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
 
 
 def test_a_stopped_comparison_continues_and_matches_an_uninterrupted_one(retina_federation, tmp_path):
@@ -59,7 +61,11 @@ def test_a_stopped_comparison_continues_and_matches_an_uninterrupted_one(retina_
 
     reference, stopped = tmp_path / "reference", tmp_path / "stopped"
     assert subprocess.run(_command(retina_federation, reference), capture_output=True, timeout=900).returncode == 0
-    _stop_after_round(_command(retina_federation, stopped), _metrics(stopped), round_index=1)
+    code = _stop_after_round(_command(retina_federation, stopped), _metrics(stopped), 1, tmp_path / "stderr.txt")
+    # The user pressed Ctrl-C: one line saying how to continue, the shell's exit code, no traceback.
+    said = (tmp_path / "stderr.txt").read_text()
+    assert code == 130 and "Traceback" not in said, said[-2000:]
+    assert "compare: stopped by Ctrl-C (the same command continues from the last completed round)" in said
     lines_at_stop = len(_round_lines(_metrics(stopped)))
     assert not (stopped / "ditto" / "seed0" / "done.json").exists(), f"stopped after {lines_at_stop} rounds"
     assert lines_at_stop < _ROUNDS
