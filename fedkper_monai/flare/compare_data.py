@@ -33,7 +33,8 @@ def pool_sites(data_root: str | Path, out: str | Path) -> Path:
     """Write the centralized federation: one site holding every site's training and local test entries.
 
     ``out/site-1.json`` gets the union of the sites' ``training`` lists and of their local ``test`` lists;
-    ``global_test.json`` and ``global_val.json`` are copied (images stay where they are: paths outside
+    ``global_test.json``, ``global_val.json`` and the held-out sites' ``holdout-*.json`` are copied, so the
+    bound is scored on the same unseen sites as the federations (images stay where they are: paths outside
     ``out`` are written absolute). Built in a temporary folder and moved into place.
 
     Returns:
@@ -68,9 +69,9 @@ def pool_sites(data_root: str | Path, out: str | Path) -> Path:
             training=training, test=test, spatial_dims=first.spatial_dims, image_size=first.image_size,
             extra={"_comment_": f"centralized: site-1..site-{len(sites)} of {root.resolve()} pooled"},
         )
-        for name in ("global_test.json", "global_val.json"):
-            if (root / name).exists():
-                write_datalist(staging / name, load_datalist(root / name))
+        for path in [root / "global_test.json", root / "global_val.json", *sorted(root.glob("holdout-*.json"))]:
+            if path.exists():
+                write_datalist(staging / path.name, load_datalist(path))
     return Path(out)
 
 

@@ -134,6 +134,20 @@ def test_pool_sites_puts_every_training_and_test_entry_at_one_site(federation, t
         assert all(Path(e["image"]).is_absolute() for e in json.loads((out / name).read_text())["test"])
 
 
+def test_pool_sites_keeps_the_held_out_sites_so_the_bound_is_scored_on_them(retinamnist_npz, tmp_path):
+    data = tmp_path / "data"
+    assert main(["prepare", "medmnist", "--npz", str(retinamnist_npz), "--sites", "4", "--holdout-sites", "1",
+                 "--alpha", "0.5", "--seed", "0", "--out", str(data), "--no-progress"]) == 0
+    out = pool_sites(data, tmp_path / "pooled")
+    assert sorted(p.name for p in out.glob("*.json")) == [
+        "global_test.json", "global_val.json", "holdout-1.json", "site-1.json"]
+    held_out, copied = load_datalist(data / "holdout-1.json"), load_datalist(out / "holdout-1.json")
+    assert (copied.training, copied.test) == (held_out.training, held_out.test) and len(copied.test) > 0
+    # Never trained: no held-out sample is in the pooled site.
+    pooled_ids = {e["id"] for e in load_datalist(out / "site-1.json").training}
+    assert pooled_ids.isdisjoint(e["id"] for e in held_out.test)
+
+
 def test_pool_sites_refuses_sites_that_share_a_sample(federation, tmp_path):
     first = load_datalist(federation / "site-1.json")
     write_datalist(tmp_path / "site-1.json", first)
