@@ -9,7 +9,7 @@ from pathlib import Path
 from fedkper_monai.errors import DataError, FedKPerError
 from fedkper_monai.io import atomic_directory
 
-__all__ = ["site_datalists", "pool_sites", "data_fingerprint"]
+__all__ = ["site_datalists", "pool_sites", "data_fingerprint", "held_out_fingerprint"]
 
 
 def site_datalists(data_root: str | Path) -> list[Path]:
@@ -83,3 +83,8 @@ def data_fingerprint(data_root: Path) -> dict[str, str]:
     """sha256 of every datalist of the partition: equal fingerprints mean the same partition."""
     files = site_datalists(data_root) + [data_root / n for n in ("global_test.json", "global_val.json")]
     return {path.name: _sha256(path) for path in files if path.exists()}
+
+
+def held_out_fingerprint(data_root: Path) -> dict[str, str]:
+    """sha256 of each held-out site's datalist (``holdout-*.json``; empty without held-out sites)."""
+    return {path.name: _sha256(path) for path in sorted(Path(data_root).glob("holdout-*.json"))}

@@ -2,7 +2,7 @@
 are already finished.
 
 A run's settings are everything that determines its result (the prepared job with its data root taken out,
-the partition's fingerprint, the number of sites); ``done.json`` keeps them, so a finished run is skipped,
+the partition's and the held-out sites' fingerprints, the number of sites); ``done.json`` keeps them, so a finished run is skipped,
 an unfinished one redone and a changed one refused unless ``overwrite``. All of this is decided before the
 first simulation starts.
 """
@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from fedkper_monai.algorithm_registry import ALGORITHMS, Algorithm
 from fedkper_monai.errors import FedKPerError
 from fedkper_monai.flare.checks import check_site_count
-from fedkper_monai.flare.compare_data import data_fingerprint, site_datalists
+from fedkper_monai.flare.compare_data import data_fingerprint, held_out_fingerprint, site_datalists
 from fedkper_monai.flare.jobspec import STANDARD_JOBS, load_job, save_job_configs, set_algorithm, write_job
 from fedkper_monai.flare.simulate import SimulationOverrides, find_metrics, prepare_job, read_round_lines
 from fedkper_monai.flare.resume import CHECKPOINT_FILE, SIMULATOR_JOB_ID
@@ -42,7 +42,8 @@ STOPPED_WORKSPACE = "workspace.stopped"
 DEFAULT_BASE_JOB = "jobs/fedkper_medmnist"
 # What a run folder may hold; anything else means it is not ours and is never deleted.
 _RUN_ENTRIES = frozenset({"job", "workspace", "data", "simulator.log", DONE_FILE, STARTED_FILE, STOPPED_WORKSPACE})
-_SETTINGS_VERSION = 1
+# 2: settings name the held-out sites' datalists ("held_out"); version 1 did not (see _as_recorded).
+_SETTINGS_VERSION = 2
 
 
 def parse_algorithms(text: str | Sequence[str]) -> list[Algorithm]:
@@ -191,6 +192,7 @@ def plan_runs(
         check_site_count(n_clients, root)
     sites = site_datalists(root)
     fingerprint = data_fingerprint(root)
+    held_out = held_out_fingerprint(root)
     out = Path(out).resolve()
     runs: list[CompareRun] = []
     conflicts: list[str] = []
@@ -211,6 +213,7 @@ def plan_runs(
                     "algorithm": algorithm.name,
                     "n_clients": 1 if algorithm.pooled else len(sites),
                     "data": fingerprint,
+                    "held_out": held_out,
                     "job": _normalized(prepared),
                 }
                 settings = json.loads(json.dumps(settings))
@@ -231,17 +234,25 @@ def _status(run: CompareRun, overwrite: bool, conflicts: list[str]) -> str:
     if not run.folder.exists():
         return "new"
     done = _read_settings(run.folder / DONE_FILE)
-    if done is not None and done == run.settings and finished_rounds(run.workspace) == run.rounds:
+    if done is not None and done == _as_recorded(run.settings, done) and finished_rounds(run.workspace) == run.rounds:
         return "done"
     previous = done if done is not None else _read_settings(run.folder / STARTED_FILE)
-    if previous is None or previous == run.settings:
+    if previous is None or previous == _as_recorded(run.settings, previous):
         # Unfinished (or marked done with incomplete metrics): continued when it left a checkpoint.
         return "resume" if previous is not None and _left_checkpoint(run) else "redo"
     if overwrite:
         return "overwrite"
-    changed = _differences(previous, run.settings)
+    changed = _differences(previous, _as_recorded(run.settings, previous))
     conflicts.append(f"{run.folder}: {'; '.join(changed[:3]) or 'settings changed'}")
     return "conflict"
+
+
+def _as_recorded(settings: dict, recorded: dict) -> dict:
+    """``settings`` in the form of a run's ``recorded`` ones: a run recorded by version 1, before settings named
+    the held-out sites, is compared on everything else (its held-out sites came from the same ``prepare``)."""
+    if recorded.get("version") == 1:
+        return {**{key: value for key, value in settings.items() if key != "held_out"}, "version": 1}
+    return settings
 
 
 def _read_settings(path: Path) -> dict | None:

@@ -203,6 +203,28 @@ def test_finished_runs_are_skipped_changed_ones_refused_unfinished_ones_redone(f
     assert [r.status for r in plan_runs(federation, algorithms, out, **plan)] == ["redo", "redo"]
 
 
+def test_a_changed_held_out_site_is_refused_and_runs_recorded_before_that_check_still_count(retinamnist_npz, tmp_path):
+    data, out = tmp_path / "data", tmp_path / "runs"
+    assert main(["prepare", "medmnist", "--npz", str(retinamnist_npz), "--sites", "4", "--holdout-sites", "1",
+                 "--alpha", "0.5", "--seed", "0", "--out", str(data), "--no-progress"]) == 0
+    plan = dict(n_clients=3, rounds=2, local_epochs=1, sample_fraction=0.67)
+    (run,) = plan_runs(data, parse_algorithms("fedavg"), out, **plan)
+    assert list(run.settings["held_out"]) == ["holdout-1.json"]
+    run.folder.mkdir(parents=True)
+    _fake_finished(run, 2)
+    # A run finished before settings named the held-out sites (version 1) is still finished with them.
+    recorded = {key: value for key, value in run.settings.items() if key != "held_out"}
+    (run.folder / DONE_FILE).write_text(json.dumps({"settings": {**recorded, "version": 1}}))
+    assert [r.status for r in plan_runs(data, parse_algorithms("fedavg"), out, **plan)] == ["done"]
+    (run.folder / DONE_FILE).write_text(json.dumps({"settings": run.settings}))
+    # The held-out site's datalist edited after the run: its unseen-site figures are of other data.
+    held_out = json.loads((data / "holdout-1.json").read_text())
+    held_out["test"] = held_out["test"][1:]
+    (data / "holdout-1.json").write_text(json.dumps(held_out))
+    with pytest.raises(FedKPerError, match=r"runs started or finished in --out .*\n.*held_out\.holdout-1\.json: "):
+        plan_runs(data, parse_algorithms("fedavg"), out, **plan)
+
+
 def test_a_folder_that_is_not_a_run_is_never_touched(federation, tmp_path):
     mine = tmp_path / "runs" / "fedavg" / "notes.txt"
     mine.parent.mkdir(parents=True)
