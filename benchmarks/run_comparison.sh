@@ -30,7 +30,7 @@ if [ ! -f "$runs/data/site-1.json" ]; then
 fi
 # Centralized (the upper bound) trains on all pooled training data every round, ten times what a federated
 # round of 10% of the sites trains: it runs ROUNDS/10 rounds (CENTRAL_ROUNDS), the same 50 passes over the
-# training data as 100 federated rounds, not 500 (which took about 100 minutes a run on RetinaMNIST alone).
+# training data as 100 federated rounds on average, not 500.
 federated=$(tr ',' '\n' <<<"$algorithms" | { grep -vx centralized || true; } | paste -sd, -)
 central_rounds="${CENTRAL_ROUNDS:-$(( rounds >= 10 ? rounds / 10 : 1 ))}"
 if [ -n "$federated" ]; then
