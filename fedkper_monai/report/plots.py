@@ -6,7 +6,9 @@ loaded runs and returns a figure; :func:`figure_to_png` turns it into PNG bytes 
 :func:`render_plots` makes all of them.
 
 Colors follow the algorithm (so seeds of one algorithm share a color) and line styles tell the
-seeds apart.
+seeds apart. Where an algorithm has several runs (seeds), the curves draw one line per algorithm instead,
+the mean over its runs with a band from their minimum to their maximum: 20 and more seed lines that cross
+every round cannot be read.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from fedkper_monai.report.metrics import (
 __all__ = [
     "PlotSpec",
     "CURVES",
+    "seed_band",
     "plot_curve",
     "plot_tradeoff",
     "plot_per_site_accuracy",
@@ -96,22 +99,48 @@ def _no_data(axes, message: str) -> None:
     axes.text(0.5, 0.5, message, ha="center", va="center", transform=axes.transAxes, color="0.4")
 
 
+def seed_band(runs: Sequence[RunMetrics], key: str) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Per round, over the runs that report ``key`` there (a finite value): ``(rounds, mean, min, max)``."""
+    values: dict[int, list[float]] = {}
+    for run in runs:
+        for round_index, value in zip(*round_series(run, key)):
+            if math.isfinite(value):
+                values.setdefault(round_index, []).append(value)
+    rounds = sorted(values)
+    return (rounds, [sum(values[r]) / len(values[r]) for r in rounds], [min(values[r]) for r in rounds],
+            [max(values[r]) for r in rounds])
+
+
 def plot_curve(runs: Sequence[RunMetrics], spec: PlotSpec) -> Figure:
-    """One line per run of the round-line field ``spec.key`` over (0-based) rounds.
+    """The round-line field ``spec.key`` over (0-based) rounds: one line per run, or, where an algorithm has
+    several runs, one line per algorithm (mean over its runs, band from min to max; see the module).
 
     Missing values (``null``) leave gaps; a run that never reports the field is named in a note.
     """
-    figure = _new_figure(8.0, 4.8)
+    figure = _new_figure(9.0, 4.8)
     axes = figure.add_subplot()
     missing = []
     all_rounds = [row["round"] for run in runs for row in run.round_rows]
-    for run, style in zip(runs, _styles(runs)):
-        rounds, values = round_series(run, spec.key)
-        if not any(math.isfinite(value) for value in values):
+    reporting: dict[str, list[RunMetrics]] = {}
+    for run in runs:
+        if any(math.isfinite(value) for value in round_series(run, spec.key)[1]):
+            reporting.setdefault(run.algorithm, []).append(run)
+        else:
             missing.append(run.label)
-            continue
-        # About 15 markers per line: enough to tell runs apart, few enough to see the curve.
-        axes.plot(rounds, values, label=run.label, markersize=4, markevery=max(1, len(rounds) // 15), **style)
+    banded = any(len(group) > 1 for group in reporting.values())
+    if banded:
+        for index, (algorithm, group) in enumerate(reporting.items()):
+            rounds, mean, low, high = seed_band(group, spec.key)
+            color = f"C{index % 10}"
+            label = f"{algorithm} ({len(group)} run{'s' if len(group) > 1 else ''})"
+            axes.plot(rounds, mean, label=label, color=color, linewidth=1.4)
+            axes.fill_between(rounds, low, high, color=color, alpha=0.15, linewidth=0)
+    else:
+        shown = [run for group in reporting.values() for run in group]
+        for run, style in zip(shown, _styles(shown)):
+            rounds, values = round_series(run, spec.key)
+            # About 15 markers per line: enough to tell runs apart, few enough to see the curve.
+            axes.plot(rounds, values, label=run.label, markersize=4, markevery=max(1, len(rounds) // 15), **style)
     # Segmentation runs hold Dice in the accuracy fields: the titles say so.
     word = metric_word(runs)
     axes.set_title(for_metric(spec.title, word))
@@ -123,7 +152,9 @@ def plot_curve(runs: Sequence[RunMetrics], spec: PlotSpec) -> Figure:
     if spec.unit_range:
         axes.set_ylim(0.0, 1.02)
     if len(missing) < len(runs):
-        axes.legend(fontsize="small", loc="best")
+        # Beside the axes, so the legend never covers a curve however many runs there are.
+        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                    title="line: mean of runs\nband: min to max" if banded else None, title_fontsize="small")
     if missing:
         note = f"not reported by: {', '.join(missing)}"
         if len(missing) == len(runs):

@@ -1,0 +1,47 @@
+"""Curve plots: one line per run, or per algorithm (mean over its seeds, min-max band) when it has several."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from fedkper_monai.report.plots import CURVES, plot_curve, seed_band
+from fedkper_monai.report.runs import RunMetrics
+
+GLOBAL_ACC = next(spec for spec in CURVES if spec.key == "global_acc")
+
+
+def _run(algorithm: str, seed: int, accuracies: list[float | None]) -> RunMetrics:
+    rows = [{"round": index, "global_acc": value} for index, value in enumerate(accuracies)]
+    return RunMetrics(Path(f"{algorithm}/seed{seed}"), Path("metrics.jsonl"), f"{algorithm}@seed{seed}",
+                      header={"algorithm": algorithm, "seed": seed}, round_rows=rows)
+
+
+def test_seed_band_is_mean_min_and_max_over_the_runs_that_report_each_round():
+    runs = [_run("fedkper", 0, [0.2, 0.4, 0.9]), _run("fedkper", 1, [0.4, None, 0.5]), _run("fedkper", 2, [0.6])]
+    rounds, mean, low, high = seed_band(runs, "global_acc")
+    assert rounds == [0, 1, 2]
+    assert mean == pytest.approx([0.4, 0.4, 0.7]) and low == [0.2, 0.4, 0.5] and high == [0.6, 0.4, 0.9]
+
+
+def test_several_seeds_draw_one_line_per_algorithm_and_the_legend_stays_off_the_curves():
+    runs = [_run("fedkper", 0, [0.2, 0.4]), _run("fedkper", 1, [0.4, 0.6]), _run("fedavg", 0, [0.1, 0.3]),
+            _run("fedavg", 1, [0.3, 0.5]), _run("ditto", 0, [None, None])]
+    axes = plot_curve(runs, GLOBAL_ACC).axes[0]
+    lines = {line.get_label(): list(line.get_ydata()) for line in axes.get_lines()}
+    assert lines.keys() == {"fedkper (2 runs)", "fedavg (2 runs)"}
+    assert lines["fedkper (2 runs)"] == pytest.approx([0.3, 0.5]) and lines["fedavg (2 runs)"] == pytest.approx([0.2, 0.4])
+    assert len(axes.collections) == 2  # one min-max band per algorithm
+    legend = axes.get_legend()
+    assert legend.get_title().get_text() == "line: mean of runs\nband: min to max"
+    assert legend.get_bbox_to_anchor().x0 > axes.get_window_extent().x1  # beside the axes, not on them
+    assert any("not reported by: ditto@seed0" in text.get_text() for text in axes.texts)
+
+
+def test_one_run_per_algorithm_draws_each_run():
+    runs = [_run("fedkper", 0, [0.2, 0.4]), _run("fedavg", 0, [0.1, math.nan])]
+    axes = plot_curve(runs, GLOBAL_ACC).axes[0]
+    assert [line.get_label() for line in axes.get_lines()] == ["fedkper@seed0", "fedavg@seed0"]
+    assert not axes.collections and axes.get_legend().get_title().get_text() == ""
