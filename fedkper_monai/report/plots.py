@@ -170,24 +170,37 @@ def plot_curve(runs: Sequence[RunMetrics], spec: PlotSpec) -> Figure:
 
 
 def plot_tradeoff(runs: Sequence[RunMetrics]) -> Figure:
-    """Global-vs-personalized trade-off: one labelled point per run.
+    """Global-vs-personalized trade-off: one point per run, labelled beside it, or, where an algorithm has
+    several runs, named once in a legend (color: algorithm; marker: its runs in order).
 
     x = final global accuracy (global test set), y = final mean personalized accuracy (local test
     splits). Up and to the right is better on both; runs without a global accuracy are named in a note.
     """
-    figure = _new_figure(7.0, 6.0)
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.algorithm] = counts.get(run.algorithm, 0) + 1
+    by_algorithm = any(count > 1 for count in counts.values())
+    figure = _new_figure(9.0 if by_algorithm else 7.0, 6.0)  # room for the legend beside the axes
     axes = figure.add_subplot()
     missing = []
     points = []
+    named: set[str] = set()
     for run, style in zip(runs, _styles(runs)):
         summary = summarize(run)
         x, y = summary["final_global_acc"], summary["final_mean_personalized_acc"]
         if x is None or y is None:
             missing.append(run.label)
             continue
-        axes.scatter([x], [y], color=style["color"], marker=style["marker"], s=60, zorder=3)
-        axes.annotate(run.label, (x, y), xytext=(6, 6), textcoords="offset points", fontsize="small")
+        # Dozens of labels beside their points overlap; by algorithm, the legend names each color once.
+        label = None if not by_algorithm or run.algorithm in named else f"{run.algorithm} ({counts[run.algorithm]})"
+        named.add(run.algorithm)
+        axes.scatter([x], [y], color=style["color"], marker=style["marker"], s=60, zorder=3, label=label)
+        if not by_algorithm:
+            axes.annotate(run.label, (x, y), xytext=(6, 6), textcoords="offset points", fontsize="small")
         points.append((x, y))
+    if by_algorithm and points:
+        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                    title="algorithm (runs);\nmarker: run in order", title_fontsize="small")
     word = metric_word(runs)
     axes.set_title(for_metric("Trade-off after the last round: global vs mean personalized accuracy", word))
     axes.set_xlabel(for_metric("final global accuracy (global model, global test set)", word))

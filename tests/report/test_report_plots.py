@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from fedkper_monai.report.plots import CURVES, plot_curve, seed_band
+from fedkper_monai.report.plots import CURVES, plot_curve, plot_tradeoff, seed_band
 from fedkper_monai.report.runs import RunMetrics
 
 GLOBAL_ACC = next(spec for spec in CURVES if spec.key == "global_acc")
 
 
 def _run(algorithm: str, seed: int, accuracies: list[float | None]) -> RunMetrics:
-    rows = [{"round": index, "global_acc": value} for index, value in enumerate(accuracies)]
+    rows = [{"round": index, "global_acc": value, "mean_personalized_acc": 0.9} for index, value in enumerate(accuracies)]
     return RunMetrics(Path(f"{algorithm}/seed{seed}"), Path("metrics.jsonl"), f"{algorithm}@seed{seed}",
                       header={"algorithm": algorithm, "seed": seed}, round_rows=rows)
 
@@ -45,3 +45,12 @@ def test_one_run_per_algorithm_draws_each_run():
     axes = plot_curve(runs, GLOBAL_ACC).axes[0]
     assert [line.get_label() for line in axes.get_lines()] == ["fedkper@seed0", "fedavg@seed0"]
     assert not axes.collections and axes.get_legend().get_title().get_text() == ""
+
+
+def test_the_trade_off_names_algorithms_once_when_they_have_several_runs():
+    runs = [_run("fedkper", 0, [0.2, 0.4]), _run("fedkper", 1, [0.4, 0.6]), _run("fedavg", 0, [0.1, 0.3])]
+    axes = plot_tradeoff(runs).axes[0]
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == ["fedkper (2)", "fedavg (1)"]
+    assert not axes.texts  # no per-point labels to overlap
+    single = plot_tradeoff(runs[1:]).axes[0]
+    assert single.get_legend() is None and [text.get_text() for text in single.texts] == ["fedkper@seed1", "fedavg@seed0"]
