@@ -2,9 +2,9 @@
 are already finished.
 
 A run's settings are everything that determines its result (the prepared job with its data root taken out,
-the partition's and the held-out sites' fingerprints, the number of sites); ``done.json`` keeps them, so a finished run is skipped,
-an unfinished one redone and a changed one refused unless ``overwrite``. All of this is decided before the
-first simulation starts.
+the partition's and the held-out sites' fingerprints, the number of sites); ``done.json`` keeps them, so a
+finished run is skipped, an unfinished one redone and a changed one refused unless ``overwrite``. All of this
+is decided before the first simulation starts.
 """
 
 from __future__ import annotations
@@ -222,8 +222,8 @@ def plan_runs(
                 runs.append(run)
     if conflicts:
         raise FedKPerError(
-            "runs started or finished in --out were made with other settings (pass --overwrite to redo them, or choose another "
-            "--out):\n  " + "\n  ".join(conflicts)
+            "runs started or finished in --out were made with other settings (pass --overwrite to redo them, "
+            "or choose another --out):\n  " + "\n  ".join(conflicts)
         )
     return runs
 
