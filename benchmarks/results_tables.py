@@ -88,7 +88,8 @@ def tables(rows: list[dict[str, Any]], algorithms: list[str], reference: str) ->
     seeds = {name: [row["seed"] for row in members] for name, members in runs.items()}
     selected = [row for name in algorithms for row in runs[name]]
     groups = {group["algorithm"]: group for group in summarize_by_algorithm(selected)}
-    lines = ["| metric | " + " | ".join(f"{name} ({len(seeds[name])} seed{'' if len(seeds[name]) == 1 else 's'})" for name in algorithms) + " |",
+    headers = [f"{name} ({len(seeds[name])} seed{'' if len(seeds[name]) == 1 else 's'})" for name in algorithms]
+    lines = ["| metric | " + " | ".join(headers) + " |",
              "|---|" + "---|" * len(algorithms)]
     for key, title in ROWS:
         cells = [_cell(key, groups[name]) for name in algorithms]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -129,9 +130,11 @@ def plot_curve(runs: Sequence[RunMetrics], spec: PlotSpec) -> Figure:
             missing.append(run.label)
     banded = any(len(group) > 1 for group in reporting.values())
     if banded:
-        for index, (algorithm, group) in enumerate(reporting.items()):
+        # The colors _styles gives every run, so an algorithm has one color in every plot of the report.
+        colors = {run.algorithm: style["color"] for run, style in zip(runs, _styles(runs))}
+        for algorithm, group in reporting.items():
             rounds, mean, low, high = seed_band(group, spec.key)
-            color = f"C{index % 10}"
+            color = colors[algorithm]
             label = f"{algorithm} ({len(group)} run{'s' if len(group) > 1 else ''})"
             axes.plot(rounds, mean, label=label, color=color, linewidth=1.4)
             axes.fill_between(rounds, low, high, color=color, alpha=0.15, linewidth=0)
@@ -176,9 +179,7 @@ def plot_tradeoff(runs: Sequence[RunMetrics]) -> Figure:
     x = final global accuracy (global test set), y = final mean personalized accuracy (local test
     splits). Up and to the right is better on both; runs without a global accuracy are named in a note.
     """
-    counts: dict[str, int] = {}
-    for run in runs:
-        counts[run.algorithm] = counts.get(run.algorithm, 0) + 1
+    counts = Counter(run.algorithm for run in runs)
     by_algorithm = any(count > 1 for count in counts.values())
     figure = _new_figure(9.0 if by_algorithm else 7.0, 6.0)  # room for the legend beside the axes
     axes = figure.add_subplot()

@@ -54,3 +54,13 @@ def test_the_trade_off_names_algorithms_once_when_they_have_several_runs():
     assert not axes.texts  # no per-point labels to overlap
     single = plot_tradeoff(runs[1:]).axes[0]
     assert single.get_legend() is None and [text.get_text() for text in single.texts] == ["fedkper@seed1", "fedavg@seed0"]
+
+
+def test_an_algorithm_keeps_its_color_in_the_curves_when_another_reports_nothing():
+    runs = [_run("ditto", 0, [None, None]), _run("fedkper", 0, [0.2, 0.4]), _run("fedkper", 1, [0.4, 0.6])]
+    curve = plot_curve(runs, GLOBAL_ACC).axes[0]
+    trade_off = plot_tradeoff(runs).axes[0]
+    (line,) = curve.get_lines()
+    # ditto has C0 in every plot, so fedkper's mean line is C1, as its points in the trade-off are.
+    assert line.get_color() == "C1" and {tuple(c.get_facecolor()[0]) for c in trade_off.collections} == {
+        tuple(curve.collections[0].get_facecolor()[0][:3]) + (1.0,)}
