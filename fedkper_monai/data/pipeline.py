@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -21,6 +19,8 @@ from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.transforms import Compose, Randomizable, RandomizableTransform
 
 from fedkper_monai.errors import DataError
+from fedkper_monai.job_fields import check_transform_settings
+from fedkper_monai.transform_configs import TRANSFORMS_DIR_ENV, resolve_transforms_config
 
 __all__ = [
     "TRANSFORMS_DIR_ENV",
@@ -32,97 +32,20 @@ __all__ = [
     "resolve_transforms_config",
 ]
 
-#: Environment variable naming a folder of transform configs, searched first.
-TRANSFORMS_DIR_ENV = "FEDKPER_TRANSFORMS_DIR"
 
+def check_plain_settings(settings: Mapping[str, Any], config: str | os.PathLike = "classification_2d") -> None:
+    """Refuse settings a job may not set in the transform config ``config``.
 
-def _config_dirs() -> list[Path]:
-    """Where a config name is looked up, in order."""
-    dirs = []
-    if os.environ.get(TRANSFORMS_DIR_ENV):
-        dirs.append(Path(os.environ[TRANSFORMS_DIR_ENV]).expanduser())
-    dirs.append(Path(__file__).resolve().parents[2] / "transforms")  # repo checkout / editable install
-    dirs.append(Path(sys.prefix) / "share" / "fedkper_monai" / "transforms")  # setup.cfg data_files
-    return dirs
-
-
-# A config name: letters, digits, "_", "-", "." (no path separators, no "..").
-_CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-# MONAI's ConfigParser evaluates "$" expressions, "%" macros (other files) and "_target_" instantiations.
-_CODE_MARKERS = ("$", "%", "@")
-_PIPELINE_KEYS = ("transforms", "preprocessing")
-
-
-def _trusted(path: Path) -> bool:
-    """Whether ``path`` lies in a folder the installation or the site operator controls."""
-    resolved = path.resolve()
-    return any(resolved.is_relative_to(folder.resolve()) for folder in _config_dirs())
-
-
-def resolve_transforms_config(name_or_path: str | os.PathLike) -> Path:
-    """Find a transform config by name, such as ``"classification_2d"``, in the trusted folders only.
-
-    A name is looked up as ``<name>.json`` in ``$FEDKPER_TRANSFORMS_DIR`` (a site-local folder the site
-    operator sets), then in the repository's ``transforms/`` beside the package, then in
-    ``<sys.prefix>/share/fedkper_monai/transforms``. A path is accepted only when it lies in one of these
-    folders: MONAI evaluates a config's ``$`` expressions, so a file a job ships (or any other file) would
-    run the job's code at the site.
+    Allowed: exactly the plain top-level settings the config itself declares (for ``classification_2d``:
+    ``image_size``, ``channels``, ``intensity_range``, ``augment``, ``spatial_dims``), each set to a plain
+    value (null, booleans, numbers, strings without ``$``, ``%``, ``@``, ``#`` or ``_target_``, lists of
+    those). A MONAI config path such as ``"transforms#1#_target_"`` is not a setting: set on the parser it
+    would rewrite an entry of the pipeline.
 
     Raises:
-        DataError: a path outside the trusted folders, a name with path separators, or not found (the
-            message lists every place searched).
+        DataError: naming the setting (the key) and listing the valid ones.
     """
-    text = str(name_or_path)
-    if text == "bundle":  # the preprocessing of this site's own MONAI bundle ($FEDKPER_BUNDLE_ROOT)
-        from fedkper_monai.bundle.importing import local_bundle_config
-
-        return local_bundle_config()
-    candidate = Path(text).expanduser()
-    if not _CONFIG_NAME.fullmatch(text) or ".." in text:
-        if candidate.is_file() and _trusted(candidate):
-            return candidate.absolute()
-        raise DataError(
-            text,
-            "refused: a job names a transform config (for example classification_2d), not a file; a config "
-            f"from elsewhere would run its '$' expressions at this site. A site's own configs go in ${TRANSFORMS_DIR_ENV}",
-            field="transforms",
-        )
-    filename = text if text.endswith(".json") else f"{text}.json"
-    looked = []
-    for folder in _config_dirs():
-        path = folder / filename
-        looked.append(str(path))
-        if path.is_file():
-            return path
-    raise DataError(text, "transform config not found; looked at: " + ", ".join(looked), field="transforms")
-
-
-def check_plain_settings(settings: Mapping[str, Any]) -> None:
-    """Refuse settings that are not plain values (what a job may set in a transform config).
-
-    Plain: null, booleans, numbers, strings without ``$``, ``%`` or ``@``, and lists of those; the keys
-    are top-level settings (not ``transforms``/``preprocessing``, not ``_target_`` or another ``_key_``).
-
-    Raises:
-        DataError: naming the setting.
-    """
-    for key, value in settings.items():
-        if not isinstance(key, str) or key.startswith("_") or key in _PIPELINE_KEYS:
-            raise DataError("transform settings", f"a job may not set {key!r} (plain settings only)", field=str(key))
-        _check_plain_value(str(key), value)
-
-
-def _check_plain_value(key: str, value: Any) -> None:
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            _check_plain_value(key, item)
-    elif isinstance(value, str):
-        if any(marker in value for marker in _CODE_MARKERS) or "_target_" in value:
-            raise DataError("transform settings", f"{value!r} is refused: '$', '%', '@' and '_target_' are code in "
-                                                  "a MONAI config; a job sets plain values only", field=key)
-    elif value is not None and not isinstance(value, (bool, int, float)):
-        raise DataError("transform settings", f"{type(value).__name__} values are refused; a job sets plain values "
-                                              "(numbers, booleans, strings, lists of them)", field=key)
+    check_transform_settings(settings, config, source="transform settings", field="")
 
 
 def build_transforms(
@@ -141,7 +64,8 @@ def build_transforms(
         config: a config name (see :func:`resolve_transforms_config`); a path only inside the trusted folders.
         image_size: the task's spatial size (for example a datalist's ``image_size``); None keeps the config's.
         augment: switch on the config's random augmentation (training only).
-        overrides: more top-level settings, for example ``{"channels": 3, "intensity_range": [0, 255]}``.
+        overrides: more top-level settings, for example ``{"channels": 3, "intensity_range": [0, 255]}``: only
+            those the config declares, with plain values (:func:`check_plain_settings`).
 
     Returns:
         a ``monai.transforms.Compose`` mapping ``{"image": path, "label": int, "id": str}`` to
@@ -158,11 +82,13 @@ def build_transforms(
         parser.read_config(str(path))
     except Exception as error:  # malformed JSON: name the file
         raise DataError(path, f"cannot read transform config: {error}") from None
+    # The job's (and the datalist's) settings: only what this config declares. image_size and augment are
+    # this function's own arguments, set the same way.
+    check_plain_settings(overrides or {}, config)
     settings: dict[str, Any] = {"augment": bool(augment)}
     if image_size is not None:
         settings["image_size"] = [int(s) for s in image_size]
     settings.update(overrides or {})
-    check_plain_settings(settings)
     for key, value in settings.items():
         parser[key] = value
     try:

@@ -1,8 +1,10 @@
 """Checks of the FLARE-side commands' settings, run before anything starts (stdlib only, well under a second).
 
-``simulate``, ``export`` and ``compare`` call these before they build a job or start FLARE's simulator, so a
-setting that cannot run stops at once with one line naming the option (exit code 2, printed by the CLI)
-instead of failing minutes later inside a site process. Each check raises :class:`SettingError`.
+``simulate``, ``export``, ``compare``, ``poc run`` and the recipe call these before they build a job or start
+FLARE, so a setting that cannot run stops at once with one line naming the option (exit code 2, printed by
+the CLI) instead of failing minutes later inside a site process. Each check of an option raises
+:class:`SettingError`; :func:`check_job_fields` runs the checks the sites and the server run on a job's
+component args and raises :class:`~fedkper_monai.errors.DataError` naming the job file and the field.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ __all__ = [
     "check_threads",
     "check_site_count",
     "check_job_data",
+    "check_job_fields",
     "check_output",
     "check_workspace",
 ]
@@ -154,3 +157,49 @@ def check_workspace(workspace: str | Path, overwrite: bool) -> None:
     if earlier:
         raise SettingError("-w", f"{target} holds an earlier run ({', '.join(earlier[:3])}): pass --overwrite "
                                  "to replace it, or choose another workspace")
+
+
+def check_job_fields(job: str | Path, server: Mapping[str, Any], client: Mapping[str, Any]) -> None:
+    """The args a job gives its sites and server, checked as the sites and the server check them.
+
+    Each site executor's settings go through ``SiteConfig.from_mapping`` (known settings; the network spec,
+    strategy parameters, task options and transform settings against what each declares; no code in any key
+    or value), the executor's own args must be plain, and the transform config must be found in the trusted
+    folders; the server's ``GlobalEvaluator`` and ``NetworkPersistor`` args go through their own checks
+    (:mod:`fedkper_monai.job_fields`). Standard library only: milliseconds.
+
+    Args:
+        job: the job folder (or, for a job built in memory, its name): errors name
+            ``JOB/app/config/config_fed_client.json`` or ``config_fed_server.json``.
+        server, client: the job's two app configs.
+
+    Raises:
+        DataError: naming the job file and the field (e.g. ``transform_settings.transforms#1#_target_``).
+    """
+    from fedkper_monai.flare.jobspec import GLOBAL_EVALUATOR, PERSISTOR, SITE_EXECUTOR, site_args
+    from fedkper_monai.job_fields import (
+        EXECUTOR_ARGS, check_evaluator_args, check_persistor_args, check_plain, check_transforms_name,
+    )
+    from fedkper_monai.training.site_config import SiteConfig
+
+    folder = Path(job) / "app" / "config"
+    client_file, server_file = folder / "config_fed_client.json", folder / "config_fed_server.json"
+    site_args(dict(client))  # a job without our site executor: named as the other commands name it
+    for entry in client.get("executors", []):
+        executor = entry.get("executor", {})
+        if executor.get("path") != SITE_EXECUTOR:
+            continue
+        args = executor.get("args", {})
+        for key in EXECUTOR_ARGS:
+            if key in args:
+                check_plain(args[key], source=client_file, field=key)
+        config = SiteConfig.from_mapping({k: v for k, v in args.items() if k not in EXECUTOR_ARGS}, source=client_file)
+        check_transforms_name(config.transforms, source=client_file)
+    for component in server.get("components", []):
+        args = component.get("args", {})
+        if component.get("path") == GLOBAL_EVALUATOR:
+            check_evaluator_args(args, source=server_file)
+            if "transforms" in args:
+                check_transforms_name(args["transforms"], source=server_file)
+        elif component.get("path") == PERSISTOR:
+            check_persistor_args(args, source=server_file)

@@ -38,7 +38,9 @@ def _check_simulate(args: argparse.Namespace) -> None:
     _check_overrides(args)
     checks.check_threads(args.threads)
     checks.check_workspace(args.workspace, args.overwrite)
-    data_root = checks.check_job_data(args.job, load_job(args.job)[2], args.data_root)
+    _meta, server, client = load_job(args.job)
+    checks.check_job_fields(args.job, server, client)  # what each site and the server would refuse, now
+    data_root = checks.check_job_data(args.job, client, args.data_root)
     if data_root is None:  # the demo job on a fresh machine: its data is generated once, before any run
         from fedkper_monai.data.demo import ensure_demo_data
         from fedkper_monai.flare.sitedata import default_demo_root
@@ -74,10 +76,12 @@ def _describe_network(job: str) -> str:
 def _check_export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from fedkper_monai.flare.checks import SettingError, check_output
+    from fedkper_monai.flare.checks import SettingError, check_job_fields, check_output
+    from fedkper_monai.flare.jobspec import load_job
 
     _check_overrides(args)
     check_output(args.out, args.overwrite)
+    check_job_fields(args.job, *load_job(args.job)[1:])  # what each site and the server would refuse, now
     if args.network_from is None:
         raise SettingError("--network-from", "required: a site's datalist (or a prepared folder) sets the network's "
                                              f"classes, size and channels (the job's own network is {_describe_network(args.job)})")

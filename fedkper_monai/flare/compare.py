@@ -255,6 +255,11 @@ def _check(args: argparse.Namespace) -> None:
         checks.check_ranges(seed=seed)
     if args.n_clients is not None:
         checks.check_site_count(args.n_clients, Path(args.data_root))
+    from fedkper_monai.flare.jobspec import load_job
+
+    # Every run derives from the base job (only the algorithm's own fields change): what each site and the
+    # server would refuse in it stops the comparison now, not a run minutes in.
+    checks.check_job_fields(args.base_job, *load_job(args.base_job)[1:])
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from nvflare.apis.fl_component import FLComponent
 from fedkper_monai.errors import FedKPerError
 from fedkper_monai.flare.sitedata import resolve_data_root
 from fedkper_monai.flare.weights import to_torch
+from fedkper_monai.job_fields import check_evaluator_args
 from fedkper_monai.metrics_schema import site_sort_key
 from fedkper_monai.training.networks import check_network_matches
 
@@ -32,7 +33,7 @@ class GlobalEvaluator(FLComponent):
         datalist: file name of the global test datalist inside the data root.
         network: ``build_network`` arguments, as in the learner.
         transforms: transform config name, as in the learner.
-        transform_settings: plain settings of that config, as the learner's (e.g. ``intensity_range``).
+        transform_settings: plain settings that config declares, as the learner's (e.g. ``intensity_range``).
         batch_size: evaluation batch size.
         device: ``auto``, ``cpu`` or ``cuda``.
         task: the task, as in the learner (``segmentation``: "accuracy" is mean foreground Dice, flips are
@@ -58,7 +59,15 @@ class GlobalEvaluator(FLComponent):
         from fedkper_monai.training.tasks import make_task
 
         super().__init__()
-        self.task = make_task(task, **dict(task_args or {}))
+        self.task = make_task(task, **dict(task_args or {}))  # names a bad option of the task in its own words
+        # The job is untrusted input here as at the sites: the same allow-lists (network, transform settings,
+        # task options) and no code in any value. The launchers ran this check before FLARE started.
+        check_evaluator_args(
+            {"network": network, "data_root": data_root, "demo": demo, "datalist": datalist, "transforms": transforms,
+             "transform_settings": dict(transform_settings or {}), "batch_size": batch_size, "device": device,
+             "cache": cache, "task": task, "task_args": dict(task_args or {})},
+            source="global evaluator args",
+        )
         self.network_spec = dict(network)
         self.data_root = data_root
         self.demo = demo

@@ -26,6 +26,8 @@ __all__ = [
     "job_component",
     "site_args",
     "SITE_EXECUTOR",
+    "GLOBAL_EVALUATOR",
+    "PERSISTOR",
     "component_classes",
     "set_algorithm",
     "write_job",
@@ -37,6 +39,9 @@ __all__ = [
 _PKG = "fedkper_monai.flare"
 # The site: a plain FLARE Executor whose args are the site's settings (SiteConfig fields, data_root, demo).
 SITE_EXECUTOR = f"{_PKG}.executor.FedKPerExecutor"
+# The server components whose args a job fills with a network spec (and the evaluator: the sites' data settings).
+GLOBAL_EVALUATOR = f"{_PKG}.evaluator.GlobalEvaluator"
+PERSISTOR = f"{_PKG}.persistor.NetworkPersistor"
 
 
 @dataclass
@@ -139,9 +144,9 @@ def job_configs(settings: JobSettings) -> tuple[dict, dict, dict]:
             }
         ],
         "components": [
-            {"id": "persistor", "path": f"{_PKG}.persistor.NetworkPersistor", "args": {"network": settings.network, "seed": settings.seed}},
+            {"id": "persistor", "path": PERSISTOR, "args": {"network": settings.network, "seed": settings.seed}},
             {"id": "aggregator", "path": f"{_PKG}.aggregator.FedKPerAggregator", "args": {}},
-            {"id": "global_evaluator", "path": f"{_PKG}.evaluator.GlobalEvaluator", "args": {"network": settings.network, **data, **task}},
+            {"id": "global_evaluator", "path": GLOBAL_EVALUATOR, "args": {"network": settings.network, **data, **task}},
             {
                 "id": "tb_receiver",
                 "path": "nvflare.app_opt.tracking.tb.tb_receiver.TBAnalyticsReceiver",

@@ -13,6 +13,7 @@ from nvflare.app_common.abstract.model_persistor import ModelPersistor
 
 from fedkper_monai.flare.weights import to_numpy, to_torch
 from fedkper_monai.io import atomic_write_bytes
+from fedkper_monai.job_fields import check_persistor_args
 
 __all__ = ["NetworkPersistor"]
 
@@ -32,11 +33,13 @@ class NetworkPersistor(ModelPersistor):
     def __init__(self, network: dict[str, Any], seed: int = 0, save_name: str = "global_model.pt") -> None:
         super().__init__()
         self.network = dict(network)
-        self.seed = int(seed)
         # A job sets this: a bare file name only, so the model is written (and resumed) inside the run folder.
         if not isinstance(save_name, str) or save_name in ("", ".", "..") or Path(save_name).name != save_name:
             raise ValueError(f"save_name must be a file name inside the run folder, got {save_name!r}")
         self.save_name = save_name
+        # The network spec is a job's, as at the sites: only what that network takes, each of its type.
+        check_persistor_args({"network": self.network, "seed": seed, "save_name": save_name}, source="persistor args")
+        self.seed = int(seed)
 
     def _save_path(self, fl_ctx: FLContext) -> Path:
         workspace = fl_ctx.get_engine().get_workspace()

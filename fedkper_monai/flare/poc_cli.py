@@ -16,6 +16,19 @@ def _site_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_job(job: str) -> None:
+    """JOB_OR_ALGORITHM: a job folder whose fields the sites and the server accept, or a registry algorithm."""
+    from fedkper_monai.algorithm_registry import ALGORITHMS
+    from fedkper_monai.flare.checks import SettingError, check_job_fields
+    from fedkper_monai.flare.jobspec import load_job
+
+    if Path(job).is_dir():
+        check_job_fields(job, *load_job(job)[1:])
+    elif job not in ALGORITHMS:
+        raise SettingError("JOB_OR_ALGORITHM", f"{job!r} is neither a job folder nor an algorithm; algorithms: "
+                                               f"{', '.join(ALGORITHMS)}")
+
+
 def _poc_run(args: argparse.Namespace) -> int:
     from fedkper_monai.flare.checks import SettingError, check_ranges, check_site_count
 
@@ -27,6 +40,7 @@ def _poc_run(args: argparse.Namespace) -> int:
         raise SettingError("--restarts", f"must be >= 0, got {args.restarts}")
     if args.min_task_timeout is not None and not args.min_task_timeout > 0:
         raise SettingError("--min-task-timeout", f"must be > 0, got {args.min_task_timeout}")
+    _check_job(args.job)
     data_root = Path(args.data_root)
     if not data_root.is_dir():
         raise SettingError("--data-root", f"{data_root}: no such folder (make one with `fedkper-monai prepare`)")

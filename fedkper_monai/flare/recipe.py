@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+
 from nvflare.job_config.api import FedJob
 from nvflare.recipe.spec import Recipe
 
 from fedkper_monai.errors import FedKPerError
+from fedkper_monai.flare.checks import check_job_fields
 from fedkper_monai.flare.jobspec import JobSettings, job_configs, load_job, save_job_configs
 
 __all__ = ["FedKPerRecipe"]
@@ -100,6 +102,10 @@ class FedKPerRecipe(Recipe):
         num_rounds, sample_fraction, local_epochs, seed, validate_every: override the job's values.
         min_clients: sites FLARE waits for before it starts the job (the job's ``meta.json``; the run's sites
             are those connected then).
+
+    Raises:
+        DataError: a field of the job the sites or the server would refuse (naming the job file and the field;
+            :func:`~fedkper_monai.flare.checks.check_job_fields`), before FLARE or any data is touched.
     """
 
     def __init__(
@@ -121,6 +127,8 @@ class FedKPerRecipe(Recipe):
         from fedkper_monai.flare.simulate import SimulationOverrides, apply_overrides
 
         meta, server, client = _base_configs(algorithm, settings, job)
+        # What the sites and the server would refuse, refused here before anything reads the job.
+        check_job_fields(job if job is not None else meta["name"], server, client)
         if name:
             meta["name"] = name
         if min_clients is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from fedkper_monai.errors import FedKPerError
+from fedkper_monai.flare.checks import check_job_fields
 from fedkper_monai.flare.metrics import METRICS_FILE
 from fedkper_monai.flare.jobspec import job_component, load_job, save_job_configs, site_args
 from fedkper_monai.flare.process import WatchedRun, run_with_retries
@@ -93,8 +94,14 @@ def configure_job(job: str | Path, overrides: SimulationOverrides, *, network_fr
     ``overrides.data_root`` is written into the site executor's and evaluator's args (simulation: one machine);
     for real sites leave it unset, so each site reads its own ``$FEDKPER_DATA_ROOT``. Either data root,
     or ``network_from`` (a datalist or a prepared folder), sets the network's classes, size and channels.
+
+    Raises:
+        DataError: a field the sites or the server would refuse (:func:`~fedkper_monai.flare.checks.check_job_fields`),
+            before anything reads the job.
     """
-    return apply_overrides(*load_job(Path(job)), overrides, network_from=network_from)
+    meta, server, client = load_job(Path(job))
+    check_job_fields(job, server, client)
+    return apply_overrides(meta, server, client, overrides, network_from=network_from)
 
 
 def apply_overrides(meta: dict, server: dict, client: dict, overrides: SimulationOverrides, *,

@@ -18,6 +18,7 @@ from monai.networks.layers.factories import Conv, Pool
 from torch import nn
 
 from fedkper_monai.errors import FedKPerError
+from fedkper_monai.job_fields import check_network
 
 __all__ = ["NETWORK_NAMES", "ReferenceCNN", "build_network", "check_network_matches"]
 
@@ -186,15 +187,20 @@ def build_network(
         network to ``(N, num_classes, *image_size)``.
 
     Raises:
-        ValueError: unknown name (the message lists the valid ones), bad ``spatial_dims`` or an image too
-            small for the network.
+        ValueError: unknown name (the message lists the valid ones), an argument that network does not take
+            or of the wrong type (a :class:`~fedkper_monai.errors.DataError` naming it, see
+            :func:`fedkper_monai.job_fields.check_network`), or an image too small for the network.
 
     Example:
         >>> net = build_network("resnet10", spatial_dims=3, in_channels=1, num_classes=3)
         >>> net(torch.zeros(2, 1, 16, 16, 16)).shape
         torch.Size([2, 3])
     """
-    _check_spatial_dims(spatial_dims)
+    # The spec comes from a job: checked by the rule the site, the server and the launchers apply to it, so a
+    # num_classes of "x" or a stray argument is a clear error naming it, not a TypeError deep in a constructor.
+    spec = {"name": name, "spatial_dims": spatial_dims, "in_channels": in_channels, "num_classes": num_classes}
+    spec.update({key: value for key, value in (("image_size", image_size), ("features", features)) if value is not None})
+    check_network(spec, source="network spec", field="")
     if name == "bundle":  # this participant's own MONAI bundle ($FEDKPER_BUNDLE_ROOT), never a path from the job
         from fedkper_monai.bundle.importing import build_bundle_network
 
@@ -211,8 +217,6 @@ def build_network(
                 f"{tuple(image_size)}; change the transforms' image_size (patch size)"
             )
         return segmentation_builder(spatial_dims, in_channels, num_classes, features)
-    if features is not None:
-        raise ValueError(f"features is a setting of the segmentation networks ({', '.join(_SEGMENTATION_NETWORKS)}), not of {name!r}")
     if name not in _MONAI_NETWORKS:
         raise ValueError(f"unknown network {name!r}; valid names: {', '.join(NETWORK_NAMES)}")
     builder, min_side = _MONAI_NETWORKS[name]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from fedkper_monai.algorithm import VoxelFlipTracker
 from fedkper_monai.algorithm.dense_loss import SUPERVISED_LOSSES, supervised_loss
+from fedkper_monai.job_fields import SLIDING_WINDOW_KEYS
 from fedkper_monai.training.tasks import Task
 
 __all__ = ["SegmentationTask", "dice_per_case", "foreground_histogram"]
@@ -144,7 +145,7 @@ class SegmentationTask(Task):
         return model(images) if self.inferer is None else self.inferer(images, model)
 
 
-_SLIDING_WINDOW_KEYS = ("roi_size", "sw_batch_size", "overlap", "mode")
+_SLIDING_WINDOW_KEYS = SLIDING_WINDOW_KEYS  # one list: the job checks refuse any other key before a site starts
 
 
 def _sliding_window_inferer(settings: Mapping[str, Any]) -> Any:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from fedkper_monai.errors import FedKPerError
+from fedkper_monai.errors import DataError
+from fedkper_monai.job_fields import check_site_settings
 
 __all__ = ["SiteConfig"]
 
@@ -21,8 +23,8 @@ class SiteConfig:
         task: a :func:`~fedkper_monai.training.tasks.make_task` name; the datalist must declare the same.
         task_args: the task's options, e.g. ``{"supervised_loss": "dice_ce"}`` for segmentation.
         transforms: transform config name (``transforms/`` or the site's ``$FEDKPER_TRANSFORMS_DIR``).
-        transform_settings: plain top-level settings of that config, e.g. ``{"intensity_range": "per_image"}``
-            (the datalist's ``channels``, when it has one, applies first).
+        transform_settings: plain top-level settings that config declares, e.g. ``{"intensity_range": "per_image"}``
+            (the datalist's ``channels``, when it has one, applies first); any other key is refused.
         augment: switch on the config's random augmentation for training.
         batch_size, local_epochs, optimizer, lr, momentum, weight_decay: local training.
         lr_gamma: learning-rate decay per round (StepLR over rounds).
@@ -63,10 +65,20 @@ class SiteConfig:
     score_epsilon: float | None = None
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], source: str = "site settings") -> SiteConfig:
-        """Build from a job's learner arguments; an unknown key is an error naming it and the valid ones."""
+    def from_mapping(cls, values: Mapping[str, Any], source: str | os.PathLike = "site settings") -> SiteConfig:
+        """Build from a job's learner arguments, checked as untrusted input (:mod:`fedkper_monai.job_fields`).
+
+        Every key must be a field; every value plain data; ``network``, ``algorithm_args``, ``task_args`` and
+        ``transform_settings`` may hold only what the network, the strategy, the task and the transform config
+        declare. ``source`` (the job file, or "site executor args" at a site) starts each error.
+
+        Raises:
+            DataError: naming ``source`` and the field (an unknown key: with the valid ones).
+        """
         valid = [f for f in cls.__dataclass_fields__]
-        unknown = sorted(set(values) - set(valid))
+        unknown = sorted(str(key) for key in set(values) - set(valid))
         if unknown:
-            raise FedKPerError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(valid)}")
-        return cls(**values)
+            raise DataError(source, f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(valid)}")
+        config = cls(**values)
+        check_site_settings(values, algorithm=config.algorithm, task=config.task, transforms=config.transforms, source=source)
+        return config
