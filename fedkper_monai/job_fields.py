@@ -53,7 +53,7 @@ Schema = Mapping[str, Union["Schema", None]]
 #: What every network spec holds (``build_network``'s arguments).
 NETWORK_KEYS = ("name", "spatial_dims", "in_channels", "num_classes", "image_size")
 #: Every network ``build_network`` builds, with the spec keys it takes beyond :data:`NETWORK_KEYS`
-#: (``bundle``: this participant's own MONAI bundle). tests/training/test_networks.py keeps it equal to
+#: (``bundle``: this participant's own MONAI bundle). tests/flare/test_job_checks.py keeps it equal to
 #: ``NETWORK_NAMES`` and the builders.
 NETWORKS: Mapping[str, tuple[str, ...]] = {
     "reference_cnn": (),

@@ -317,3 +317,12 @@ def test_the_allow_lists_are_the_components_own_arguments():
     assert not set(EXECUTOR_ARGS) & set(SiteConfig.__dataclass_fields__)
     assert list(TASK_OPTIONS["classification"]) == _parameters(ClassificationTask.__init__) == []
     assert list(TASK_OPTIONS["segmentation"]) == _parameters(SegmentationTask.__init__)
+
+
+def test_the_network_table_is_build_networks_own():
+    from fedkper_monai.job_fields import NETWORKS
+    from fedkper_monai.training import networks
+
+    assert set(NETWORKS) == {*networks.NETWORK_NAMES, "bundle"}
+    assert {name for name, extra in NETWORKS.items() if "features" in extra} == set(networks._SEGMENTATION_NETWORKS)
+    assert _parameters(networks.build_network) == ["name", "spatial_dims", "in_channels", "num_classes", "image_size", "features"]
