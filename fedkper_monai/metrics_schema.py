@@ -151,6 +151,8 @@ ROUND_FIELDS: tuple[MetricField, ...] = (
     MetricField("sampled_sites", UNCHECKED, "sites sent the train task"),
     MetricField("aggregated_sites", UNCHECKED, "sites whose update went into the aggregate"),
     MetricField("dropped_sites", UNCHECKED, "site -> why its update was not aggregated"),
+    MetricField("clipped_sites", UNCHECKED, "site -> factor c its update was clipped by, g + c (w - g), to the round's median-distance bound ({} when none)"),
+    MetricField("refused_updates", UNCHECKED, "why results that were no site's one update were refused (a second result of a site, no site name)"),
     MetricField("single_site_round", BOOLEAN, "one site carried at least 99% of the aggregate"),
     MetricField("seconds", NUMBER, "wall time from this round's broadcast to the next one's (the last: to the end)"),
     MetricField("bytes_sent", NUMBER, "bytes of global weights the server sent for this round's model"),

@@ -56,7 +56,9 @@ class RoundRecord:
     """What the server keeps of round ``round`` until its global model has been validated by the sites.
 
     ``validate``: whether all sites validate this round's global model (every ``validate_every`` rounds
-    and the last); ``global_eval``: the server's evaluation of it on the global test list, when done.
+    and the last); ``global_eval``: the server's evaluation of it on the global test list, when done;
+    ``clipped``: site -> the factor its update was clipped by; ``refused``: why results that were no site's one
+    update (a second result, no site name) were refused.
     """
 
     round: int
@@ -68,6 +70,8 @@ class RoundRecord:
     bytes_received: int
     validate: bool
     global_eval: dict[str, Any] | None = field(default=None)
+    clipped: dict[str, float] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
 
 
 class RoundSchedule:

@@ -227,6 +227,7 @@ class FedKPerController(ModelController):
             broadcast, started, run.aggregator.last_weights, {**run.aggregator.last_dropped, **failed.get("train", {})},
             payload_bytes(model.params), train_metrics,
         )
+        record.clipped, record.refused = dict(run.aggregator.last_clipped), list(run.aggregator.last_refused)
         for site in sorted(train_metrics):
             run.metrics.append(run.book.site_train_line(round_index, site, train_metrics[site], record.weights.get(site, 0.0)))
         for line in failed_site_lines(round_index, failed):

@@ -195,6 +195,8 @@ class RunBook:
                 sampled=record.sampled,
                 weights=record.weights,
                 dropped=record.dropped,
+                clipped=record.clipped,
+                refused=record.refused,
                 seconds=seconds,
                 bytes_sent=record.bytes_sent,
                 bytes_received=record.bytes_received,
@@ -216,6 +218,8 @@ class RunBook:
         seconds: float,
         bytes_sent: int,
         bytes_received: int,
+        clipped: Mapping[str, float] | None = None,
+        refused: Iterable[str] = (),
     ) -> dict[str, Any]:
         """The round's summary line; personalized figures are over every site trained so far."""
         accs = [entry["acc"] for entry in self.personalized.values()]
@@ -244,6 +248,8 @@ class RunBook:
             "sampled_sites": list(sampled),
             "aggregated_sites": aggregated,
             "dropped_sites": dict(dropped),
+            "clipped_sites": dict(clipped or {}),
+            "refused_updates": list(refused),
             "single_site_round": bool(aggregated) and top_share >= _SINGLE_SITE_SHARE,
             "seconds": seconds,
             "bytes_sent": int(bytes_sent),

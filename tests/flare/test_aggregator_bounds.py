@@ -148,7 +148,7 @@ def test_max_weight_is_off_by_default_and_caps_a_share_when_set():
 
 def test_capped_shares_and_cast_helpers():
     assert capped_shares([8.0, 1.0, 1.0], 0.5) == [0.5, 0.25, 0.25]
-    assert capped_shares([1.0, 0.0], 0.4) == [0.5, 0.5]  # no cap can hold: equal shares
+    assert capped_shares([1.0, 0.0], 0.4) == [0.4, 0.4]  # fewer sites than 1 / 0.4: the rest stays with the global model
     assert capped_shares([9.0, 0.5, 0.5, 0.0], 0.4) == pytest.approx([0.4, 0.3, 0.3, 0.0])
     cast, reason = cast_to_reference({"w": np.ones((2, 3)), "b": np.ones(3), "steps": np.array(2.0)}, _GLOBAL)
     assert reason is None and cast["steps"].dtype == np.int64
