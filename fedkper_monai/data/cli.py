@@ -43,9 +43,8 @@ def _add_size_limits(parser: argparse.ArgumentParser) -> None:
                         f"before decoding (default {MAX_IMAGE_VALUES} = 2^28: 1 GiB as float32, e.g. 16384x16384 gray, "
                         "512x512x1024 CT)")
     parser.add_argument("--min-image-side", type=int, default=MIN_IMAGE_SIDE, metavar="PIXELS",
-                        help=f"refuse an image with a side shorter than PIXELS (default {MIN_IMAGE_SIDE}; classification: segmentation "
-                        "cases are cropped, not resized): resizing it up "
-                        "would invent the image")
+                        help=f"refuse an image with a side shorter than PIXELS (default {MIN_IMAGE_SIDE}): resizing it up "
+                        "would invent the image (classification only: segmentation cases are cropped, not resized)")
 
 
 def _add_file_args(parser: argparse.ArgumentParser) -> None:
