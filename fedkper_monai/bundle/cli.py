@@ -24,11 +24,17 @@ examples:
   fedkper-monai predict --model RUN/site-1/simulate_job/personalized_model.pt --images data/site-1.json --out p.csv
   fedkper-monai predict --model w.pt --network '{"name": "reference_cnn", "spatial_dims": 2, "in_channels": 1,
       "num_classes": 8, "image_size": [28, 28]}' --images imgs/ --out p.csv
+  fedkper-monai predict --model zoo/my_bundle --trust-bundle --images new_images/ --out p.csv   # its config imports os
 """
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a bundle folder, or a state dict (personalized_model.pt, global_model.pt)")
+    parser.add_argument("--model", required=True, help="a bundle folder, or a state dict (personalized_model.pt, global_model.pt); "
+                        "a bundle's config is code that MONAI runs (its '$' expressions, _target_ classes)")
+    parser.add_argument("--trust-bundle", action="store_true",
+                        help="run a bundle whose config imports modules beyond torch, monai and numpy ($import os, "
+                        "__import__, a _target_ of its own scripts, ...): refused without it. Only for a bundle whose "
+                        "source you trust: the check is a tripwire, not a sandbox")
     parser.add_argument("--run", help="the run a state dict came from (found by itself when the file sits in its run folder)")
     parser.add_argument("--network", help="network spec of a state dict without its run: JSON text or file")
     parser.add_argument("--transforms", help="transform config name or path for --network (default classification_2d)")
@@ -66,7 +72,9 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="predict classes of images (a folder or a datalist) with a bundle or a run's model",
         description="Batch inference (CPU or CUDA) writing one CSV row per image: id, image, predicted index and "
-        "class, one probability per class, and the label when the datalist has one.",
+        "class, one probability per class, and the label when the datalist has one. A bundle is code: MONAI "
+        "runs its config's '$' expressions and _target_ classes; one that imports modules beyond torch, monai "
+        "and numpy is refused unless --trust-bundle.",
         epilog=_PREDICT_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -82,7 +90,8 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="accuracy, balanced accuracy, per-class recall and confusion matrix on a labelled datalist",
         description="Evaluate a bundle or a run's model on a labelled datalist; writes OUT/metrics.json, "
-        "OUT/confusion_matrix.png and OUT/predictions.csv.",
+        "OUT/confusion_matrix.png and OUT/predictions.csv. A bundle is code (see predict --help): one whose config "
+        "imports modules beyond torch, monai and numpy is refused unless --trust-bundle.",
     )
     _add_model_options(parser)
     parser.add_argument("--datalist", required=True, help="a labelled datalist JSON (e.g. a site's site-N.json)")
@@ -104,7 +113,8 @@ def _load(args: argparse.Namespace, class_names: list[str] | None):
     from fedkper_monai.bundle.inference import load_model, parse_network_spec
 
     network = parse_network_spec(args.network) if args.network else None
-    return load_model(args.model, run_dir=args.run, network=network, transforms=args.transforms, class_names=class_names)
+    return load_model(args.model, run_dir=args.run, network=network, transforms=args.transforms, class_names=class_names,
+                      trust_bundle=args.trust_bundle)
 
 
 def _check_classes(model, datalist_names: list[str] | None, source: str) -> None:

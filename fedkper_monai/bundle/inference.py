@@ -22,6 +22,7 @@ from torch import nn
 
 from fedkper_monai.bundle.netconfig import check_state_dict
 from fedkper_monai.bundle.preprocessing import IMAGE_SUFFIXES
+from fedkper_monai.data.sources.headers import check_image_header, limit_pil_decoding
 from fedkper_monai.errors import DataError, FedKPerError
 from fedkper_monai.io import atomic_write_text
 
@@ -61,17 +62,21 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     return dict(weights)
 
 
-def _load_bundle(bundle_dir: Path, class_names: Sequence[str] | None = None) -> LoadedModel:
+def _load_bundle(bundle_dir: Path, class_names: Sequence[str] | None = None, trust: bool = False) -> LoadedModel:
     from monai.bundle import ConfigParser
 
+    from fedkper_monai.bundle.trust import check_bundle_trust
+
     config_path = bundle_dir / "configs" / "inference.json"
+    meta_path = bundle_dir / "configs" / "metadata.json"
     if not config_path.is_file():
         raise FedKPerError(f"{bundle_dir}: not a MONAI bundle (no configs/inference.json)")
+    # MONAI runs the config while parsing it (its imports first): refuse one that imports before any of it runs.
+    check_bundle_trust([config_path, meta_path], trust=trust)
     weights = _load_weights(bundle_dir / "models" / "model.pt")
     parser = ConfigParser()
     try:
         parser.read_config(str(config_path))
-        meta_path = bundle_dir / "configs" / "metadata.json"
         if meta_path.is_file():
             parser.read_meta(str(meta_path))
         parser["bundle_root"] = str(bundle_dir)
@@ -115,12 +120,17 @@ def load_model(
     network: Mapping[str, Any] | None = None,
     transforms: str | None = None,
     class_names: Sequence[str] | None = None,
+    trust_bundle: bool = False,
 ) -> LoadedModel:
     """A bundle folder, or a state dict with its run (``run_dir`` or the run it sits in) or a network spec.
 
+    A bundle's config is code that MONAI runs: one whose entries import modules beyond torch, monai and numpy
+    (:mod:`~fedkper_monai.bundle.trust`) is refused unless ``trust_bundle`` (``--trust-bundle``).
+
     Raises:
         FedKPerError: missing ``models/model.pt``, a network that does not match the weights (naming the first
-            mismatched key and both shapes), or a state dict with neither a run nor a network spec.
+            mismatched key and both shapes), a state dict with neither a run nor a network spec, or an untrusted
+            bundle config that imports (naming the file and the entry).
     """
     from fedkper_monai.bundle.runs import locate_model
     from fedkper_monai.data import build_transforms
@@ -128,7 +138,7 @@ def load_model(
 
     path = Path(model)
     if path.is_dir():
-        return _load_bundle(path, class_names)
+        return _load_bundle(path, class_names, trust=trust_bundle)
     weights = _load_weights(path)
     if network is None:
         run = Path(run_dir) if run_dir is not None else _find_run(path)
@@ -183,6 +193,8 @@ class _CheckedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         image_path = str(self.entries[index]["image"])
+        # Sized from its header first: a small file may decode to gigabytes (the limits prepare applies).
+        check_image_header(image_path, source=image_path, field=f"id={self.entries[index].get('id', index)}")
         try:
             image = torch.as_tensor(self.model.preprocessing({"image": image_path})["image"], dtype=torch.float32)
         except FedKPerError:
@@ -213,13 +225,16 @@ def predict(
     """Softmax probabilities ``(len(entries), num_classes)`` in the order of ``entries``.
 
     Raises:
-        DataError: an image cannot be read, or has the wrong channels or size for the model (naming the file).
+        DataError: an image cannot be read, is above :data:`~fedkper_monai.data.sources.headers.MAX_IMAGE_VALUES`
+            or under :data:`~fedkper_monai.data.sources.headers.MIN_IMAGE_SIDE` by its header, or has the wrong
+            channels or size for the model (naming the file).
     """
     from tqdm.auto import tqdm
 
     from fedkper_monai.training.loop import select_device
 
     target = select_device(device)
+    limit_pil_decoding()
     network = model.network.to(target).eval()
     loader = torch.utils.data.DataLoader(_CheckedImages(entries, model), batch_size=batch_size, shuffle=False, num_workers=0)
     chunks = []

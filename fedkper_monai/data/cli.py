@@ -34,7 +34,21 @@ def _add_partition_args(parser: argparse.ArgumentParser, *, sites_required: bool
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
+def _add_size_limits(parser: argparse.ArgumentParser) -> None:
+    from fedkper_monai.data.sources.headers import MAX_IMAGE_VALUES, MIN_IMAGE_SIDE
+
+    # Checked from each file's header before it is decoded (a small PNG can decode to gigabytes).
+    parser.add_argument("--max-image-values", type=int, default=MAX_IMAGE_VALUES, metavar="N",
+                        help="refuse an image larger than N values, width x height [x depth] x channels, by its header, "
+                        f"before decoding (default {MAX_IMAGE_VALUES} = 2^28: 1 GiB as float32, e.g. 16384x16384 gray, "
+                        "512x512x1024 CT)")
+    parser.add_argument("--min-image-side", type=int, default=MIN_IMAGE_SIDE, metavar="PIXELS",
+                        help=f"refuse an image with a side shorter than PIXELS (default {MIN_IMAGE_SIDE}): resizing it up "
+                        "would invent the image (classification only: segmentation cases are cropped, not resized)")
+
+
 def _add_file_args(parser: argparse.ArgumentParser) -> None:
+    _add_size_limits(parser)
     parser.add_argument("--global-test-fraction", type=float, default=0.2,
                         help="stratified global test share when there is no split given (default 0.2)")
     parser.add_argument("--global-val-fraction", type=float, default=0.1,
@@ -185,6 +199,7 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
     medmnist.add_argument("--cache-dir", default=None, help="download folder (default ~/.cache/fedkper_monai/medmnist)")
     medmnist.add_argument("--mirror", default=None, help="base URL of a mirror of the Zenodo files (http(s):// or file://)")
     _add_partition_args(medmnist, sites_required=True)
+    _add_size_limits(medmnist)
     medmnist.set_defaults(func=_naming_flags(medmnist, _run_medmnist))
 
     folders = kinds.add_parser(

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from fedkper_monai.data.sources.headers import MAX_IMAGE_VALUES, MIN_IMAGE_SIDE
 from fedkper_monai.errors import DataError
 
 __all__ = ["FileImportOptions", "ImportSettings", "check_site_name"]
@@ -51,6 +52,11 @@ class ImportSettings:
         site_names: a manifest's ``site`` value -> the FLARE site name of its datalist (default: the value
             itself, so ``hospital-a`` becomes ``hospital-a.json``).
         copy: copy the images under ``out/images`` instead of referencing them in place (file importers only).
+        max_image_values: largest image accepted by its header, in values (width x height [x depth] x channels;
+            default :data:`~fedkper_monai.data.sources.headers.MAX_IMAGE_VALUES`, 2**28); larger ones are refused
+            before decoding.
+        min_image_side: shortest image side accepted, in pixels (default
+            :data:`~fedkper_monai.data.sources.headers.MIN_IMAGE_SIDE`, 8).
         overwrite: replace a non-empty ``out``.
         progress: show progress bars.
 
@@ -73,6 +79,8 @@ class ImportSettings:
     holdout_sites: int = 0
     site_names: Mapping[str, str] | None = None
     copy: bool = False
+    max_image_values: int = MAX_IMAGE_VALUES
+    min_image_side: int = MIN_IMAGE_SIDE
     overwrite: bool = False
     progress: bool = True
 
@@ -95,6 +103,10 @@ class ImportSettings:
             raise DataError(source, f"must be 1 or 3, got {self.channels}", field="channels")
         if isinstance(self.holdout_sites, bool) or not isinstance(self.holdout_sites, int) or self.holdout_sites < 0:
             raise DataError(source, f"must be a whole number >= 0, got {self.holdout_sites!r}", field="holdout_sites")
+        for name in ("max_image_values", "min_image_side"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DataError(source, f"must be a whole number >= 1, got {value!r}", field=name)
         for name in (self.site_names or {}).values():
             check_site_name(name, source, field="site_names")
 

@@ -70,7 +70,7 @@ def test_bundle_errors(user_bundle, tmp_path, monkeypatch):
         build_network(**dict(BUNDLE_NETWORK, num_classes=7))
 
 
-def test_export_and_predict_a_run_trained_from_a_bundle(user_bundle, retina_federation, monkeypatch, tmp_path, run_layout):
+def test_export_and_predict_a_run_trained_from_a_bundle(user_bundle, retina_federation, monkeypatch, tmp_path, run_layout, capsys):
     monkeypatch.setenv(BUNDLE_ROOT_ENV, str(user_bundle))
     run = run_layout(tmp_path / "ws", retina_federation, BUNDLE_NETWORK)
     out = tmp_path / "trained_bundle"
@@ -83,7 +83,12 @@ def test_export_and_predict_a_run_trained_from_a_bundle(user_bundle, retina_fede
     assert all(torch.equal(original[k], exported[k]) for k in original)
     model = run / "site-1" / "simulate_job" / "personalized_model.pt"
     assert main(["predict", "--model", str(model), "--images", str(retina_federation / "site-1.json"), "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 0
-    assert main(["predict", "--model", str(out), "--images", str(retina_federation / "site-1.json"), "--out", str(tmp_path / "b.csv"), "--no-progress"]) == 0
+    # The exported folder is the user's bundle, and MONAI's init_bundle template reaches `os` (a handler's
+    # `$not os.path.exists(...)`): elsewhere it is foreign code, run only with --trust-bundle.
+    predict_bundle = ["predict", "--model", str(out), "--images", str(retina_federation / "site-1.json"), "--out", str(tmp_path / "b.csv"), "--no-progress"]
+    assert main(predict_bundle) == 2
+    assert "inference.json: handlers#0#_disabled_: '$not os.path.exists(@ckpt_path)' uses os" in capsys.readouterr().err
+    assert main([*predict_bundle, "--trust-bundle"]) == 0
 
 
 @pytest.mark.slow

@@ -168,3 +168,47 @@ def test_corrupt_image_in_a_datalist_names_file_and_id(tmp_path):
         dataset[0]
     with pytest.raises(DataError, match="id=case-7"):
         make_dataset([{"image": str(bad), "label": 0, "id": "case-7"}], build_transforms(), cache="memory")
+
+
+# ------------------------------------------------------------------ sizes from headers (issue 21 item 6)
+def test_header_sizes_of_real_files(dicom_files, tmp_path):
+    from fedkper_monai.data.sources.headers import HeaderSize, header_size
+
+    assert header_size(dicom_files[0]) == HeaderSize((128, 128), 1)  # pydicom's CT_small
+    assert header_size(_wheel_file("nibabel", "tests", "data", "anatomical.nii")) == HeaderSize((33, 41, 25), 1)
+    series = tmp_path / "series"
+    series.mkdir()
+    for path in dicom_files[2:]:  # nibabel's two MR slices of one series
+        shutil.copy(path, series / path.name)
+    (series / "notes.txt").write_text("not a slice")  # skipped, as the series reader skips it
+    single = header_size(dicom_files[2])
+    assert header_size(series) == HeaderSize((*single.sides, 2), 1)
+
+
+def test_pillow_refuses_to_decode_above_the_limit_wherever_it_decodes(tmp_path, monkeypatch):
+    """At a site MONAI's reader decodes the datalist's images; after limit_pil_decoding, Pillow itself refuses
+    an image above the limit (its default refuses only from 179 M pixels and merely warns for the 169 M bomb)."""
+    from monai.transforms import LoadImage
+    from PIL import Image
+
+    from fedkper_monai.data.sources.headers import limit_pil_decoding
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    path = tmp_path / "wide.png"
+    Image.new("L", (200, 200)).save(path)
+    assert LoadImage(image_only=True)(str(path)).shape == (200, 200)
+    limit_pil_decoding(10_000)
+    with pytest.raises(Exception, match="40000 pixels"):
+        LoadImage(image_only=True)(str(path))
+
+
+def test_predict_sizes_an_image_from_its_header(tmp_path):
+    from fedkper_monai.bundle.inference import LoadedModel, _CheckedImages
+
+    dot = tmp_path / "dot.png"
+    from PIL import Image
+
+    Image.new("L", (2, 2)).save(dot)
+    model = LoadedModel(torch.nn.Identity(), lambda entry: {"image": torch.zeros(1, 8, 8)}, ["a"], 1, [8, 8], "m")
+    with pytest.raises(DataError, match=r"dot.png: id=d: image .*dot.png is 2x2 by its header, a side under the minimum"):
+        _CheckedImages([{"image": str(dot), "id": "d"}], model)[0]

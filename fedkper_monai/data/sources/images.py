@@ -1,9 +1,10 @@
-"""Image files shared by the sources: which files are images, decode-checking them, writing arrays as images."""
+"""Image files shared by the sources: which files are images, size- and decode-checking them, writing arrays as images."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -11,9 +12,10 @@ import numpy as np
 
 from fedkper_monai.data.federation import Catalog, Row
 from fedkper_monai.data.import_settings import ImportSettings
+from fedkper_monai.data.sources.headers import MAX_IMAGE_VALUES, MIN_IMAGE_SIDE, check_image_header, limit_pil_decoding
 from fedkper_monai.errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "file_catalog", "image_suffix", "probe_images", "progress_bar", "save_image"]
+__all__ = ["IMAGE_SUFFIXES", "ProbedImages", "file_catalog", "image_suffix", "probe_images", "progress_bar", "save_image"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".nii", ".nii.gz", ".dcm")
 
@@ -66,25 +68,53 @@ def _decode(loader, path: str, dims: int | None, source: str | os.PathLike, wher
         raise DataError(source, f"cannot read image {path}: {type(cause).__name__}: {cause}", field=where) from None
 
 
+@dataclass(frozen=True)
+class ProbedImages:
+    """What decoding every image once found.
+
+    Attributes:
+        spatial_dims: 2 or 3.
+        sizes: each spatial size met (``--image-size`` order) -> the first image of that size and its field.
+    """
+
+    spatial_dims: int
+    sizes: dict[tuple[int, ...], tuple[str, str]]
+
+    @property
+    def common_size(self) -> list[int] | None:
+        """The one size all images share, None when they differ."""
+        return list(next(iter(self.sizes))) if len(self.sizes) == 1 else None
+
+    def size_error(self, source: str | os.PathLike) -> DataError:
+        """The refusal of images that differ in size, naming the first two files that differ."""
+        (first_size, (first, _)), (other_size, (other, where)) = list(self.sizes.items())[:2]
+        shown = lambda size: "x".join(str(side) for side in size)  # noqa: E731
+        return DataError(source, f"images differ in size ({other} is {shown(other_size)}, {first} is "
+                                 f"{shown(first_size)}): pass --image-size to resize them all to one size", field=where)
+
+
 def probe_images(
     paths: Sequence[str], *, fields: Sequence[str], source: str | os.PathLike, spatial_dims: int | None, progress: bool,
-    channels: int | None = None,
-) -> tuple[int, list[int] | None]:
-    """Decode every image once (a corrupt file fails here, before any output), return (spatial_dims, size).
+    channels: int | None = None, max_values: int = MAX_IMAGE_VALUES, min_side: int = MIN_IMAGE_SIDE,
+) -> ProbedImages:
+    """Decode every image once (a corrupt file fails here, before any output), return what they hold.
 
-    ``fields`` names each image in errors. The size is the common spatial size of all images; None when
-    they differ. Refused, naming the file: NaN or infinite values, and images that mix channel counts
-    (gray and RGB; an alpha channel aside) unless ``channels`` says what every image becomes.
+    ``fields`` names each image in errors. Refused, naming the file: an image whose header declares more
+    than ``max_values`` values or a side under ``min_side`` pixels (before it is decoded), NaN or infinite
+    values, and images that mix channel counts (gray and RGB; an alpha channel aside) unless ``channels``
+    says what every image becomes.
     """
     from monai.transforms import LoadImage
 
+    limit_pil_decoding(max_values)
     loader = LoadImage(image_only=True, ensure_channel_first=True)
-    sizes: set[tuple[int, ...]] = set()
+    sizes: dict[tuple[int, ...], tuple[str, str]] = {}
     first_of_channels: dict[int, str] = {}
     dims = spatial_dims
     for path, where in progress_bar(zip(paths, fields), total=len(paths), desc="checking images", enabled=progress):
         if not Path(path).exists():
             raise DataError(source, f"image file not found: {path}", field=where)
+        check_image_header(path, source=source, field=where, spatial_dims=dims, max_values=max_values, min_side=min_side)
         image, dims = _decode(loader, path, dims, source, where)
         if image.is_floating_point() and not bool(image.isfinite().all()):
             raise DataError(source, f"image {path} holds NaN or infinite values", field=where)
@@ -94,9 +124,8 @@ def probe_images(
             mixed = ", ".join(f"{first} has {n}" for n, first in sorted(first_of_channels.items()))
             raise DataError(source, f"images mix channel counts ({mixed}): pass --channels 1 or 3 to convert each",
                             field=where)
-        sizes.add(tuple(int(s) for s in image.shape[1:]))
-    size = list(next(iter(sizes))) if len(sizes) == 1 else None
-    return dims or 2, size
+        sizes.setdefault(tuple(int(s) for s in image.shape[1:]), (path, where))
+    return ProbedImages(dims or 2, sizes)
 
 
 def file_catalog(
@@ -119,16 +148,16 @@ def file_catalog(
         source: the folder or manifest (for errors and the summary).
         importer: ``"folders"`` or ``"manifest"`` (recorded in the summary).
     """
-    dims, common_size = probe_images(
+    probed = probe_images(
         [r.image for r in rows], fields=fields, source=source, spatial_dims=settings.spatial_dims,
-        progress=settings.progress, channels=settings.channels,
+        progress=settings.progress, channels=settings.channels, max_values=settings.max_image_values,
+        min_side=settings.min_image_side,
     )
-    image_size = settings.image_size
+    dims, image_size = probed.spatial_dims, settings.image_size
     if image_size is None:
-        if common_size is None:
-            raise DataError(source, "images differ in size: pass --image-size to resize them all to one size",
-                            field="image_size")
-        image_size = common_size
+        if probed.common_size is None:
+            raise probed.size_error(source)
+        image_size = probed.common_size
     if len(image_size) != dims:
         raise DataError(source, f"--image-size needs {dims} values for {dims}D images, got {list(image_size)}",
                         field="image_size")

@@ -22,6 +22,7 @@ from fedkper_monai.data.federation import (
     partition_facts,
 )
 from fedkper_monai.data.import_settings import ImportSettings
+from fedkper_monai.data.sources.headers import MAX_IMAGE_VALUES, MIN_IMAGE_SIDE, array_size
 from fedkper_monai.data.sources.images import progress_bar, save_image
 from fedkper_monai.errors import DataError
 
@@ -46,13 +47,34 @@ def _check_split(npz_path: Path, split: str, images: np.ndarray, labels: np.ndar
                                   "convert them first", field=f"{split}_images")
 
 
-def load_npz_splits(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _check_header(archive, key: str, npz_path: Path, max_values: int, min_side: int) -> None:
+    """Refuse images too large or too small by the ``.npy`` header, before the array is decompressed."""
+    with archive.zip.open(f"{key}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(member)
+    if len(shape) not in (3, 4):
+        return  # _check_split names the shape
+    size = array_size(shape[1:], None)
+    if size.values > max_values:
+        raise DataError(npz_path, f"each image is {size} by the array header ({size.values:,} values), above the limit "
+                                  f"of {max_values:,} values (--max-image-values): refused before decompressing", field=key)
+    if min(size.sides) < min_side:
+        raise DataError(npz_path, f"each image is {size} by the array header, a side under the minimum of {min_side} "
+                                  "pixels (--min-image-side)", field=key)
+
+
+def load_npz_splits(
+    path: str | os.PathLike, *, max_image_values: int = MAX_IMAGE_VALUES, min_image_side: int = MIN_IMAGE_SIDE
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Read a MedMNIST-layout ``.npz``: ``{split: (images, labels)}`` for train, val, test.
 
-    Images are uint8 (N, H, W), (N, H, W, 3) or volumes (N, D, H, W); labels (N,) or (N, 1).
+    Images are uint8 (N, H, W), (N, H, W, 3) or volumes (N, D, H, W); labels (N,) or (N, 1). Each image's
+    size is checked from the array header (``max_image_values``, ``min_image_side``) before decompressing.
 
     Raises:
-        DataError: unreadable or truncated file, missing keys, mismatched lengths, multi-label labels.
+        DataError: unreadable or truncated file, missing keys, mismatched lengths, multi-label labels, images
+            above the size limit or with a side under the minimum.
     """
     npz_path = Path(path).expanduser().absolute()
     if not npz_path.is_file():
@@ -73,6 +95,7 @@ def load_npz_splits(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.n
                     if split == "train":
                         raise DataError(npz_path, f"missing key {image_key!r} or {label_key!r}", field=image_key)
                     continue
+                _check_header(archive, image_key, npz_path, max_image_values, min_image_side)
                 splits[split] = (archive[image_key], archive[label_key])
     except DataError:
         raise
@@ -206,8 +229,8 @@ def import_medmnist(
     if npz is None:
         npz = download_medmnist(str(flag), size, cache_dir=cache_dir, mirror=mirror, progress=settings.progress)
     npz_path = Path(npz).expanduser().absolute()
-    splits = load_npz_splits(npz_path)
     settings.check(npz_path)
+    splits = load_npz_splits(npz_path, max_image_values=settings.max_image_values, min_image_side=settings.min_image_side)
     if class_names is None:
         class_names = _known_class_names(npz_path, flag)
     catalog = array_catalog(

@@ -34,6 +34,7 @@ from fedkper_monai.data import partition as partitioners
 from fedkper_monai.data.datalist import write_datalist
 from fedkper_monai.data.federation import Catalog, FederationPlan, Row, open_output, plan_federation, site_names
 from fedkper_monai.data.import_settings import ImportSettings
+from fedkper_monai.data.sources.headers import check_image_header
 from fedkper_monai.data.sources.manifest import _read_csv, _site_and_split
 from fedkper_monai.data.volumes import check_case, read_volume
 from fedkper_monai.errors import DataError
@@ -83,11 +84,17 @@ def _spatial_dims(first_image: str, settings: ImportSettings) -> int:
     return 2 if first_image.lower().endswith(_FLAT_SUFFIXES) else 3
 
 
-def _check_row(rec: dict[str, str], i: int, columns: list[str], num_classes: int, dims: int, csv_path: Path) -> _Case:
+def _check_row(rec: dict[str, str], i: int, columns: list[str], num_classes: int, dims: int, csv_path: Path,
+               settings: ImportSettings) -> _Case:
     """Read and check one case; a bad file is named together with its manifest field (``rows[i].label``)."""
     where = f"rows[{i}]"
     image = _path(rec["image"], csv_path, f"{where}.image")
     label = _path(rec["label"], csv_path, f"{where}.label")
+    # Sized from the header before read_volume decodes. No minimum side: cases are cropped or padded to the
+    # patch, never resized up (a 3-slice volume is a thin case, not an invented one).
+    for path, column in ((image, "image"), (label, "label")):
+        check_image_header(path, source=csv_path, field=f"{where}.{column}", spatial_dims=dims,
+                           max_values=settings.max_image_values, min_side=1)
     try:
         counts = check_case(image, label, num_classes, dims)
     except DataError as error:
@@ -154,7 +161,7 @@ def import_segmentation_manifest(
                                   "--class-names background liver tumour): at least 2", field="class_names")
     columns, records = _read_csv(csv_path)
     dims = _spatial_dims(records[0]["image"], settings)
-    cases = [_check_row(rec, i, columns, len(class_names), dims, csv_path) for i, rec in enumerate(records)]
+    cases = [_check_row(rec, i, columns, len(class_names), dims, csv_path, settings) for i, rec in enumerate(records)]
     _check_unique(cases, csv_path)
     patch = _patch_size(cases, settings, dims, csv_path)
     info = {"importer": "manifest", "task": "segmentation", "stratified_by": "dominant foreground class"}
