@@ -205,3 +205,42 @@ class _JobMetaWorkspace:
         path = Path(tempfile.mkdtemp()) / "meta.json"
         path.write_text("{}")
         return str(path)
+
+
+def _initial_global(job_folder) -> dict:
+    """The persistor's initial model of an exported job (its network spec and seed, as the server builds it)."""
+    from fedkper_monai.flare.persistor import FedKPerPersistor
+
+    for config in job_folder.rglob("config_fed_server.json"):
+        for component in json.loads(config.read_text()).get("components", []):
+            if component.get("path", "").endswith("FedKPerPersistor"):
+                return FedKPerPersistor(**component.get("args", {})).initial_state()
+    raise AssertionError(f"no FedKPerPersistor in {job_folder}")
+
+
+@pytest.mark.slow
+def test_a_site_filter_set_in_site_config_changes_what_a_real_flare_client_sends(retina_federation, tmp_path, retina_network):
+    """POC: every site's privacy.json leaves classifier.bias out; the server aggregates DIFFs without it.
+
+    Needs the aggregator's DIFF support (full = global + diff, a key absent from a DIFF: no change); without
+    it the server drops every update (``params_type DIFF``), which this test reports.
+    """
+    from fedkper_monai.flare.poc import PocRun, poc_run
+    from fedkper_monai.flare.simulate import SimulationOverrides
+
+    workspace = tmp_path / "poc_ws"
+    run = PocRun(job="fedkper", sites=3, data_root=retina_federation, workspace=workspace, timeout=400,
+                 overrides=SimulationOverrides(rounds=2, sample_fraction=1.0, local_epochs=1),
+                 privacy=SitePrivacy(exclude_vars=("classifier.bias",)))
+    code = poc_run(run)
+    policies = sorted(workspace.glob("poc/*/prod_*/site-*/local/privacy.json"))
+    assert len(policies) == 3
+    lines = [json.loads(line) for line in (workspace / "result" / "workspace" / "metrics.jsonl").read_text().splitlines()]
+    rounds = [line for line in lines if "round" in line and "site" not in line]
+    assert code == 0 and rounds, lines[-3:]
+    assert all(not line["dropped_sites"] for line in rounds), [line["dropped_sites"] for line in rounds]
+    final = torch.load(workspace / "result" / "workspace" / "global_model.pt", map_location="cpu", weights_only=True)
+    initial = _initial_global(workspace / "job")
+    # No site sent the bias change, so the aggregate left the bias as it was; the rest learned.
+    assert torch.equal(final["classifier.bias"], initial["classifier.bias"])
+    assert not torch.equal(final["classifier.weight"], initial["classifier.weight"])
