@@ -14,7 +14,7 @@ from typing import Any
 from nvflare.apis.dxo import MetaKey
 from nvflare.apis.event_type import EventType
 from nvflare.apis.executor import Executor
-from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_constant import FilterKey, FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
@@ -23,7 +23,7 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 from nvflare.security.logging import secure_format_exception
 
-from fedkper_monai.flare.messages import is_initial, received_version, report_to_flmodel, resume_chain
+from fedkper_monai.flare.messages import is_initial, received_version, report_to_flmodel, resume_chain, round_shared
 from fedkper_monai.flare.resume import job_folder, stopped_runs_root
 from fedkper_monai.flare.siteconfig import read_site_config
 from fedkper_monai.flare.sitedata import site_datalist_path
@@ -44,7 +44,10 @@ class FedKPerExecutor(Executor):
 
     Where the data is: the site's own ``local/fedkper_site.json`` (written by ``fedkper-monai site-config``)
     wins over the job's ``data_root``, which a simulation sets; else ``$FEDKPER_DATA_ROOT`` or
-    ``$FEDKPER_DATALIST`` (see :func:`fedkper_monai.flare.sitedata.site_datalist_path`).
+    ``$FEDKPER_DATALIST`` (see :func:`fedkper_monai.flare.sitedata.site_datalist_path`). The same file's
+    privacy choices (:mod:`fedkper_monai.flare.siteprivacy`) apply to everything the site sends: the
+    smaller ``score_epsilon`` of site and job, ``share_decimals`` on every shared rate, and the update as a
+    ``DIFF`` when ``send_diff`` is set or FLARE's site scope holds result filters.
 
     Args:
         data_root: folder holding ``<site-name>.json`` (simulation; real sites leave it unset).
@@ -81,6 +84,7 @@ class FedKPerExecutor(Executor):
         self._where: tuple[str, str, str] | None = None  # site name, run folder, local/ (set at START_RUN)
         self._workspace_root = ""
         self._resume_checked = False
+        self._local: dict[str, Any] = {}  # the site's own choices (fedkper_site.json)
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         """Set up when the job starts, not at this site's first task.
@@ -109,8 +113,12 @@ class FedKPerExecutor(Executor):
 
         local = read_site_config(local_dir) if local_dir is not None else {}
         config = self.config
-        if local.get("device"):
-            config = SiteConfig.from_mapping({**self.settings, "device": local["device"]}, source="site executor args")
+        overrides = {"device": local["device"]} if local.get("device") else {}
+        if local.get("score_epsilon") is not None:  # the stronger (smaller) epsilon of the site and the job wins
+            overrides["score_epsilon"] = min(local["score_epsilon"], config.score_epsilon or float("inf"))
+        if overrides:
+            config = SiteConfig.from_mapping({**self.settings, **overrides}, source="site executor args")
+        self._local = local
         if local.get("datalist"):
             datalist = Path(local["datalist"])
         else:
@@ -139,7 +147,7 @@ class FedKPerExecutor(Executor):
                 self.setup(*self._where)
             self._adopt_stopped_state(resume_chain(model), fl_ctx)
             if task_name == self.validate_task:
-                return FLModelUtils.to_shareable(FLModel(metrics=self._validate(model)))
+                return FLModelUtils.to_shareable(FLModel(metrics=self._shared(self._validate(model))))
             return self._train(model, abort_signal, fl_ctx)
         except Exception as error:  # noqa: BLE001 - the server records the site's failure; the log has why
             self.log_exception(fl_ctx, f"{task_name} failed: {secure_format_exception(error)}")
@@ -170,9 +178,22 @@ class FedKPerExecutor(Executor):
         if report is None:
             return make_reply(ReturnCode.TASK_ABORTED)
         self._log(report, round_index, fl_ctx)
-        result = report_to_flmodel(report)
-        result.meta[MetaKey.INITIAL_METRICS] = initial_metrics
+        received = model.params if self._sends_diff(fl_ctx) else None
+        result = report_to_flmodel(report, received=received, decimals=self._local.get("share_decimals"))
+        result.meta[MetaKey.INITIAL_METRICS] = self._shared(initial_metrics)
         return FLModelUtils.to_shareable(result)
+
+    def _shared(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Metrics as they leave the site (rounded when the site set ``share_decimals``)."""
+        return round_shared(metrics, self._local.get("share_decimals"))
+
+    def _sends_diff(self, fl_ctx: FLContext) -> bool:
+        """Send trained - received: the site asked for it, or FLARE will filter this site's results (its
+        privacy filters act on a weight difference; a full model they would clip or leave incomplete)."""
+        if self._local.get("send_diff"):
+            return True
+        scope = fl_ctx.get_prop(FLContextKey.SCOPE_OBJECT)
+        return bool(scope is not None and scope.task_result_filters.get(FilterKey.OUT))
 
     def _log(self, report: Any, round_index: int, fl_ctx: FLContext) -> None:
         """The round in the site's own log (diagnostics included); shared metrics only to TensorBoard, whose
@@ -187,7 +208,8 @@ class FedKPerExecutor(Executor):
         )
         if self.writer is None:
             return
+        shared = self._shared(metrics)  # FLARE forwards these scalars to the server
         for key in _TENSORBOARD_KEYS:
-            value = metrics.get(key)
+            value = shared.get(key)
             if isinstance(value, (int, float)):
                 self.writer.add_scalar(key, float(value), global_step=round_index)

@@ -3,13 +3,17 @@ conversion of a site's report into the train result FLARE sends to the server.""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
 from fedkper_monai.flare.weights import to_numpy
 
-__all__ = ["GLOBAL_VERSION_KEY", "SITE_METRICS_KEY", "RESUME_CHAIN_KEY", "resume_chain", "report_to_flmodel", "received_version", "is_initial"]
+__all__ = ["GLOBAL_VERSION_KEY", "SITE_METRICS_KEY", "RESUME_CHAIN_KEY", "resume_chain", "report_to_flmodel", "received_version", "is_initial",
+           "round_shared", "ROUNDED_FIELD"]
 
 # Meta key set by the controller: how many aggregations produced the model in this task.
 GLOBAL_VERSION_KEY = "global_version"
@@ -21,12 +25,37 @@ SITE_METRICS_KEY = "site_metrics"
 RESUME_CHAIN_KEY = "resume_chain"
 
 
-def report_to_flmodel(report: Any) -> FLModel:
-    """A :class:`~fedkper_monai.training.site.SiteReport` as the train result FLARE sends to the server."""
+# The shared figures ``share_decimals`` rounds: every accuracy and Dice (personalized, global-on-local,
+# balanced, training) and every negative flip rate. Counts, sizes, seconds and the score are not rates.
+ROUNDED_FIELD = re.compile(r"(_acc|_dice)$|^nfr_")
+
+
+def round_shared(metrics: Mapping[str, Any], decimals: int | None) -> dict[str, Any]:
+    """``metrics`` with every :data:`ROUNDED_FIELD` figure rounded to ``decimals`` (``None``: unchanged)."""
+    if decimals is None:
+        return dict(metrics)
+    return {key: round(float(value), decimals) if ROUNDED_FIELD.search(key) and isinstance(value, (int, float)) and not isinstance(value, bool)
+            else value for key, value in metrics.items()}
+
+
+def report_to_flmodel(report: Any, received: Mapping[str, Any] | None = None, decimals: int | None = None) -> FLModel:
+    """A :class:`~fedkper_monai.training.site.SiteReport` as the train result FLARE sends to the server.
+
+    Args:
+        report: the site's round.
+        received: the received global weights (numpy): when given, the update is sent as ``DIFF``
+            (trained - received), which FLARE's weight privacy filters need; else ``FULL``.
+        decimals: ``share_decimals`` of the site (:func:`round_shared`).
+    """
+    params = to_numpy(report.upload)
+    params_type = ParamsType.FULL
+    if received is not None:
+        params = {key: np.subtract(value, received[key], dtype=value.dtype) for key, value in params.items()}
+        params_type = ParamsType.DIFF
     return FLModel(
-        params_type=ParamsType.FULL,
-        params=to_numpy(report.upload),
-        meta={"score": report.score, "num_samples": report.num_samples, SITE_METRICS_KEY: report.metrics},
+        params_type=params_type,
+        params=params,
+        meta={"score": report.score, "num_samples": report.num_samples, SITE_METRICS_KEY: round_shared(report.metrics, decimals)},
     )
 
 

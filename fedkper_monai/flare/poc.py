@@ -54,6 +54,7 @@ class PocRun:
     connect_timeout: float = 120.0
     restarts: int = 1  # times each participant is started again when it exits during the job
     min_task_timeout: float | None = None  # the controller's least task timeout (how long a dead site is waited for)
+    privacy: Any = None  # SitePrivacy every site's site-config gets (flare/siteprivacy.py); None: none
 
 
 def free_port() -> int:
@@ -109,7 +110,7 @@ def prepare(run: PocRun) -> dict[str, Path]:
     for name in ["server", *sites]:
         allow_components(kits[name])
     for site in sites:
-        write_site_config(kits[site], run.data_root, device=run.device)
+        write_site_config(kits[site], run.data_root, device=run.device, privacy=run.privacy)
     transfer = kits[ADMIN] / "transfer"
     transfer.mkdir(exist_ok=True)
     return kits

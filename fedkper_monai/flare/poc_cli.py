@@ -10,8 +10,9 @@ __all__ = ["add_site_parsers"]
 
 def _site_config(args: argparse.Namespace) -> int:
     from fedkper_monai.flare.siteconfig import write_site_config
+    from fedkper_monai.flare.siteprivacy import privacy_from_args
 
-    path = write_site_config(args.site_dir, args.data_root, datalist=args.datalist, device=args.device)
+    path = write_site_config(args.site_dir, args.data_root, datalist=args.datalist, device=args.device, privacy=privacy_from_args(args))
     print(f"wrote {path}: this site reads its data from {Path(args.data_root).resolve()} in every job")
     return 0
 
@@ -84,6 +85,9 @@ def add_site_parsers(subparsers: argparse._SubParsersAction) -> None:
     site.add_argument("--data-root", required=True, help="folder of the site's data and datalists")
     site.add_argument("--datalist", help="the site's datalist JSON (default DATA_ROOT/<site-name>.json)")
     site.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the job's choice")
+    from fedkper_monai.flare.siteprivacy import add_privacy_arguments
+
+    add_privacy_arguments(site)
     site.set_defaults(func=_site_config)
 
     poc = subparsers.add_parser("poc", help="run a job on FLARE's POC deployment (separate processes, loopback)")
