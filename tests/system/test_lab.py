@@ -101,3 +101,59 @@ def test_ctrl_c_while_the_sites_run_tears_the_lab_down(retina_federation, tmp_pa
     assert "lab torn down" in (tmp_path / "lab.log").read_text()
     assert not lab_leftovers(), "no namespace, link or /etc/netns entry is left"
     assert not _processes_of(str(workspace)), "no participant process is left"
+
+
+def _server_rounds(workspace: Path) -> list[dict]:
+    """Round lines of the running job's metrics.jsonl on the lab's server (read while the job runs)."""
+    found = list(workspace.glob("provision/fedkper_lab/prod_*/server/*/metrics.jsonl"))
+    try:
+        lines = [json.loads(line) for path in found for line in path.read_text().splitlines()]
+    except ValueError:
+        return []  # a line half-written
+    return [line for line in lines if "round" in line and "site" not in line]
+
+
+def test_a_site_whose_link_drops_mid_round_is_recorded_failed_and_the_rounds_go_on(retina_federation, tmp_path, capfd):
+    """Issue 24 item 3, first fault: site-3's link (its bridge port) set down as round 1 starts; its task times out,
+    the round goes on with site-1 and site-2 and site-3 is recorded failed; the link is set up again after round 2 and
+    site-3 is aggregated again in a later round. Before that, ``site check`` run inside site-1's namespace reaches the real FLARE server over TLS."""
+    from fedkper_monai.flare.lab import LabRun, deploy_lab
+
+    workspace = tmp_path / "lab"
+    rounds = 5
+    events: dict[str, object] = {}
+
+    def fault(network) -> None:
+        deadline = time.monotonic() + 400
+
+        def wait_for_round(index: int) -> None:
+            while not any(line["round"] >= index for line in _server_rounds(workspace)):
+                assert time.monotonic() < deadline, "the job did not reach round %d" % index
+                time.sleep(0.5)
+
+        wait_for_round(0)  # round 0's line is written as round 1 is sent out
+        network.set_link("site-3", up=False)
+        (kit,) = workspace.glob("provision/fedkper_lab/prod_*/site-1")
+        events["check"] = subprocess.run([*network.exec_prefix("site-1"), sys.executable, "-m", "fedkper_monai.cli",
+                                          "site", "check", str(kit)], capture_output=True, text=True, timeout=60)
+        wait_for_round(2)
+        network.set_link("site-3", up=True)
+        events["up_after"] = max(line["round"] for line in _server_rounds(workspace))
+
+    run = LabRun(job="fedkper", sites=3, data_root=retina_federation, workspace=workspace, timeout=600,
+                 overrides={"rounds": rounds, "sample_fraction": 1.0, "local_epochs": 1}, min_task_timeout=20.0)
+    code = deploy_lab(run, on_started=fault)
+    printed = capfd.readouterr().out
+    assert code == 0, printed
+    check = events["check"]
+    assert check.returncode == 0 and "ok   server: fedkper-server:8002 answered TLS" in check.stdout, check.stdout + check.stderr
+    records = _records(workspace / "result" / "workspace" / "metrics.jsonl")
+    round_lines = [r for r in records if "aggregated_sites" in r]
+    assert [r["round"] for r in round_lines] == list(range(rounds)), "every round once, in order"
+    failed = [r for r in records if r.get("status") == "failed" and r["site"] == "site-3"]
+    assert failed and failed[0]["round"] in (1, 2), printed
+    assert f"failed: site-3 in round {failed[0]['round']}" in printed
+    assert round_lines[failed[0]["round"]]["aggregated_sites"] == ["site-1", "site-2"], "the round went on without it"
+    assert not lab_leftovers() and not _processes_of(str(workspace))
+    events["rejoined"] = [r["round"] for r in round_lines if "site-3" in r["aggregated_sites"] and r["round"] > events["up_after"]]
+    assert events["rejoined"], f"site-3 reconnects once its link is up and is aggregated again: {printed[-3000:]}"
