@@ -62,7 +62,7 @@ def add_lab_parsers(subparsers: argparse._SubParsersAction) -> None:
         "of its own on a private bridge (10.213.0.0/24, never routed to the host), start each from its own startup "
         "kit, submit JOB from the admin kit with the Recipe API in ProdEnv, download the result into WS/result/, and "
         "remove every namespace, link, /etc/netns entry and process, also on failure or Ctrl-C. Needs root and `ip`.",
-        epilog="example:\n  sudo fedkper-monai deploy lab fedkper --sites 3 --data-root data/retina --workspace /tmp/lab --rounds 2",
+        epilog="example (as root):\n  fedkper-monai deploy lab fedkper --sites 3 --data-root data/retina --workspace /tmp/lab --rounds 2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     lab.add_argument("job", metavar="JOB_OR_ALGORITHM", help="a job folder (jobs/fedkper_medmnist) or an algorithm name")
