@@ -30,7 +30,7 @@ from typing import Any, Callable
 from fedkper_monai.errors import FedKPerError
 from fedkper_monai.io import atomic_write_json, atomic_write_text
 
-__all__ = ["LabRun", "deploy_lab", "SERVER_HOST", "lab_project_yaml"]
+__all__ = ["LabRun", "deploy_lab", "teardown_recorded", "SERVER_HOST", "lab_project_yaml"]
 
 SERVER_HOST = "fedkper-server"  # the server's host name in every kit and every namespace's hosts file
 PROJECT = "fedkper_lab"
@@ -143,6 +143,22 @@ def deploy_lab(run: LabRun, on_started: Callable[[Any], None] | None = None) -> 
         network.teardown()
         signal.signal(signal.SIGTERM, previous)
         print(f"lab torn down (namespaces fkl{network.token}-*, their links and /etc/netns entries)", flush=True)
+
+
+def teardown_recorded(workspace: Path) -> list[str]:
+    """Remove what a lab whose ``deploy lab`` process was killed (SIGKILL: no teardown ran) left, as recorded in
+    ``WS/lab/network.json``; returns what was left before."""
+    from fedkper_monai.flare.lab_net import LabNetwork, lab_leftovers
+
+    path = workspace / "lab" / "network.json"
+    try:
+        recorded = json.loads(path.read_text())
+        network = LabNetwork.recorded(list(recorded["participants"]), str(recorded["token"]))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise FedKPerError(f"{path}: no lab network recorded here ({type(error).__name__}: {error})") from None
+    left = lab_leftovers(network.token)
+    network.teardown()
+    return left
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -42,6 +42,14 @@ def _deploy_lab(args: argparse.Namespace) -> int:
     return deploy_lab(run)
 
 
+def _teardown(args: argparse.Namespace) -> int:
+    from fedkper_monai.flare.lab import teardown_recorded
+
+    left = teardown_recorded(Path(args.workspace))
+    print(f"removed: {', '.join(left)}" if left else "nothing of this lab was left on this host")
+    return 0
+
+
 def _site_check(args: argparse.Namespace) -> int:
     from fedkper_monai.flare.sitecheck import run_checks
 
@@ -76,6 +84,15 @@ def add_lab_parsers(subparsers: argparse._SubParsersAction) -> None:
                      help="least seconds the server waits for a site's answer (the job's default: 60)")
     lab.add_argument("--overwrite", action="store_true", help="replace a non-empty workspace")
     lab.set_defaults(func=_deploy_lab)
+    teardown = commands.add_parser(
+        "teardown", help="remove what a killed `deploy lab` left (its namespaces, links, /etc/netns entries, processes)",
+        description="deploy lab removes its network on exit, Ctrl-C and SIGTERM; after a SIGKILL nothing runs, so this "
+        "removes what WS/lab/network.json records.",
+        epilog="example (as root):\n  fedkper-monai deploy teardown --workspace /tmp/lab",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    teardown.add_argument("--workspace", required=True, help="the workspace of the lab to remove")
+    teardown.set_defaults(func=_teardown)
     deploy.set_defaults(func=lambda args: deploy.print_help() or 2)
 
     site = subparsers.add_parser("site", help="a site operator's commands (site check)")

@@ -105,6 +105,13 @@ class LabNetwork:
             (NETNS_ETC / ns).mkdir(parents=True, exist_ok=True)
             (NETNS_ETC / ns / "hosts").write_text("\n".join([*lines, own]) + "\n")
 
+    @classmethod
+    def recorded(cls, participants: list[str], token: str) -> "LabNetwork":
+        """The network of an earlier run (``WS/lab/network.json``'s values), to tear down what it left."""
+        network = cls(participants, token=token)
+        network.made = [network.bridge_ns, *(network.namespace(name) for name in participants)]
+        return network
+
     def _add_namespace(self, ns: str) -> None:
         self.made.append(ns)  # before it exists: a half-made one is removed too
         _ip("netns", "add", ns)
@@ -122,8 +129,10 @@ class LabNetwork:
         while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
             time.sleep(0.2)
         _signal_all([pid for pid in pids if _alive(pid)], signal.SIGKILL)
+        existing = set(_ip("netns", "list", check=False).stdout.split())
         for ns in reversed(self.made):
-            _ip("netns", "del", ns, check=False)
+            if ns in existing:
+                _ip("netns", "del", ns, check=False)
             shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
         self.made.clear()
 
