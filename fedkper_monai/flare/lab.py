@@ -30,7 +30,7 @@ from typing import Any, Callable
 from fedkper_monai.errors import FedKPerError
 from fedkper_monai.io import atomic_write_json, atomic_write_text
 
-__all__ = ["LabRun", "deploy_lab", "teardown_recorded", "SERVER_HOST", "lab_project_yaml"]
+__all__ = ["LabRun", "deploy_lab", "hiding_prefix", "teardown_recorded", "SERVER_HOST", "lab_project_yaml"]
 
 SERVER_HOST = "fedkper-server"  # the server's host name in every kit and every namespace's hosts file
 PROJECT = "fedkper_lab"
@@ -92,6 +92,18 @@ def _give_data(run: LabRun, kits: dict[str, Path], sites: list[str]) -> dict[str
     return folders
 
 
+# Run inside a mount namespace of its own (unshare): an empty, unreadable tmpfs over each folder named before
+# "--", then the command. What a participant should not see is hidden from it and from every process it starts.
+_HIDE = 'while [ "$1" != -- ]; do mount -t tmpfs -o size=64k,mode=000 fedkper-lab-hidden "$1" || exit 1; shift; done; shift; exec "$@"'
+
+
+def hiding_prefix(hidden: list[Path]) -> list[str]:
+    """A command prefix that runs a program with ``hidden`` folders replaced by empty unreadable ones (a private
+    mount namespace; the host's mounts are untouched). A root process could unmount them: it keeps honest
+    software from another site's files, not an attacker with root."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", _HIDE, "sh", *map(str, hidden), "--"]
+
+
 def _helper_config(run: LabRun, kits: dict[str, Path], data: dict[str, Path], network: Any) -> Path:
     """What the admin-side helper needs, as a JSON file of plain values."""
     threads = str(max(1, (os.cpu_count() or 1) // run.sites))
@@ -101,9 +113,13 @@ def _helper_config(run: LabRun, kits: dict[str, Path], data: dict[str, Path], ne
     base.update({"PATH": path, "OMP_NUM_THREADS": threads, "HOME": str(run.workspace / "flare_home")})
     envs = {name: dict(base) for name in kits}
     envs["server"]["FEDKPER_DATA_ROOT"] = str(data["server"])  # the server's global test set (its own folder)
+    prefixes = {name: network.exec_prefix(name) for name in kits}
+    for name in data:  # the server and each site: their own kit and data only
+        prefixes[name] += hiding_prefix([run.data_root, run.workspace / "logs", *(kit for other, kit in kits.items() if other != name),
+                                         *(folder for other, folder in data.items() if other != name)])
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(run).items()}
     config = {"run": settings, "kits": {name: str(kit) for name, kit in kits.items()},
-              "prefixes": {name: network.exec_prefix(name) for name in kits}, "envs": envs}
+              "prefixes": prefixes, "envs": envs}
     return atomic_write_json(run.workspace / "lab" / "helper.json", config)
 
 
@@ -118,6 +134,9 @@ def deploy_lab(run: LabRun, on_started: Callable[[Any], None] | None = None) -> 
     why_not = namespaces_available()
     if why_not:
         raise FedKPerError(f"deploy lab needs network namespaces: {why_not}")
+    if run.workspace.resolve().is_relative_to(run.data_root.resolve()):
+        raise FedKPerError(f"--workspace {run.workspace} is inside --data-root {run.data_root}, which every participant's "
+                           "view hides: choose a workspace elsewhere")
     run.workspace.mkdir(parents=True, exist_ok=True)
     for folder in ("logs", "lab"):
         (run.workspace / folder).mkdir(exist_ok=True)
