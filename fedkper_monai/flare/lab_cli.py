@@ -1,0 +1,114 @@
+"""``fedkper-monai deploy lab`` (a provisioned federation across network namespaces) and ``fedkper-monai site
+check`` (a site's checks before it joins)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_lab_parsers"]
+
+
+def _deploy_lab(args: argparse.Namespace) -> int:
+    from fedkper_monai.flare.checks import SettingError, check_ranges, check_site_count
+
+    check_ranges(rounds=args.rounds, sample_fraction=args.sample_fraction, local_epochs=args.local_epochs,
+                 validate_every=args.validate_every, seed=args.seed)
+    if args.sites < 1:
+        raise SettingError("--sites", f"must be >= 1, got {args.sites}")
+    if args.min_task_timeout is not None and not args.min_task_timeout > 0:
+        raise SettingError("--min-task-timeout", f"must be > 0, got {args.min_task_timeout}")
+    data_root = Path(args.data_root)
+    if not data_root.is_dir():
+        raise SettingError("--data-root", f"{data_root}: no such folder (make one with `fedkper-monai prepare`)")
+    try:
+        check_site_count(args.sites, data_root)
+    except SettingError as error:
+        message = str(error).replace("use -n", "use --sites")
+        raise SettingError("--sites", message[len("-n: "):]) if message.startswith("-n: ") else error from None
+    workspace = Path(args.workspace)
+    if workspace.exists() and any(workspace.iterdir()):
+        if not args.overwrite:
+            raise SettingError("--workspace", f"{workspace} is not empty (an earlier run?); pass --overwrite to replace it")
+        import shutil
+
+        shutil.rmtree(workspace)
+    from fedkper_monai.flare.lab import LabRun, deploy_lab
+
+    overrides = {"rounds": args.rounds, "sample_fraction": args.sample_fraction, "local_epochs": args.local_epochs,
+                 "seed": args.seed, "validate_every": args.validate_every}
+    run = LabRun(job=args.job, sites=args.sites, data_root=data_root.resolve(), workspace=workspace.resolve(),
+                 overrides=overrides, device=args.device, timeout=args.timeout, min_task_timeout=args.min_task_timeout)
+    return deploy_lab(run)
+
+
+def _teardown(args: argparse.Namespace) -> int:
+    from fedkper_monai.flare.lab import teardown_recorded
+
+    left = teardown_recorded(Path(args.workspace))
+    print(f"removed: {', '.join(left)}" if left else "nothing of this lab was left on this host")
+    return 0
+
+
+def _site_check(args: argparse.Namespace) -> int:
+    from fedkper_monai.flare.sitecheck import run_checks
+
+    return run_checks(Path(args.kit), job=args.job, timeout=args.timeout)
+
+
+def add_lab_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``deploy`` (with ``deploy lab``) and ``site`` (with ``site check``)."""
+    from fedkper_monai.flare.cli import add_override_options
+
+    deploy = subparsers.add_parser("deploy", help="run a job on a provisioned federation of separate (namespaced) hosts")
+    commands = deploy.add_subparsers(dest="deploy_command", metavar="DEPLOY_COMMAND")
+    lab = commands.add_parser(
+        "lab",
+        help="provision, one network namespace per participant, start, submit, wait, download, tear down",
+        description="Provision a FLARE project (server, site-1..N, admin; our allow-list in every kit), give each site "
+        "a copy of only its own datalist and images and its site-config, put each participant in a network namespace "
+        "of its own on a private bridge (10.213.0.0/24, never routed to the host), start each from its own startup "
+        "kit, submit JOB from the admin kit with the Recipe API in ProdEnv, download the result into WS/result/, and "
+        "remove every namespace, link, /etc/netns entry and process, also on failure or Ctrl-C. Needs root and `ip`.",
+        epilog="example (as root):\n  fedkper-monai deploy lab fedkper --sites 3 --data-root data/retina --workspace /tmp/lab --rounds 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lab.add_argument("job", metavar="JOB_OR_ALGORITHM", help="a job folder (jobs/fedkper_medmnist) or an algorithm name")
+    lab.add_argument("--sites", type=int, required=True, help="number of sites (site-1 ... site-N)")
+    lab.add_argument("--data-root", required=True, help="folder made by `fedkper-monai prepare` (split among the sites)")
+    lab.add_argument("--workspace", required=True, help="folder for the kits, the sites' data copies, logs and result")
+    add_override_options(lab)
+    lab.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="each site's device (default cpu)")
+    lab.add_argument("--timeout", type=float, default=1800.0, help="seconds the job may run before it is aborted")
+    lab.add_argument("--min-task-timeout", type=float, metavar="S",
+                     help="least seconds the server waits for a site's answer (the job's default: 60)")
+    lab.add_argument("--overwrite", action="store_true", help="replace a non-empty workspace")
+    lab.set_defaults(func=_deploy_lab)
+    teardown = commands.add_parser(
+        "teardown", help="remove what a killed `deploy lab` left (its namespaces, links, /etc/netns entries, processes)",
+        description="deploy lab removes its network on exit, Ctrl-C and SIGTERM; after a SIGKILL nothing runs, so this "
+        "removes what WS/lab/network.json records.",
+        epilog="example (as root):\n  fedkper-monai deploy teardown --workspace /tmp/lab",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    teardown.add_argument("--workspace", required=True, help="the workspace of the lab to remove")
+    teardown.set_defaults(func=_teardown)
+    deploy.set_defaults(func=lambda args: deploy.print_help() or 2)
+
+    site = subparsers.add_parser("site", help="a site operator's commands (site check)")
+    site_commands = site.add_subparsers(dest="site_command", metavar="SITE_COMMAND")
+    check = site_commands.add_parser(
+        "check",
+        help="verify a site's kit before it joins: data, allow-list, versions, the server over TLS",
+        description="One line per check (ok / FAIL / skip): the site's data readable and valid against the job's "
+        "network, the allow-list exactly our components (no '*', no package prefix), the installed fedkper-monai "
+        "and FLARE versions, and a TLS connection to the server's port with the kit's certificates. Exit 0 when no "
+        "check failed.",
+        epilog="example:\n  fedkper-monai site check /opt/nvflare/hospital-a --job jobs/fedkper_medmnist",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("kit", help="the site's startup-kit folder (holds startup/ and local/)")
+    check.add_argument("--job", default="fedkper", help="the job (folder or algorithm) whose network the data must fit")
+    check.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server (default 10)")
+    check.set_defaults(func=_site_check)
+    site.set_defaults(func=lambda args: site.print_help() or 2)
