@@ -209,13 +209,14 @@ class _JobMetaWorkspace:
 
 def _initial_global(job_folder) -> dict:
     """The persistor's initial model of an exported job (its network spec and seed, as the server builds it)."""
-    from fedkper_monai.flare.persistor import FedKPerPersistor
+    from fedkper_monai.flare.jobspec import PERSISTOR
+    from fedkper_monai.flare.persistor import NetworkPersistor
 
     for config in job_folder.rglob("config_fed_server.json"):
         for component in json.loads(config.read_text()).get("components", []):
-            if component.get("path", "").endswith("FedKPerPersistor"):
-                return FedKPerPersistor(**component.get("args", {})).initial_state()
-    raise AssertionError(f"no FedKPerPersistor in {job_folder}")
+            if component.get("path") == PERSISTOR:
+                return NetworkPersistor(**component.get("args", {})).initial_state()
+    raise AssertionError(f"no {PERSISTOR} in {job_folder}")
 
 
 @pytest.mark.slow
