@@ -58,7 +58,7 @@ def _site_check(args: argparse.Namespace) -> int:
 
 def add_lab_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add ``deploy`` (with ``deploy lab``) and ``site`` (with ``site check``)."""
-    from fedkper_monai.flare.cli import add_override_options
+    from fedkper_monai.flare.poc_cli import add_run_options
 
     deploy = subparsers.add_parser("deploy", help="run a job on a provisioned federation of separate (namespaced) hosts")
     commands = deploy.add_subparsers(dest="deploy_command", metavar="DEPLOY_COMMAND")
@@ -73,16 +73,8 @@ def add_lab_parsers(subparsers: argparse._SubParsersAction) -> None:
         epilog="example (as root):\n  fedkper-monai deploy lab fedkper --sites 3 --data-root data/retina --workspace /tmp/lab --rounds 2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    lab.add_argument("job", metavar="JOB_OR_ALGORITHM", help="a job folder (jobs/fedkper_medmnist) or an algorithm name")
-    lab.add_argument("--sites", type=int, required=True, help="number of sites (site-1 ... site-N)")
-    lab.add_argument("--data-root", required=True, help="folder made by `fedkper-monai prepare` (split among the sites)")
-    lab.add_argument("--workspace", required=True, help="folder for the kits, the sites' data copies, logs and result")
-    add_override_options(lab)
-    lab.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="each site's device (default cpu)")
-    lab.add_argument("--timeout", type=float, default=1800.0, help="seconds the job may run before it is aborted")
-    lab.add_argument("--min-task-timeout", type=float, metavar="S",
-                     help="least seconds the server waits for a site's answer (the job's default: 60)")
-    lab.add_argument("--overwrite", action="store_true", help="replace a non-empty workspace")
+    add_run_options(lab, data_help="folder made by `fedkper-monai prepare` (split among the sites)",
+                    workspace_help="folder for the kits, the sites' data copies, logs and result")
     lab.set_defaults(func=_deploy_lab)
     teardown = commands.add_parser(
         "teardown", help="remove what a killed `deploy lab` left (its namespaces, links, /etc/netns entries, processes)",

@@ -70,8 +70,6 @@ def _poc_run(args: argparse.Namespace) -> int:
 
 def add_site_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add ``site-config`` and ``poc`` (with ``poc run``)."""
-    from fedkper_monai.flare.cli import add_override_options
-
     site = subparsers.add_parser(
         "site-config",
         help="write a FLARE site's own data and device choices into its workspace",
@@ -103,18 +101,26 @@ def add_site_parsers(subparsers: argparse._SubParsersAction) -> None:
         epilog="example:\n  fedkper-monai poc run fedkper --sites 3 --data-root data/retina --workspace /tmp/poc --rounds 2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("job", metavar="JOB_OR_ALGORITHM", help="a job folder (jobs/fedkper_medmnist) or an algorithm name (fedkper, fedavg, ...)")
-    run.add_argument("--sites", type=int, required=True, help="number of sites (site-1 ... site-N)")
-    run.add_argument("--data-root", required=True, help="folder made by `fedkper-monai prepare` (every site's data)")
-    run.add_argument("--workspace", required=True, help="folder for the POC kits, logs and result")
-    add_override_options(run)
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="each site's device (default cpu)")
-    run.add_argument("--timeout", type=float, default=1800.0, help="seconds the job may run before it is aborted")
+    add_run_options(run, data_help="folder made by `fedkper-monai prepare` (every site's data)",
+                    workspace_help="folder for the POC kits, logs and result")
     run.add_argument("--restarts", type=int, default=1,
                      help="times a site or the server that exits during the job is started again (default 1); a "
                      "restarted server gets the job again, which continues from its last completed round")
-    run.add_argument("--min-task-timeout", type=float, metavar="S",
-                     help="least seconds the server waits for a site's answer (the job's default: 60)")
-    run.add_argument("--overwrite", action="store_true", help="replace a non-empty workspace")
     run.set_defaults(func=_poc_run)
     poc.set_defaults(func=lambda args: poc.print_help() or 2)
+
+
+def add_run_options(parser: argparse.ArgumentParser, *, data_help: str, workspace_help: str) -> None:
+    """The options every command that runs a job on separate processes shares (``poc run``, ``deploy lab``)."""
+    from fedkper_monai.flare.cli import add_override_options
+
+    parser.add_argument("job", metavar="JOB_OR_ALGORITHM", help="a job folder (jobs/fedkper_medmnist) or an algorithm name (fedkper, fedavg, ...)")
+    parser.add_argument("--sites", type=int, required=True, help="number of sites (site-1 ... site-N)")
+    parser.add_argument("--data-root", required=True, help=data_help)
+    parser.add_argument("--workspace", required=True, help=workspace_help)
+    add_override_options(parser)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="each site's device (default cpu)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds the job may run before it is aborted")
+    parser.add_argument("--min-task-timeout", type=float, metavar="S",
+                        help="least seconds the server waits for a site's answer (the job's default: 60)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty workspace")
