@@ -159,7 +159,7 @@ class TreeSampler(threading.Thread):
 def measure_federation(data_dir: Path, work: Path, sites: int, threads: int | None, rounds: int, interval: float) -> dict[str, Any]:
     """Part 2: ``fedkper-monai simulate`` of the job (its own process, as a user runs it; ``-t threads``, None:
     simulate's default) while the tree's memory is sampled."""
-    from fedkper_monai.flare.simulate import find_metrics, read_round_lines
+    from fedkper_monai.launch.simulate import find_metrics, read_round_lines
 
     workspace = work / f"workspace_n{sites}"
     command = [sys.executable, "-m", "fedkper_monai.cli", "simulate", str(JOB), "-w", str(workspace), "-n", str(sites),
@@ -221,9 +221,10 @@ def measure(npz: Path, sites: int, alpha: float, threads: int | None, rounds: in
         import_medmnist(data_dir, npz=npz, num_sites=sites, alpha=alpha, seed=0, progress=False)
         largest = max(data_dir.glob("site-*.json"), key=lambda path: len(json.loads(path.read_text())["training"]))
         print(f"part 1: one site process ({largest.stem}), imports, setup and a first round", flush=True)
-        from fedkper_monai.flare.simulate import SimulationOverrides, prepare_job
+        from fedkper_monai.launch.overrides import JobOverrides
+        from fedkper_monai.launch.simulate import prepare_job
 
-        job_dir = prepare_job(JOB, Path(tmp) / "probe_ws", SimulationOverrides(data_root=str(data_dir)), Path(tmp) / "probe_job")
+        job_dir = prepare_job(JOB, Path(tmp) / "probe_ws", JobOverrides(data_root=str(data_dir)), Path(tmp) / "probe_job")
         site = measure_site_process(job_dir, largest, Path(tmp))
         print(f"  {site['peak_rss_mib']}", flush=True)
         print(f"part 2: {sites} sites, 10% sampled, {rounds} rounds, fedkper-monai simulate -t {threads or 'default'}", flush=True)

@@ -49,7 +49,7 @@ def _after_warmup(values: list[float]) -> float:
 
 def run_poc(data_dir: Path, work: Path, sites: int, overrides: Any) -> list[float]:
     """The job through ``fedkper-monai poc run``; per-round seconds from the downloaded metrics.jsonl."""
-    from fedkper_monai.flare.poc import PocRun, poc_run
+    from fedkper_monai.launch.poc import PocRun, poc_run
 
     workspace = work / "poc"
     code = poc_run(PocRun(job=str(bench_round.JOB), sites=sites, data_root=data_dir, workspace=workspace, overrides=overrides))
@@ -60,7 +60,7 @@ def run_poc(data_dir: Path, work: Path, sites: int, overrides: Any) -> list[floa
 
 def run_simulated(job: Path, overrides: Any, work: Path, sites: int) -> list[float]:
     """The job in FLARE's simulator, one process per site; per-round seconds from the server's metrics.jsonl."""
-    from fedkper_monai.flare.simulate import find_metrics, prepare_job, read_round_lines, run_simulator
+    from fedkper_monai.launch.simulate import find_metrics, prepare_job, read_round_lines, run_simulator
 
     workspace = work / "simulator"
     prepared = prepare_job(job, workspace, overrides, work / "job_simulator")
@@ -79,7 +79,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(RESULT_PATH))
     args = parser.parse_args()
     from fedkper_monai.cli import main as cli
-    from fedkper_monai.flare.simulate import SimulationOverrides, prepare_job
+    from fedkper_monai.launch.overrides import JobOverrides
+    from fedkper_monai.launch.simulate import prepare_job
 
     # bench_round's in-process loop reads its site count from the module.
     bench_round.NUM_SITES = args.sites
@@ -89,11 +90,11 @@ def main() -> int:
         if cli(["prepare", "medmnist", "--npz", args.npz, "--sites", str(args.sites), "--alpha", "0.1", "--seed", "0",
                 "--out", str(data), "--no-progress"]) != 0:
             return 2
-        overrides = SimulationOverrides(rounds=args.rounds, data_root=str(data), sample_fraction=0.5, validate_every=1)
+        overrides = JobOverrides(rounds=args.rounds, data_root=str(data), sample_fraction=0.5, validate_every=1)
         job = prepare_job(bench_round.JOB, work / "unused", overrides, work / "job")
         load = {"start": bench_round._load()}
         passes = [bench_round.run_inprocess(job, work / "inprocess_before", args.rounds)["round_seconds"]]
-        poc = run_poc(data, work, args.sites, SimulationOverrides(rounds=args.rounds, sample_fraction=0.5, validate_every=1))
+        poc = run_poc(data, work, args.sites, JobOverrides(rounds=args.rounds, sample_fraction=0.5, validate_every=1))
         simulator = run_simulated(bench_round.JOB, overrides, work, args.sites)
         passes.append(bench_round.run_inprocess(job, work / "inprocess_after", args.rounds)["round_seconds"])
         load["end"] = bench_round._load()

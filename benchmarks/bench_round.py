@@ -219,8 +219,14 @@ def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
 
     from fedkper_monai.flare.aggregator import FedKPerAggregator
     from fedkper_monai.flare.evaluator import GlobalEvaluator
-    from fedkper_monai.flare.jobspec import load_job, site_args
-    from fedkper_monai.flare.messages import GLOBAL_VERSION_KEY, SITE_METRICS_KEY, is_initial, received_version, report_to_flmodel
+    from fedkper_monai.flare.jobspec import controller_args, load_job, site_args
+    from fedkper_monai.flare.messages import (
+        GLOBAL_VERSION_KEY,
+        SITE_METRICS_KEY,
+        is_initial,
+        received_version,
+        report_to_flmodel,
+    )
     from fedkper_monai.flare.metrics import MetricsFile, RunBook
     from fedkper_monai.flare.persistor import NetworkPersistor
     from fedkper_monai.flare.sitedata import site_datalist_path
@@ -229,7 +235,7 @@ def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
     from fedkper_monai.training.site import Site, SiteConfig
 
     _, server, client = load_job(job_dir)
-    controller = dict(server["workflows"][0]["args"])
+    controller = dict(controller_args(server))
     learner_args = dict(site_args(client))
     data_root, demo = learner_args.pop("data_root", None), learner_args.pop("demo", False)
     learner_args.pop("analytic_sender_id", None)
@@ -308,7 +314,7 @@ def run_inprocess(job_dir: Path, work: Path, rounds: int) -> dict[str, Any]:
 
 def run_flare(job: Path, overrides: Any, work: Path, threads: int) -> dict[str, Any]:
     """The job in FLARE's simulator (a child process); per-round seconds from the server's metrics.jsonl."""
-    from fedkper_monai.flare.simulate import find_metrics, prepare_job, read_round_lines, run_simulator
+    from fedkper_monai.launch.simulate import find_metrics, prepare_job, read_round_lines, run_simulator
 
     workspace = work / f"workspace_t{threads}"
     rounds = overrides.rounds
@@ -348,12 +354,13 @@ def _mean_after_warmup(values: list[float]) -> float:
 
 def bench_flare(data_dir: Path, work: Path, rounds: int, threads: int, t1_rounds: int, validate_every: int | None) -> dict[str, Any]:
     """Part 2: FLARE simulator (-t ``threads``, optionally -t 1) vs the in-process loop, same rounds."""
-    from fedkper_monai.flare.jobspec import load_job
-    from fedkper_monai.flare.simulate import SimulationOverrides, prepare_job
+    from fedkper_monai.flare.jobspec import controller_args, load_job
+    from fedkper_monai.launch.overrides import JobOverrides
+    from fedkper_monai.launch.simulate import prepare_job
 
     load_start = _load()
     # The in-process loop reads the very job configs the simulator gets (data root and network from the data).
-    overrides = SimulationOverrides(rounds=rounds, data_root=str(data_dir), validate_every=validate_every)
+    overrides = JobOverrides(rounds=rounds, data_root=str(data_dir), validate_every=validate_every)
     inprocess_job = prepare_job(JOB, work / "unused_workspace", overrides,
                                 work / "job_inprocess")
     # Two in-process passes bracket the simulator run in time, so a change of the machine's load shows.
@@ -391,7 +398,7 @@ def bench_flare(data_dir: Path, work: Path, rounds: int, threads: int, t1_rounds
         }
     return {
         "job": "jobs/fedkper_medmnist",
-        "validate_every": load_job(inprocess_job)[1]["workflows"][0]["args"]["validate_every"],
+        "validate_every": controller_args(load_job(inprocess_job)[1])["validate_every"],
         "sites": NUM_SITES,
         "sample_fraction": 0.1,
         "rounds": rounds,

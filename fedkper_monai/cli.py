@@ -17,10 +17,10 @@ _RESUMABLE = frozenset({"compare"})
 
 _REGISTRARS: tuple[tuple[str, str], ...] = (
     ("fedkper_monai.data.cli", "add_prepare_parser"),
-    ("fedkper_monai.flare.cli", "add_simulate_parser"),
-    ("fedkper_monai.flare.cli", "add_compare_parser"),
-    ("fedkper_monai.flare.poc_cli", "add_site_parsers"),
-    ("fedkper_monai.flare.lab_cli", "add_lab_parsers"),
+    ("fedkper_monai.launch.cli", "add_simulate_parser"),
+    ("fedkper_monai.experiment.cli", "add_compare_parser"),
+    ("fedkper_monai.launch.poc_cli", "add_site_parsers"),
+    ("fedkper_monai.launch.lab_cli", "add_lab_parsers"),
     ("fedkper_monai.report.cli", "add_report_parser"),
     ("fedkper_monai.bundle.cli", "add_bundle_parser"),
     ("fedkper_monai.bundle.cli", "add_predict_parser"),

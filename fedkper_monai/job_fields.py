@@ -12,7 +12,7 @@ every value is plain data: null, booleans, numbers, strings without ``$``, ``%``
 
 Used by :meth:`fedkper_monai.training.site_config.SiteConfig.from_mapping` (each site),
 :class:`~fedkper_monai.flare.evaluator.GlobalEvaluator` and :class:`~fedkper_monai.flare.persistor.NetworkPersistor`
-(the server), :func:`fedkper_monai.flare.checks.check_job_fields` (``simulate``, ``export``, ``compare``,
+(the server), :func:`fedkper_monai.launch.checks.check_job_fields` (``simulate``, ``export``, ``compare``,
 ``poc run``, the recipe) and :func:`fedkper_monai.data.build_transforms`.
 """
 

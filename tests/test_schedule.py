@@ -5,9 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
-from fedkper_monai.schedule import RoundRecord, RoundSchedule, sample_sites, validation_due
+from fedkper_monai.schedule import RoundRecord, RoundSchedule, sample_sites
 
 SITES = ["site-1", "site-2", "site-3", "site-4"]
 
@@ -20,13 +18,6 @@ def test_schedule_and_metrics_writer_import_without_flare_or_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
-
-
-def test_controller_still_exports_the_schedule_functions():
-    pytest.importorskip("nvflare")
-    from fedkper_monai.flare import controller
-
-    assert controller.sample_sites is sample_sites and controller.validation_due is validation_due
 
 
 def _record(schedule: RoundSchedule, round_index: int, previous: RoundRecord | None, reported: list[str]) -> RoundRecord:

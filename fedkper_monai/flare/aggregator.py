@@ -15,7 +15,6 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
 
 from fedkper_monai.algorithm import WeightedAverager, aggregation_weights, scores_usable
-from fedkper_monai.algorithm.weighting import blend_toward_samples
 from fedkper_monai.algorithm.update_checks import (
     DEFAULT_CLAIM_MULTIPLE,
     DEFAULT_CLIP_MULTIPLE,
@@ -31,6 +30,7 @@ from fedkper_monai.algorithm.update_checks import (
     sample_count_problem,
     score_problem,
 )
+from fedkper_monai.algorithm.weighting import blend_toward_samples
 
 __all__ = ["FedKPerAggregator", "SCORE_KEY", "NUM_SAMPLES_KEY", "SITE_KEY"]
 

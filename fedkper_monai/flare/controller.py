@@ -22,15 +22,14 @@ from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedkper_monai.errors import FedKPerError
 from fedkper_monai.flare.aggregator import FedKPerAggregator
-from fedkper_monai.flare.failures import SiteFailures, failed_site_lines
+from fedkper_monai.flare.failures import SiteFailures, build_failure_lines
 from fedkper_monai.flare.messages import GLOBAL_VERSION_KEY, RESUME_CHAIN_KEY, SITE_METRICS_KEY
 from fedkper_monai.flare.metrics import METRICS_FILE, MetricsFile, RunBook
 from fedkper_monai.flare.resume import ABORTED, FINISHED, Checkpointer, stopped_runs_root
 from fedkper_monai.flare.weights import payload_bytes
-from fedkper_monai.schedule import RoundRecord, RoundSchedule, sample_sites, validation_due
+from fedkper_monai.schedule import RoundRecord, RoundSchedule
 
-# sample_sites and validation_due live in fedkper_monai.schedule; named here for older imports.
-__all__ = ["FedKPerController", "sample_sites", "validation_due", "METRICS_FILE"]
+__all__ = ["FedKPerController"]
 
 _TENSORBOARD_KEYS = ("global_acc", "mean_personalized_acc", "worst_personalized_acc", "global_nfr", "bwt", "seconds")
 
@@ -213,7 +212,7 @@ class FedKPerController(ModelController):
             return None
         failed = self.failures.close_round(broadcast.sampled, broadcast.validators, train_metrics, validations)
         if not self._enough_answers(round_index, broadcast.sampled, train_metrics, failed):
-            for line in failed_site_lines(round_index, failed):  # the record says why the run stopped
+            for line in build_failure_lines(round_index, failed):  # the record says why the run stopped
                 run.metrics.append(line)
             return None
         if previous is not None:
@@ -230,7 +229,7 @@ class FedKPerController(ModelController):
         record.clipped, record.refused = dict(run.aggregator.last_clipped), list(run.aggregator.last_refused)
         for site in sorted(train_metrics):
             run.metrics.append(run.book.site_train_line(round_index, site, train_metrics[site], record.weights.get(site, 0.0)))
-        for line in failed_site_lines(round_index, failed):
+        for line in build_failure_lines(round_index, failed):
             run.metrics.append(line)
         self.save_model(self._as_task_model(params, round_index, version=round_index + 1))
         return params, record
@@ -246,7 +245,7 @@ class FedKPerController(ModelController):
             return False
         targets = run.schedule.sites if last.validate else []
         failed = self.failures.close_round([], targets, {}, validations)
-        for line in failed_site_lines(self.num_rounds - 1, failed, validate_round=self.num_rounds - 1):
+        for line in build_failure_lines(self.num_rounds - 1, failed, validate_round=self.num_rounds - 1):
             run.metrics.append(line)
         self._write_round(run, last, validations, seconds=time.perf_counter() - last.started)
         self.info(f"finished {self.num_rounds} rounds; metrics in {run.metrics.path}")

@@ -23,9 +23,9 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 from nvflare.security.logging import secure_format_exception
 
+from fedkper_monai.flare.local_choices import read_site_config
 from fedkper_monai.flare.messages import is_initial, received_version, report_to_flmodel, resume_chain, round_shared
 from fedkper_monai.flare.resume import job_folder, stopped_runs_root
-from fedkper_monai.flare.siteconfig import read_site_config
 from fedkper_monai.flare.sitedata import site_datalist_path
 from fedkper_monai.flare.weights import to_torch
 
@@ -45,7 +45,7 @@ class FedKPerExecutor(Executor):
     Where the data is: the site's own ``local/fedkper_site.json`` (written by ``fedkper-monai site-config``)
     wins over the job's ``data_root``, which a simulation sets; else ``$FEDKPER_DATA_ROOT`` or
     ``$FEDKPER_DATALIST`` (see :func:`fedkper_monai.flare.sitedata.site_datalist_path`). The same file's
-    privacy choices (:mod:`fedkper_monai.flare.siteprivacy`) apply to everything the site sends: the
+    privacy choices (:mod:`fedkper_monai.flare.local_privacy`) apply to everything the site sends: the
     smaller ``score_epsilon`` of site and job, ``share_decimals`` on every shared rate, and the update as a
     ``DIFF`` when ``send_diff`` is set or FLARE's site scope holds result filters.
 

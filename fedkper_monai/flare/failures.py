@@ -10,7 +10,7 @@ import math
 import time
 from typing import Iterable, Mapping
 
-__all__ = ["SiteFailures", "failed_site_lines"]
+__all__ = ["SiteFailures", "build_failure_lines"]
 
 
 class SiteFailures:
@@ -77,7 +77,7 @@ class SiteFailures:
         }
 
 
-def failed_site_lines(train_round: int, failed: Mapping[str, Mapping[str, str]], validate_round: int | None = None) -> list[dict]:
+def build_failure_lines(train_round: int, failed: Mapping[str, Mapping[str, str]], validate_round: int | None = None) -> list[dict]:
     """The ``metrics.jsonl`` lines of a broadcast's failed sites, sorted by site.
 
     ``train_round`` is the round of the train task; a validate task is about the model of

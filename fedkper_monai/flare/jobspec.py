@@ -25,6 +25,8 @@ __all__ = [
     "job_configs",
     "job_component",
     "site_args",
+    "controller_args",
+    "CONTROLLER",
     "SITE_EXECUTOR",
     "GLOBAL_EVALUATOR",
     "PERSISTOR",
@@ -42,6 +44,7 @@ SITE_EXECUTOR = f"{_PKG}.executor.FedKPerExecutor"
 # The server components whose args a job fills with a network spec (and the evaluator: the sites' data settings).
 GLOBAL_EVALUATOR = f"{_PKG}.evaluator.GlobalEvaluator"
 PERSISTOR = f"{_PKG}.persistor.NetworkPersistor"
+CONTROLLER = f"{_PKG}.controller.FedKPerController"
 
 
 @dataclass
@@ -97,13 +100,27 @@ def site_args(client: dict) -> dict:
                        "deprecated FedKPerLearner: write it again with `python -m fedkper_monai.flare.jobspec`)")
 
 
+def controller_args(server: dict) -> dict:
+    """The args of a server config's controller workflow (rounds, sampling, aggregation; edit them in place).
+
+    Our jobs have exactly one workflow, the controller; anything else is a job this package did not write.
+
+    Raises:
+        FedKPerError: the server config has no controller workflow.
+    """
+    workflows = server.get("workflows")
+    if not isinstance(workflows, list) or not workflows or not isinstance(workflows[0], dict):
+        raise FedKPerError("job server config has no workflow (expected the FedKPer controller as workflows[0])")
+    return workflows[0].setdefault("args", {})
+
+
 def set_algorithm(meta: dict, server: dict, client: dict, algorithm: Algorithm) -> None:
     """Make a job's configs (changed in place) run ``algorithm``.
 
     Sets the controller's ``algorithm`` label (the name reports show), the learner's strategy and its
     parameters, the aggregator's weighting (and its opt-in blend remedy); a pooled (centralized) job needs one site.
     """
-    server["workflows"][0]["args"]["algorithm"] = algorithm.name
+    controller_args(server)["algorithm"] = algorithm.name
     learner = site_args(client)
     learner["algorithm"] = algorithm.strategy
     learner["algorithm_args"] = dict(algorithm.params)

@@ -14,6 +14,7 @@ __all__ = [
     "default_demo_root",
     "resolve_data_root",
     "site_datalist_path",
+    "site_datalists",
 ]
 
 DATA_ROOT_ENV = "FEDKPER_DATA_ROOT"
@@ -59,3 +60,19 @@ def site_datalist_path(site_name: str, data_root: str | None, *, demo: bool = Fa
         return Path(configured)
     return resolve_data_root(data_root, demo=demo) / f"{site_name}.json"
 
+
+def site_datalists(data_root: str | Path) -> list[Path]:
+    """``site-1.json .. site-N.json`` of a prepared data root, in site order.
+
+    Raises:
+        FedKPerError: none found, or the numbering has a gap (site-k is what FLARE names the k-th site).
+    """
+    root = Path(data_root)
+    found = {path.stem: path for path in root.glob("site-*.json") if path.stem[5:].isdigit()}
+    if not found:
+        raise FedKPerError(f"{root}: no site-*.json; --data-root must hold the output of `fedkper-monai prepare`")
+    expected = [f"site-{k}" for k in range(1, len(found) + 1)]
+    missing = [name for name in expected if name not in found]
+    if missing:
+        raise FedKPerError(f"{root}: site datalists are not numbered 1..{len(found)} (missing {', '.join(missing)})")
+    return [found[name] for name in expected]

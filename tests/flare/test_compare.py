@@ -14,17 +14,11 @@ from fedkper_monai.algorithm_registry import ALGORITHMS
 from fedkper_monai.cli import build_parser, main
 from fedkper_monai.data import load_datalist, write_datalist
 from fedkper_monai.errors import DataError, FedKPerError
-from fedkper_monai.flare.compare import (
-    DEFAULT_ALGORITHMS,
-    DONE_FILE,
-    algorithm_job,
-    parse_algorithms,
-    plan_runs,
-    pool_sites,
-    run_compare,
-    site_datalists,
-)
-from fedkper_monai.flare.jobspec import STANDARD_JOBS, job_component, job_configs, site_args
+from fedkper_monai.experiment.compare import DEFAULT_ALGORITHMS, run_compare
+from fedkper_monai.experiment.plan import DONE_FILE, algorithm_job, parse_algorithms, plan_runs
+from fedkper_monai.experiment.pooled_data import pool_sites
+from fedkper_monai.flare.jobspec import STANDARD_JOBS, controller_args, job_component, job_configs, site_args
+from fedkper_monai.flare.sitedata import site_datalists
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +77,7 @@ def test_every_planned_run_trains_what_the_registry_says(federation, tmp_path):
         algorithm, job = ALGORITHMS[run.algorithm.name], run.settings["job"]
         learner = site_args(job["client"])
         weighting = job_component(job["server"], "aggregator")["args"]["weighting"]
-        controller = job["server"]["workflows"][0]["args"]
+        controller = controller_args(job["server"])
         assert (learner["algorithm"], learner["algorithm_args"], weighting) == (
             algorithm.strategy, dict(algorithm.params), algorithm.weighting), algorithm.name
         assert controller["algorithm"] == run.settings["algorithm"] == algorithm.name
@@ -100,9 +94,9 @@ def test_ablation_and_centralized_jobs():
     learner = site_args(client)
     aggregator = next(c for c in server["components"] if c["id"] == "aggregator")["args"]
     assert (learner["algorithm"], aggregator["weighting"]) == ("fedavg", "score")
-    assert server["workflows"][0]["args"]["algorithm"] == "fedkper_weighting_only"  # the label reports show
+    assert controller_args(server)["algorithm"] == "fedkper_weighting_only"  # the label reports show
     meta, server, client = algorithm_job(base, ALGORITHMS["centralized"])
-    assert meta["min_clients"] == 1 and server["workflows"][0]["args"]["algorithm"] == "centralized"
+    assert meta["min_clients"] == 1 and controller_args(server)["algorithm"] == "centralized"
 
 
 # --- data -----------------------------------------------------------------------------------------------
@@ -303,7 +297,7 @@ def test_compare_runs_every_algorithm_on_the_same_partition_and_site_sampling(fe
 
 def test_run_settings_leave_out_the_machines_data_path_wherever_the_job_names_it():
     # A finished run stays finished when its folder moves to another clone or machine (benchmarks/runs is in git).
-    from fedkper_monai.flare.compare_plan import _normalized
+    from fedkper_monai.experiment.plan import _normalized
 
     server = {"components": [{"id": "global_evaluator", "args": {"data_root": "/here/data"}}]}
     client = {"executors": [{"executor": {"path": "x", "args": {"data_root": "/here/data", "seed": 0}}}]}

@@ -22,8 +22,8 @@ from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 from fedkper_monai.errors import DataError, FedKPerError
 from fedkper_monai.flare.executor import FedKPerExecutor
+from fedkper_monai.flare.local_choices import write_site_config
 from fedkper_monai.flare.messages import GLOBAL_VERSION_KEY, SITE_METRICS_KEY
-from fedkper_monai.flare.siteconfig import write_site_config
 from fedkper_monai.flare.weights import to_numpy
 from fedkper_monai.training import build_network
 from fedkper_monai.training.site import CHECKPOINT_FILE, STATE_FILE

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fedkper_monai.cli import main
-from fedkper_monai.flare.jobspec import load_job, save_job_configs
+from fedkper_monai.flare.jobspec import controller_args, load_job, save_job_configs
 from fedkper_monai.report.metrics import load_run, summarize
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,7 @@ def test_a_broken_site_and_a_killed_site_do_not_stop_the_run(retina_federation, 
     _break_one_image(data_root, "site-3")
     meta, server, client = load_job("jobs/fedkper_medmnist")
     # A short timeout once the sites have answered: the killed site costs ~10 s, not minutes.
-    server["workflows"][0]["args"].update({"min_task_timeout": 10, "timeout_factor": 2.0})
+    controller_args(server).update({"min_task_timeout": 10, "timeout_factor": 2.0})
     job = save_job_configs(tmp_path / "job", meta, server, client)
     workspace = tmp_path / "ws"
     killed: list[int] = []

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fedkper_monai.flare.failures import SiteFailures, failed_site_lines
+from fedkper_monai.flare.failures import SiteFailures, build_failure_lines
 from fedkper_monai.report.metrics import load_run
 
 
@@ -37,7 +37,7 @@ def test_close_round_names_each_silent_or_failed_site():
 
 
 def test_failed_lines_load_in_the_report(tmp_path):
-    lines = failed_site_lines(3, {"train": {"site-2": "timeout"}, "validate": {"site-4": "error"}})
+    lines = build_failure_lines(3, {"train": {"site-2": "timeout"}, "validate": {"site-4": "error"}})
     assert lines == [
         {"round": 3, "site": "site-2", "task": "train", "status": "failed", "reason": "timeout", "weight": 0.0},
         {"round": 2, "site": "site-4", "task": "validate", "status": "failed", "reason": "error"},

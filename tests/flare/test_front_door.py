@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fedkper_monai.cli import main
-from fedkper_monai.flare.process import first_error, run_watched, run_with_retries
+from fedkper_monai.launch.process import first_error, run_watched, run_with_retries
 
 DEMO = "jobs/fedkper_demo"
 MEDMNIST = "jobs/fedkper_medmnist"
@@ -223,8 +223,8 @@ def test_the_readme_demo_is_quiet(tmp_path, capsys):
     shown = (captured.out + captured.err).splitlines()
     assert len(shown) < 30, shown
     assert not [line for line in shown if "Traceback" in line or "eprecat" in line]
-    assert [line.split(" (")[0] for line in shown if line.startswith("round ") and " of " in line] == [
-        f"round {k} of 5 done" for k in range(1, 6)]
+    assert [line.split(";")[0] for line in shown if line.startswith("round ") and " of " in line] == [
+        f"round {k} done ({k + 1} of 5" for k in range(5)]  # numbered as the table below numbers them
     assert (workspace / "simulator.log").stat().st_size > 0
 
 

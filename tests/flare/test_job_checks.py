@@ -22,9 +22,17 @@ import pytest
 
 from fedkper_monai.cli import main
 from fedkper_monai.errors import DataError
-from fedkper_monai.flare.checks import check_job_fields
-from fedkper_monai.flare.jobspec import STANDARD_JOBS, JobSettings, job_component, job_configs, load_job, save_job_configs, site_args
+from fedkper_monai.flare.jobspec import (
+    STANDARD_JOBS,
+    JobSettings,
+    job_component,
+    job_configs,
+    load_job,
+    save_job_configs,
+    site_args,
+)
 from fedkper_monai.job_fields import EVALUATOR_ARGS, EXECUTOR_ARGS, PERSISTOR_ARGS, TASK_OPTIONS
+from fedkper_monai.launch.checks import check_job_fields
 from fedkper_monai.training.site_config import SiteConfig
 
 MEDMNIST = "jobs/fedkper_medmnist"
@@ -228,8 +236,9 @@ def test_the_refusal_loads_neither_torch_nor_flare(tmp_path, data_root):
 
 
 def test_the_recipe_and_the_python_api_refuse_before_flare(tmp_path):
-    from fedkper_monai.flare.recipe import FedKPerRecipe
-    from fedkper_monai.flare.simulate import SimulationOverrides, simulate
+    from fedkper_monai.launch.overrides import JobOverrides
+    from fedkper_monai.launch.recipe import FedKPerRecipe
+    from fedkper_monai.launch.simulate import simulate
 
     job = _hostile_job(tmp_path, _learner(_set("transform_settings", {"transforms#1#_target_": "monai.bundle.run"})))
     started = time.perf_counter()
@@ -242,7 +251,7 @@ def test_the_recipe_and_the_python_api_refuse_before_flare(tmp_path):
         FedKPerRecipe(settings=hostile)
     workspace = tmp_path / "ws"
     with pytest.raises(DataError, match="transforms#1#_target_"):
-        simulate(job, workspace, 3, 3, SimulationOverrides())
+        simulate(job, workspace, 3, 3, JobOverrides())
     assert not workspace.exists()
 
 

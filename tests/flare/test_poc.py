@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fedkper_monai.cli import main
-from fedkper_monai.flare.poc import free_port, project_yaml
+from fedkper_monai.launch.poc import free_port, project_yaml
 
 
 def test_project_yaml_names_the_server_port_the_sites_and_one_admin():
@@ -57,7 +57,7 @@ def test_poc_run_on_three_loopback_sites_matches_the_simulator(retina_federation
                  "--rounds", "2", "--sample-fraction", "0.67", "--local-epochs", "1", "--timeout", "300"])
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert "3 sites connected" in printed and "round 2 of 2 done" in printed and "stopping POC" in printed
+    assert "3 sites connected" in printed and "round 1 done (2 of 2;" in printed and "stopping POC" in printed
     assert not _our_processes(str(workspace)), "every POC process is stopped"
     result = workspace / "result"
     assert (result / "workspace" / "global_model.pt").exists()
@@ -196,7 +196,7 @@ def test_a_site_that_never_connects_is_a_clear_error_in_bounded_time(retina_fede
     import time
 
     from fedkper_monai.errors import FedKPerError
-    from fedkper_monai.flare import poc
+    from fedkper_monai.launch import poc
 
     real_start = poc.Participants.start
     monkeypatch.setattr(poc.Participants, "start", lambda self, name, kit, env: None if name == "site-3" else real_start(self, name, kit, env))

@@ -28,9 +28,9 @@ from nvflare.private.privacy_manager import Scope
 from fedkper_monai.cli import main
 from fedkper_monai.errors import DataError
 from fedkper_monai.flare.executor import FedKPerExecutor
+from fedkper_monai.flare.local_choices import read_site_config, write_site_config
+from fedkper_monai.flare.local_privacy import FILTER_CLASSES, SCOPE_NAME, SitePrivacy
 from fedkper_monai.flare.messages import GLOBAL_VERSION_KEY, SITE_METRICS_KEY, round_shared
-from fedkper_monai.flare.siteconfig import read_site_config, write_site_config
-from fedkper_monai.flare.siteprivacy import FILTER_CLASSES, SCOPE_NAME, SitePrivacy
 from fedkper_monai.flare.weights import to_numpy
 from fedkper_monai.training import build_network
 
@@ -226,12 +226,12 @@ def test_a_site_filter_set_in_site_config_changes_what_a_real_flare_client_sends
     Needs the aggregator's DIFF support (full = global + diff, a key absent from a DIFF: no change); without
     it the server drops every update (``params_type DIFF``), which this test reports.
     """
-    from fedkper_monai.flare.poc import PocRun, poc_run
-    from fedkper_monai.flare.simulate import SimulationOverrides
+    from fedkper_monai.launch.overrides import JobOverrides
+    from fedkper_monai.launch.poc import PocRun, poc_run
 
     workspace = tmp_path / "poc_ws"
     run = PocRun(job="fedkper", sites=3, data_root=retina_federation, workspace=workspace, timeout=400,
-                 overrides=SimulationOverrides(rounds=2, sample_fraction=1.0, local_epochs=1),
+                 overrides=JobOverrides(rounds=2, sample_fraction=1.0, local_epochs=1),
                  privacy=SitePrivacy(exclude_vars=("classifier.bias",)))
     code = poc_run(run)
     policies = sorted(workspace.glob("poc/*/prod_*/site-*/local/privacy.json"))

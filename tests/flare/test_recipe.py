@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from fedkper_monai.algorithm_registry import ALGORITHMS
-from fedkper_monai.flare.jobspec import JobSettings, job_configs, load_job, site_args
-from fedkper_monai.flare.recipe import FedKPerRecipe
+from fedkper_monai.flare.jobspec import JobSettings, controller_args, job_configs, load_job, site_args
+from fedkper_monai.launch.recipe import FedKPerRecipe
 
 
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
@@ -31,7 +31,7 @@ def test_overrides_and_network_from_data_put_no_path_into_the_job(retina_federat
     recipe.export(str(tmp_path))
     meta, server, client = load_job(tmp_path / "prox_retina")
     site = site_args(client)
-    assert meta["name"] == "prox_retina" and server["workflows"][0]["args"]["num_rounds"] == 3 and site["seed"] == 4
+    assert meta["name"] == "prox_retina" and controller_args(server)["num_rounds"] == 3 and site["seed"] == 4
     assert site["data_root"] is None and site["network"]["num_classes"] == 5 and site["algorithm"] == "fedprox"
     assert str(retina_federation) not in json.dumps([meta, server, client])
 
@@ -44,7 +44,6 @@ def test_an_unknown_algorithm_is_refused_by_name():
 @pytest.mark.slow
 def test_a_recipe_in_simenv_reproduces_the_recorded_simulator_run(retina_federation, tmp_path):
     from nvflare.recipe import SimEnv
-
     from test_simulation import assert_matches_golden
 
     recipe = FedKPerRecipe("fedkper", data_root=retina_federation, num_rounds=2, sample_fraction=0.67, local_epochs=1)
@@ -62,7 +61,7 @@ def test_a_recipe_in_pocenv_runs_on_separate_processes_and_reproduces_the_record
     from nvflare.recipe import PocEnv
     from test_simulation import assert_matches_golden
 
-    from fedkper_monai.flare.poc import free_port, project_yaml
+    from fedkper_monai.launch.poc import free_port, project_yaml
 
     poc = tmp_path / "poc"
     monkeypatch.setenv("NVFLARE_POC_WORKSPACE", str(poc))

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from fedkper_monai.cli import main
-from fedkper_monai.flare import simulate
 from fedkper_monai.flare.jobspec import load_job, save_job_configs, site_args
-from fedkper_monai.flare.recipe import FedKPerRecipe
-from fedkper_monai.flare.simulate import default_threads, find_metrics
+from fedkper_monai.launch import simulate
+from fedkper_monai.launch.recipe import FedKPerRecipe
+from fedkper_monai.launch.simulate import default_threads, find_metrics
 
 _MACHINE_24_GB = 24105  # MiB, this machine; 50 site processes of ~0.6 GB do not fit it
 

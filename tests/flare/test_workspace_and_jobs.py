@@ -8,15 +8,24 @@ import json
 from pathlib import Path
 
 import pytest
-from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
 from nvflare.apis.fl_exception import UnsafeComponentError
+from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
 from nvflare.app_common.widgets.component_path_authorizer import ComponentPathAuthorizer
 
 from fedkper_monai.algorithm_registry import ALGORITHMS
 from fedkper_monai.errors import DataError
-from fedkper_monai.flare.controller import sample_sites, validation_due
-from fedkper_monai.flare.jobspec import STANDARD_JOBS, component_classes, job_component, job_configs, load_job, main, site_args
+from fedkper_monai.flare.jobspec import (
+    STANDARD_JOBS,
+    component_classes,
+    controller_args,
+    job_component,
+    job_configs,
+    load_job,
+    main,
+    site_args,
+)
 from fedkper_monai.flare.workspace import allow_components, allowed_classes
+from fedkper_monai.schedule import sample_sites, validation_due
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 
@@ -125,7 +134,7 @@ def test_committed_paper_jobs_hold_the_paper_setting(name):
     """DESIGN section 1, read from the committed JSON: 10% of sites per round, 200 rounds, 5 local epochs,
     batch 12, SGD lr 0.01 decayed 0.99 per round, the reference CNN, the jobs' shared seed."""
     meta, server, client = load_job(JOBS / name)
-    controller = server["workflows"][0]["args"]
+    controller = controller_args(server)
     learner = site_args(client)
     assert (controller["sample_fraction"], controller["num_rounds"], controller["seed"]) == (0.1, 200, 0)
     assert (learner["local_epochs"], learner["batch_size"], learner["lr"], learner["lr_gamma"]) == (5, 12, 0.01, 0.99)
@@ -142,7 +151,7 @@ def test_committed_jobs_run_their_registry_algorithm(name):
     assert learner["algorithm"] == algorithm.strategy
     assert learner["algorithm_args"] == dict(algorithm.params)
     assert job_component(server, "aggregator")["args"]["weighting"] == algorithm.weighting
-    assert server["workflows"][0]["args"]["algorithm"] == algorithm.name
+    assert controller_args(server)["algorithm"] == algorithm.name
 
 
 def test_the_job_writer_prints_usage_for_help_and_writes_no_folder(tmp_path, monkeypatch, capsys):
@@ -185,8 +194,8 @@ def test_export_sizes_the_network_from_a_datalist_and_bakes_no_data_path(retina_
     learner = site_args(client)
     assert learner["data_root"] is None and learner["demo"] is False
     assert learner["network"] == {"name": "reference_cnn", "spatial_dims": 2, "in_channels": 3, "num_classes": 5, "image_size": [28, 28]}
-    assert server["workflows"][0]["args"]["num_rounds"] == 7
-    assert server["workflows"][0]["args"]["validate_every"] == 5
+    assert controller_args(server)["num_rounds"] == 7
+    assert controller_args(server)["validate_every"] == 5
     assert main(["export", "jobs/fedkper_medmnist", "--out", str(out)]) == 2, "an existing job folder is not overwritten silently"
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedkper_monai.cli import main
-from fedkper_monai.flare.lab_net import lab_leftovers, namespaces_available
+from fedkper_monai.launch.lab_net import lab_leftovers, namespaces_available
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def test_a_job_on_three_namespaced_sites_equals_the_simulator_and_leaves_nothing
     printed = capfd.readouterr().out
     assert code == 0, printed
     assert "lab network up: server 10.213.0.10" in printed and "3 sites connected" in printed
-    assert "round 2 of 2 done" in printed and "lab torn down" in printed
+    assert "round 1 done (2 of 2;" in printed and "lab torn down" in printed
     assert not lab_leftovers(), "no namespace, link or /etc/netns entry is left"
     assert not _processes_of(str(workspace)), "no participant process is left"
     # Each site holds its own datalist and images only, and its site-config names that folder.
@@ -117,7 +117,7 @@ def test_a_site_whose_link_drops_mid_round_is_recorded_failed_and_the_rounds_go_
     """Issue 24 item 3, first fault: site-3's link (its bridge port) set down as round 1 starts; its task times out,
     the round goes on with site-1 and site-2 and site-3 is recorded failed; the link is set up again after round 2 and
     site-3 is aggregated again in a later round. Before that, ``site check`` run inside site-1's namespace reaches the real FLARE server over TLS."""
-    from fedkper_monai.flare.lab import LabRun, deploy_lab
+    from fedkper_monai.launch.lab import LabRun, deploy_lab
 
     workspace = tmp_path / "lab"
     rounds = 5

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from fedkper_monai.flare.lab import hiding_prefix
+from fedkper_monai.launch.lab import hiding_prefix
 
 
 def test_a_hidden_folder_reads_empty_inside_and_stays_whole_outside(tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fedkper_monai.cli import main
-from fedkper_monai.flare.poc import free_port, project_yaml
+from fedkper_monai.launch.poc import free_port, project_yaml
 
 
 def _provision(folder: Path, name: str, port: int) -> Path:

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from fedkper_monai.cli import main
-from fedkper_monai.flare.lab_net import LabNetwork, lab_leftovers, namespaces_available
+from fedkper_monai.launch.lab_net import LabNetwork, lab_leftovers, namespaces_available
 
 
 def test_teardown_removes_a_recorded_lab_and_its_processes(tmp_path, capsys):

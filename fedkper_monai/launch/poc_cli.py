@@ -9,8 +9,8 @@ __all__ = ["add_site_parsers"]
 
 
 def _site_config(args: argparse.Namespace) -> int:
-    from fedkper_monai.flare.siteconfig import write_site_config
-    from fedkper_monai.flare.siteprivacy import privacy_from_args
+    from fedkper_monai.flare.local_choices import write_site_config
+    from fedkper_monai.flare.local_privacy import privacy_from_args
 
     path = write_site_config(args.site_dir, args.data_root, datalist=args.datalist, device=args.device, privacy=privacy_from_args(args))
     print(f"wrote {path}: this site reads its data from {Path(args.data_root).resolve()} in every job")
@@ -20,8 +20,8 @@ def _site_config(args: argparse.Namespace) -> int:
 def _check_job(job: str) -> None:
     """JOB_OR_ALGORITHM: a job folder whose fields the sites and the server accept, or a registry algorithm."""
     from fedkper_monai.algorithm_registry import ALGORITHMS
-    from fedkper_monai.flare.checks import SettingError, check_job_fields
     from fedkper_monai.flare.jobspec import load_job
+    from fedkper_monai.launch.checks import SettingError, check_job_fields
 
     if Path(job).is_dir():
         check_job_fields(job, *load_job(job)[1:])
@@ -31,10 +31,10 @@ def _check_job(job: str) -> None:
 
 
 def _poc_run(args: argparse.Namespace) -> int:
-    from fedkper_monai.flare.checks import SettingError, check_ranges, check_site_count
+    from fedkper_monai.launch.checks import SettingError, check_site_count
+    from fedkper_monai.launch.overrides import check_overrides
 
-    check_ranges(rounds=args.rounds, sample_fraction=args.sample_fraction, local_epochs=args.local_epochs,
-                 validate_every=args.validate_every, seed=args.seed)
+    check_overrides(args)
     if args.sites < 1:
         raise SettingError("--sites", f"must be >= 1, got {args.sites}")
     if args.restarts < 0:
@@ -57,11 +57,10 @@ def _poc_run(args: argparse.Namespace) -> int:
         import shutil
 
         shutil.rmtree(workspace)
-    from fedkper_monai.flare.poc import PocRun, poc_run
-    from fedkper_monai.flare.simulate import SimulationOverrides
+    from fedkper_monai.launch.overrides import overrides_from_args
+    from fedkper_monai.launch.poc import PocRun, poc_run
 
-    overrides = SimulationOverrides(rounds=args.rounds, sample_fraction=args.sample_fraction, local_epochs=args.local_epochs,
-                                    seed=args.seed, validate_every=args.validate_every)
+    overrides = overrides_from_args(args)
     run = PocRun(job=args.job, sites=args.sites, data_root=data_root.resolve(), workspace=workspace.resolve(),
                  overrides=overrides, device=args.device, timeout=args.timeout, restarts=args.restarts,
                  min_task_timeout=args.min_task_timeout)
@@ -83,7 +82,7 @@ def add_site_parsers(subparsers: argparse._SubParsersAction) -> None:
     site.add_argument("--data-root", required=True, help="folder of the site's data and datalists")
     site.add_argument("--datalist", help="the site's datalist JSON (default DATA_ROOT/<site-name>.json)")
     site.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the job's choice")
-    from fedkper_monai.flare.siteprivacy import add_privacy_arguments
+    from fedkper_monai.flare.local_privacy import add_privacy_arguments
 
     add_privacy_arguments(site)
     site.set_defaults(func=_site_config)
@@ -112,7 +111,7 @@ def add_site_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 def add_run_options(parser: argparse.ArgumentParser, *, data_help: str, workspace_help: str) -> None:
     """The options every command that runs a job on separate processes shares (``poc run``, ``deploy lab``)."""
-    from fedkper_monai.flare.cli import add_override_options
+    from fedkper_monai.launch.overrides import add_override_options
 
     parser.add_argument("job", metavar="JOB_OR_ALGORITHM", help="a job folder (jobs/fedkper_medmnist) or an algorithm name (fedkper, fedavg, ...)")
     parser.add_argument("--sites", type=int, required=True, help="number of sites (site-1 ... site-N)")

@@ -4,7 +4,7 @@ Each check returns ``(status, line)``; status is ``ok``, ``FAIL`` or ``skip`` (a
 an earlier one failed, e.g. no data check without a site-config). Checks:
 
 - ``kit``: the folder is a site startup kit (``startup/fed_client.json``, the kit's certificates);
-- ``site-config``: ``local/fedkper_site.json`` exists and is valid (:mod:`~fedkper_monai.flare.siteconfig`);
+- ``site-config``: ``local/fedkper_site.json`` exists and is valid (:mod:`~fedkper_monai.flare.local_choices`);
 - ``data``: the site's datalist loads (schema, labels, every image present) and its first training image reads;
 - ``network``: the job's network fits the datalist (classes, spatial dims, image size);
 - ``allow-list``: ``local/resources.json`` allows exactly FLARE's defaults and our components: no ``*``, no
@@ -47,7 +47,7 @@ def _client_config(kit: Path) -> dict[str, Any]:
 
 def _check_data(kit: Path, job: str) -> list[Result]:
     from fedkper_monai.data.datalist import load_datalist
-    from fedkper_monai.flare.siteconfig import read_site_config
+    from fedkper_monai.flare.local_choices import read_site_config
 
     site = _client_config(kit)["client"].get("fqsn") or kit.name
     chosen = read_site_config(kit / "local")

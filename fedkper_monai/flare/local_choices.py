@@ -3,7 +3,7 @@
 The site operator writes them once with ``fedkper-monai site-config``; the site executor reads them when
 a job starts. A job cannot point a site at other data or another device: these choices win over the job's.
 The site's privacy choices (``score_epsilon``, ``share_decimals``, ``send_diff``) live here too, beside FLARE's
-own ``local/privacy.json`` (:mod:`fedkper_monai.flare.siteprivacy`).
+own ``local/privacy.json`` (:mod:`fedkper_monai.flare.local_privacy`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fedkper_monai.errors import DataError
 from fedkper_monai.io import atomic_write_json
 
 if TYPE_CHECKING:
-    from fedkper_monai.flare.siteprivacy import SitePrivacy
+    from fedkper_monai.flare.local_privacy import SitePrivacy
 
 __all__ = ["SITE_CONFIG_FILE", "DEVICES", "read_site_config", "write_site_config"]
 
@@ -31,7 +31,7 @@ def read_site_config(local_dir: str | Path) -> dict[str, Any]:
 
     Raises:
         DataError: the file is not a JSON object of known keys with string (or null) values (the privacy
-            keys: see :func:`~fedkper_monai.flare.siteprivacy.check_privacy_values`).
+            keys: see :func:`~fedkper_monai.flare.local_privacy.check_privacy_values`).
     """
     path = Path(local_dir) / SITE_CONFIG_FILE
     if not path.exists():
@@ -42,7 +42,7 @@ def read_site_config(local_dir: str | Path) -> dict[str, Any]:
         raise DataError(path, f"not a readable JSON file ({error})") from None
     if not isinstance(values, dict):
         raise DataError(path, "must hold a JSON object")
-    from fedkper_monai.flare.siteprivacy import check_privacy_values
+    from fedkper_monai.flare.local_privacy import check_privacy_values
 
     for key, value in values.items():
         if key not in _KEYS:
@@ -67,13 +67,13 @@ def write_site_config(site_dir: str | Path, data_root: str | Path, *, datalist: 
             ``<data_root>/<site-name>.json``, found at run time from the site's FLARE name.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``; default the job's choice.
         privacy: what the site protects of what it sends; its filters go into FLARE's ``local/privacy.json``
-            (written, or removed when none; :func:`~fedkper_monai.flare.siteprivacy.write_privacy_policy`).
+            (written, or removed when none; :func:`~fedkper_monai.flare.local_privacy.write_privacy_policy`).
 
     Raises:
         DataError: ``site_dir`` is not a site folder, or ``data_root``, ``datalist``, ``device`` or a privacy
             option is wrong.
     """
-    from fedkper_monai.flare.siteprivacy import SitePrivacy, write_privacy_policy
+    from fedkper_monai.flare.local_privacy import SitePrivacy, write_privacy_policy
     from fedkper_monai.flare.workspace import check_site_folder
 
     folder = check_site_folder(site_dir)

@@ -18,11 +18,20 @@ from typing import Any, Sequence
 
 from fedkper_monai.algorithm_registry import ALGORITHMS, Algorithm
 from fedkper_monai.errors import FedKPerError
-from fedkper_monai.flare.checks import check_site_count
-from fedkper_monai.flare.compare_data import data_fingerprint, held_out_fingerprint, site_datalists
-from fedkper_monai.flare.jobspec import STANDARD_JOBS, load_job, save_job_configs, set_algorithm, write_job
-from fedkper_monai.flare.simulate import SimulationOverrides, find_metrics, prepare_job, read_round_lines
+from fedkper_monai.experiment.pooled_data import data_fingerprint, held_out_fingerprint
+from fedkper_monai.flare.jobspec import (
+    STANDARD_JOBS,
+    controller_args,
+    load_job,
+    save_job_configs,
+    set_algorithm,
+    write_job,
+)
 from fedkper_monai.flare.resume import CHECKPOINT_FILE, SIMULATOR_JOB_ID
+from fedkper_monai.flare.sitedata import site_datalists
+from fedkper_monai.launch.checks import check_site_count
+from fedkper_monai.launch.overrides import JobOverrides
+from fedkper_monai.launch.simulate import find_metrics, prepare_job, read_round_lines
 
 __all__ = [
     "DONE_FILE",
@@ -125,8 +134,8 @@ def _normalized(configs: tuple[dict, dict, dict]) -> dict[str, Any]:
 
 def _overrides(algorithm: Algorithm, data_root: Path, seed: int | None, rounds: int | None,
                sample_fraction: float | None, local_epochs: int | None,
-               validate_every: int | None) -> SimulationOverrides:
-    return SimulationOverrides(
+               validate_every: int | None) -> JobOverrides:
+    return JobOverrides(
         rounds=rounds,
         data_root=str(data_root),
         sample_fraction=1.0 if algorithm.pooled else sample_fraction,
@@ -217,7 +226,7 @@ def plan_runs(
                     "job": _normalized(prepared),
                 }
                 settings = json.loads(json.dumps(settings))
-                run = CompareRun(algorithm, seed, folder, settings, int(prepared[1]["workflows"][0]["args"]["num_rounds"]))
+                run = CompareRun(algorithm, seed, folder, settings, int(controller_args(prepared[1])["num_rounds"]))
                 run.status = _status(run, overwrite, conflicts)
                 runs.append(run)
     if conflicts:

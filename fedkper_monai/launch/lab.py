@@ -5,11 +5,11 @@ Steps (each is what an operator of a real deployment does on their own machine; 
 
 1. ``nvflare provision`` of a project (server ``fedkper-server``, ``site-1..N``, one admin) with our builder
    :class:`~fedkper_monai.flare.provision.AllowFedKPerComponents`: every kit allows exactly our components;
-2. each site's own data folder (:mod:`~fedkper_monai.flare.lab_data`: its datalist and images only) and its
+2. each site's own data folder (:mod:`~fedkper_monai.launch.lab_data`: its datalist and images only) and its
    ``site-config``; the server's folder holds the global test lists;
-3. the network (:class:`~fedkper_monai.flare.lab_net.LabNetwork`): one namespace per participant on a private
+3. the network (:class:`~fedkper_monai.launch.lab_net.LabNetwork`): one namespace per participant on a private
    bridge, the server found by its host name through each namespace's ``/etc/netns/<ns>/hosts``;
-4. in the admin's namespace, :mod:`~fedkper_monai.flare.lab_admin` starts every participant from its own kit
+4. in the admin's namespace, :mod:`~fedkper_monai.launch.lab_admin` starts every participant from its own kit
    inside its own namespace, submits the job with the Recipe API in ``ProdEnv`` from the admin kit, follows
    it and downloads the result into ``WS/result/``;
 5. teardown, also on failure, Ctrl-C or SIGTERM: every process in the namespaces, the namespaces with their
@@ -55,14 +55,14 @@ class LabRun:
 
 def lab_project_yaml(sites: list[str]) -> str:
     """The lab's FLARE project: the POC project's participants and builders, the server on ``SERVER_HOST``."""
-    from fedkper_monai.flare.poc import project_yaml
+    from fedkper_monai.launch.poc import project_yaml
 
     return project_yaml(PORT, sites, name=PROJECT).replace("default_host: localhost", f"default_host: {SERVER_HOST}")
 
 
 def _provision(run: LabRun, sites: list[str]) -> dict[str, Path]:
     """Step 1: ``{participant: startup kit}``."""
-    from fedkper_monai.flare.poc import ADMIN, _nvflare
+    from fedkper_monai.launch.poc import ADMIN, _nvflare
 
     project = atomic_write_text(run.workspace / "project.yml", lab_project_yaml(sites))
     home = run.workspace / "flare_home"  # FLARE's CLI writes to ~/.nvflare: a HOME of this run's own
@@ -80,8 +80,8 @@ def _provision(run: LabRun, sites: list[str]) -> dict[str, Path]:
 
 def _give_data(run: LabRun, kits: dict[str, Path], sites: list[str]) -> dict[str, Path]:
     """Step 2: each participant's own data folder; each site's site-config names only its own."""
-    from fedkper_monai.flare.lab_data import SERVER_LISTS, copy_datalists
-    from fedkper_monai.flare.siteconfig import write_site_config
+    from fedkper_monai.flare.local_choices import write_site_config
+    from fedkper_monai.launch.lab_data import SERVER_LISTS, copy_datalists
 
     folders = {"server": copy_datalists(run.data_root, list(SERVER_LISTS), run.workspace / "data" / "server")}
     for site in sites:
@@ -128,8 +128,8 @@ def deploy_lab(run: LabRun, on_started: Callable[[Any], None] | None = None) -> 
 
     ``on_started`` (tests' fault injection) is called with the :class:`LabNetwork` once the helper runs.
     """
-    from fedkper_monai.flare.lab_net import LabNetwork, namespaces_available
-    from fedkper_monai.flare.poc import ADMIN
+    from fedkper_monai.launch.lab_net import LabNetwork, namespaces_available
+    from fedkper_monai.launch.poc import ADMIN
 
     why_not = namespaces_available()
     if why_not:
@@ -152,7 +152,7 @@ def deploy_lab(run: LabRun, on_started: Callable[[Any], None] | None = None) -> 
     try:
         network.create()
         print(f"lab network up: {', '.join(f'{name} {network.address(name)}' for name in network.participants)}", flush=True)
-        helper = subprocess.Popen([*network.exec_prefix(ADMIN), sys.executable, "-m", "fedkper_monai.flare.lab_admin",
+        helper = subprocess.Popen([*network.exec_prefix(ADMIN), sys.executable, "-m", "fedkper_monai.launch.lab_admin",
                                    str(config)], env=json.loads(config.read_text())["envs"][ADMIN], stdin=subprocess.DEVNULL)
         if on_started is not None:
             on_started(network)
@@ -167,7 +167,7 @@ def deploy_lab(run: LabRun, on_started: Callable[[Any], None] | None = None) -> 
 def teardown_recorded(workspace: Path) -> list[str]:
     """Remove what a lab whose ``deploy lab`` process was killed (SIGKILL: no teardown ran) left, as recorded in
     ``WS/lab/network.json``; returns what was left before."""
-    from fedkper_monai.flare.lab_net import LabNetwork, lab_leftovers
+    from fedkper_monai.launch.lab_net import LabNetwork, lab_leftovers
 
     path = workspace / "lab" / "network.json"
     try:

@@ -6,27 +6,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from fedkper_monai.errors import DataError, FedKPerError
+from fedkper_monai.errors import DataError
+from fedkper_monai.flare.sitedata import site_datalists
 from fedkper_monai.io import atomic_directory
 
-__all__ = ["site_datalists", "pool_sites", "data_fingerprint", "held_out_fingerprint"]
-
-
-def site_datalists(data_root: str | Path) -> list[Path]:
-    """``site-1.json .. site-N.json`` of a prepared data root, in site order.
-
-    Raises:
-        FedKPerError: none found, or the numbering has a gap (site-k is what FLARE names the k-th site).
-    """
-    root = Path(data_root)
-    found = {path.stem: path for path in root.glob("site-*.json") if path.stem[5:].isdigit()}
-    if not found:
-        raise FedKPerError(f"{root}: no site-*.json; --data-root must hold the output of `fedkper-monai prepare`")
-    expected = [f"site-{k}" for k in range(1, len(found) + 1)]
-    missing = [name for name in expected if name not in found]
-    if missing:
-        raise FedKPerError(f"{root}: site datalists are not numbered 1..{len(found)} (missing {', '.join(missing)})")
-    return [found[name] for name in expected]
+__all__ = ["pool_sites", "data_fingerprint", "held_out_fingerprint"]
 
 
 def pool_sites(data_root: str | Path, out: str | Path) -> Path:

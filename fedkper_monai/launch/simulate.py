@@ -9,18 +9,17 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from fedkper_monai.errors import FedKPerError
-from fedkper_monai.flare.checks import check_job_fields
+from fedkper_monai.flare.jobspec import controller_args, load_job, save_job_configs, site_args
 from fedkper_monai.flare.metrics import METRICS_FILE
-from fedkper_monai.flare.jobspec import job_component, load_job, save_job_configs, site_args
-from fedkper_monai.flare.process import WatchedRun, run_with_retries
 from fedkper_monai.flare.workspace import allow_components
+from fedkper_monai.launch.overrides import JobOverrides, configure_job
+from fedkper_monai.launch.process import WatchedRun, run_with_retries
 
-__all__ = ["SimulationOverrides", "RoundProgress", "default_threads", "simulator_command", "job_component", "configure_job", "apply_overrides", "prepare_job", "run_simulator", "simulate", "find_metrics", "read_round_lines", "format_summary"]
+__all__ = ["RoundProgress", "default_threads", "simulator_command", "prepare_job", "run_simulator", "simulate", "find_metrics", "read_round_lines", "read_failed_sites", "format_summary"]
 
 
 # Peak resident memory of one simulated site process, with headroom: 470 MiB measured after a first round of
@@ -52,90 +51,7 @@ def default_threads(n_clients: int, sample_fraction: float, memory_mib: int | No
     return min(n_clients, max(2, sampled))
 
 
-@dataclass
-class SimulationOverrides:
-    """Settings a user changes per run without editing the job folder (``None`` keeps the job's value)."""
-
-    rounds: int | None = None
-    data_root: str | None = None
-    sample_fraction: float | None = None
-    local_epochs: int | None = None
-    seed: int | None = None
-    validate_every: int | None = None
-
-
-def _network_from_data(source: Path, network: dict, transforms: str) -> dict:
-    """The job's network spec with classes, size and input channels taken from prepared data.
-
-    ``source`` is a datalist JSON, or a folder made by ``fedkper-monai prepare`` (its ``site-1.json``).
-    """
-    from fedkper_monai.data import build_transforms, load_datalist
-
-    first = source / "site-1.json" if source.is_dir() else source
-    if not first.exists():
-        raise FedKPerError(f"{first}: not found; give a datalist or a folder made by `fedkper-monai prepare`")
-    datalist = load_datalist(first)
-    updated = dict(network)
-    updated["num_classes"] = datalist.num_classes
-    updated["spatial_dims"] = datalist.spatial_dims
-    if datalist.image_size:
-        updated["image_size"] = list(datalist.image_size)
-    # The channels a site's pipeline gives: the datalist's conversion (prepare --channels) when it records one.
-    settings = {"channels": datalist.channels} if datalist.channels else None
-    transform = build_transforms(transforms, image_size=updated.get("image_size"), augment=False, overrides=settings)
-    sample = transform(dict(datalist.training[0] if datalist.training else datalist.test[0]))
-    updated["in_channels"] = int(sample["image"].shape[0])
-    return updated
-
-
-def configure_job(job: str | Path, overrides: SimulationOverrides, *, network_from: str | Path | None = None) -> tuple[dict, dict, dict]:
-    """The three configs of ``job`` with ``overrides`` applied (the job folder is not modified).
-
-    ``overrides.data_root`` is written into the site executor's and evaluator's args (simulation: one machine);
-    for real sites leave it unset, so each site reads its own ``$FEDKPER_DATA_ROOT``. Either data root,
-    or ``network_from`` (a datalist or a prepared folder), sets the network's classes, size and channels.
-
-    Raises:
-        DataError: a field the sites or the server would refuse (:func:`~fedkper_monai.flare.checks.check_job_fields`),
-            before anything reads the job.
-    """
-    meta, server, client = load_job(Path(job))
-    check_job_fields(job, server, client)
-    return apply_overrides(meta, server, client, overrides, network_from=network_from)
-
-
-def apply_overrides(meta: dict, server: dict, client: dict, overrides: SimulationOverrides, *,
-                    network_from: str | Path | None = None) -> tuple[dict, dict, dict]:
-    """A job's three configs with ``overrides`` applied (changed in place and returned); see :func:`configure_job`."""
-    controller = server["workflows"][0]["args"]
-    learner = site_args(client)
-    evaluator = job_component(server, "global_evaluator")["args"]
-    persistor = job_component(server, "persistor")["args"]
-    if overrides.rounds is not None:
-        controller["num_rounds"] = overrides.rounds
-    if overrides.sample_fraction is not None:
-        controller["sample_fraction"] = overrides.sample_fraction
-    if overrides.local_epochs is not None:
-        learner["local_epochs"] = overrides.local_epochs
-    if overrides.validate_every is not None:
-        controller["validate_every"] = overrides.validate_every
-    if overrides.seed is not None:
-        for args in (controller, learner, persistor):
-            args["seed"] = overrides.seed
-    if overrides.data_root is not None:
-        root = Path(overrides.data_root).resolve()
-        for args in (learner, evaluator):
-            args["data_root"] = str(root)
-            args["demo"] = False
-        network_from = network_from or root
-    if network_from is not None:
-        network = _network_from_data(Path(network_from), learner["network"], learner.get("transforms", "classification_2d"))
-        for args in (learner, evaluator, persistor):
-            args["network"] = network
-    return meta, server, client
-
-
-def prepare_job(job: str | Path, workspace: str | Path, overrides: SimulationOverrides, job_dir: str | Path) -> Path:
+def prepare_job(job: str | Path, workspace: str | Path, overrides: JobOverrides, job_dir: str | Path) -> Path:
     """Write ``job`` with ``overrides`` applied under ``job_dir``; allow our package in ``workspace``.
 
     Returns the folder of the prepared job. The job in ``jobs/`` is never modified. (``job_dir`` lies
@@ -182,7 +98,7 @@ def run_simulator(
     attempts: int = 3,
     extra_environment: Mapping[str, str] | None = None,
 ) -> WatchedRun:
-    """Run ``nvflare simulator`` in a watched child process (see :mod:`fedkper_monai.flare.process`).
+    """Run ``nvflare simulator`` in a watched child process (see :mod:`fedkper_monai.launch.process`).
 
     Its console output is appended to ``log_path`` (None: a temporary file) and shown on this console
     when ``echo`` (default: when there is no ``log_path``).
@@ -215,7 +131,7 @@ def read_round_lines(metrics_path: Path) -> list[dict[str, Any]]:
     return [line for line in lines if "round" in line and "site" not in line]
 
 
-def failed_site_lines(metrics_path: Path) -> list[dict[str, Any]]:
+def read_failed_sites(metrics_path: Path) -> list[dict[str, Any]]:
     """The site lines of a metrics file that record a failed site (``status: failed``), in order."""
     lines = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     return [line for line in lines if "site" in line and line.get("status") == "failed"]
@@ -239,7 +155,7 @@ def format_summary(round_lines: list[dict[str, Any]]) -> str:
 
 
 class RoundProgress:
-    """Prints ``round k of R`` with an estimate of the time left as the server's round lines arrive.
+    """Prints ``round k done (k+1 of R; ...)`` (``k`` counted from 0, as the table and metrics.jsonl count) with an estimate of the time left as the server's round lines arrive.
 
     ``label`` starts each line (``compare`` names the run); ``every`` prints only every k-th round (and the last);
     ``metrics``: the file to watch (default: the one :func:`find_metrics` finds in ``workspace``).
@@ -264,7 +180,9 @@ class RoundProgress:
             left = elapsed / done * (self.rounds - done)
             accuracy = line.get("global_acc")
             shown = f"global acc {accuracy:.3f}, " if isinstance(accuracy, (int, float)) else ""
-            print(f"{self.label}round {done} of {self.rounds} done ({shown}{elapsed:.0f} s; about {left:.0f} s left)", flush=True)
+            # The round as the table and metrics.jsonl number it (from 0), then how many of the run's rounds are done.
+            print(f"{self.label}round {line['round']} done ({done} of {self.rounds}; {shown}{elapsed:.0f} s; "
+                  f"about {left:.0f} s left)", flush=True)
         self.shown = max(self.shown, len(lines))
 
 
@@ -288,7 +206,7 @@ def simulate(
     workspace: str | Path,
     n_clients: int,
     threads: int | None,
-    overrides: SimulationOverrides,
+    overrides: JobOverrides,
     *,
     verbose: bool = False,
 ) -> int:
@@ -303,7 +221,7 @@ def simulate(
     log = workspace / "simulator.log"
     with tempfile.TemporaryDirectory(prefix="fedkper_job_") as job_dir:
         prepared = prepare_job(job, workspace, overrides, job_dir)
-        controller = load_job(prepared)[1]["workflows"][0]["args"]
+        controller = controller_args(load_job(prepared)[1])
         expected_rounds = controller["num_rounds"]
         if threads is None:
             threads = default_threads(n_clients, float(controller.get("sample_fraction", 1.0)))
@@ -323,7 +241,7 @@ def simulate(
     if progress is not None:
         progress()
     print(format_summary(rounds))
-    for line in failed_site_lines(metrics_path):
+    for line in read_failed_sites(metrics_path):
         print(f"failed: {line['site']} in round {line['round']} ({line.get('task')}): {line.get('reason')}")
     _report_outputs(metrics_path, workspace)
     if len(rounds) != expected_rounds or result.code != 0:

@@ -74,7 +74,7 @@ def check_site_count(n_clients: int, data_root: Path, option: str = "--data-root
     root = Path(data_root)
     if not root.is_dir():
         raise SettingError(option, f"{root}: no such folder (give a folder made by `fedkper-monai prepare`)")
-    from fedkper_monai.flare.compare_data import site_datalists
+    from fedkper_monai.flare.sitedata import site_datalists
 
     try:
         found = len(site_datalists(root))
@@ -178,7 +178,11 @@ def check_job_fields(job: str | Path, server: Mapping[str, Any], client: Mapping
     """
     from fedkper_monai.flare.jobspec import GLOBAL_EVALUATOR, PERSISTOR, SITE_EXECUTOR, site_args
     from fedkper_monai.job_fields import (
-        EXECUTOR_ARGS, check_evaluator_args, check_persistor_args, check_plain, check_transforms_name,
+        EXECUTOR_ARGS,
+        check_evaluator_args,
+        check_persistor_args,
+        check_plain,
+        check_transforms_name,
     )
     from fedkper_monai.training.site_config import SiteConfig
 

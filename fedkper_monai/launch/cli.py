@@ -1,10 +1,12 @@
-"""``fedkper-monai simulate``, ``allow`` and ``compare``: the FLARE-side commands."""
+"""``fedkper-monai simulate``, ``export`` and ``allow``: a job into FLARE's simulator, out to real sites, allowed at a site."""
 
 from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_simulate_parser", "add_compare_parser", "add_override_options"]
+from fedkper_monai.launch.overrides import add_override_options, check_overrides, overrides_from_args
+
+__all__ = ["add_simulate_parser"]
 
 _SIMULATE_EXAMPLE = """example:
   fedkper-monai simulate jobs/fedkper_demo -w /tmp/fedkper_demo -n 4 -t 4
@@ -12,30 +14,12 @@ _SIMULATE_EXAMPLE = """example:
 """
 
 
-def add_override_options(parser: argparse.ArgumentParser) -> None:
-    """The job settings a command may override (fields of ``SimulationOverrides``)."""
-    parser.add_argument("--rounds", type=int, help="override the number of rounds")
-    parser.add_argument("--sample-fraction", type=float, help="override the share of sites trained per round")
-    parser.add_argument("--local-epochs", type=int, help="override local epochs")
-    parser.add_argument("--seed", type=int, help="override the seed (sampling, initialization, shuffling)")
-    parser.add_argument(
-        "--validate-every", type=int, help="rounds between global-on-local validations of all sites (BwT); 0 disables"
-    )
-
-
-def _check_overrides(args: argparse.Namespace) -> None:
-    from fedkper_monai.flare.checks import check_ranges
-
-    check_ranges(rounds=args.rounds, sample_fraction=args.sample_fraction, local_epochs=args.local_epochs,
-                 validate_every=args.validate_every, seed=args.seed)
-
-
 def _check_simulate(args: argparse.Namespace) -> None:
     """Every setting of ``simulate``, before FLARE starts (well under a second; stdlib only)."""
-    from fedkper_monai.flare import checks
     from fedkper_monai.flare.jobspec import load_job
+    from fedkper_monai.launch import checks
 
-    _check_overrides(args)
+    check_overrides(args)
     checks.check_threads(args.threads)
     checks.check_workspace(args.workspace, args.overwrite)
     _meta, server, client = load_job(args.job)
@@ -51,16 +35,9 @@ def _check_simulate(args: argparse.Namespace) -> None:
 
 def _simulate(args: argparse.Namespace) -> int:
     _check_simulate(args)
-    from fedkper_monai.flare.simulate import SimulationOverrides, simulate
+    from fedkper_monai.launch.simulate import simulate
 
-    overrides = SimulationOverrides(
-        rounds=args.rounds,
-        data_root=args.data_root,
-        sample_fraction=args.sample_fraction,
-        local_epochs=args.local_epochs,
-        seed=args.seed,
-        validate_every=args.validate_every,
-    )
+    overrides = overrides_from_args(args, data_root=args.data_root)
     return simulate(args.job, args.workspace, args.n_clients, args.threads, overrides, verbose=args.verbose)
 
 
@@ -76,10 +53,10 @@ def _describe_network(job: str) -> str:
 def _check_export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from fedkper_monai.flare.checks import SettingError, check_job_fields, check_output
     from fedkper_monai.flare.jobspec import load_job
+    from fedkper_monai.launch.checks import SettingError, check_job_fields, check_output
 
-    _check_overrides(args)
+    check_overrides(args)
     check_output(args.out, args.overwrite)
     check_job_fields(args.job, *load_job(args.job)[1:])  # what each site and the server would refuse, now
     if args.network_from is None:
@@ -93,17 +70,10 @@ def _check_export(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> int:
     _check_export(args)
     from fedkper_monai.flare.jobspec import save_job_configs
-    from fedkper_monai.flare.simulate import SimulationOverrides, configure_job
     from fedkper_monai.io import atomic_directory
+    from fedkper_monai.launch.overrides import configure_job
 
-    overrides = SimulationOverrides(
-        rounds=args.rounds,
-        sample_fraction=args.sample_fraction,
-        local_epochs=args.local_epochs,
-        seed=args.seed,
-        validate_every=args.validate_every,
-    )
-    configs = configure_job(args.job, overrides, network_from=args.network_from)
+    configs = configure_job(args.job, overrides_from_args(args), network_from=args.network_from)
     with atomic_directory(args.out, overwrite=args.overwrite) as staging:
         save_job_configs(staging, *configs)
     print(f"wrote {args.out}: submit it with `nvflare job submit -j {args.out}`")
@@ -170,9 +140,3 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction) -> None:
     allow.add_argument("site_dir", help="site startup-kit folder or simulator workspace")
     allow.set_defaults(func=_allow)
 
-
-def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``compare`` (runs several algorithms on the same partition); implemented in compare.py."""
-    from fedkper_monai.flare.compare import add_parser
-
-    add_parser(subparsers)

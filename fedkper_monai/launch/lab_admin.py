@@ -1,4 +1,4 @@
-"""The admin side of ``deploy lab``, run inside the admin's namespace (``python -m fedkper_monai.flare.lab_admin
+"""The admin side of ``deploy lab``, run inside the admin's namespace (``python -m fedkper_monai.launch.lab_admin
 CONFIG``): start each participant from its kit in its own namespace, submit the job in ``ProdEnv`` with the admin
 kit, follow it, download the result, stop the participants. It reuses ``poc run``'s steps (:mod:`.poc`): only
 how a participant is started differs (``ip netns exec NS`` before its ``sub_start.sh``).
@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from fedkper_monai.errors import FedKPerError
-from fedkper_monai.flare.poc import Participants
+from fedkper_monai.flare.jobspec import controller_args
+from fedkper_monai.launch.poc import Participants
 
 __all__ = ["NamespacedParticipants", "main"]
 
@@ -35,7 +36,7 @@ class NamespacedParticipants(Participants):
 
 
 def _recipe(settings: dict) -> object:
-    from fedkper_monai.flare.recipe import FedKPerRecipe
+    from fedkper_monai.launch.recipe import FedKPerRecipe
 
     overrides = settings["overrides"]
     is_folder = Path(settings["job"]).is_dir()
@@ -44,14 +45,14 @@ def _recipe(settings: dict) -> object:
                            sample_fraction=overrides.get("sample_fraction"), local_epochs=overrides.get("local_epochs"),
                            seed=overrides.get("seed"), validate_every=overrides.get("validate_every"))
     if settings.get("min_task_timeout") is not None:
-        recipe.configs[1]["workflows"][0]["args"]["min_task_timeout"] = float(settings["min_task_timeout"])
+        controller_args(recipe.configs[1])["min_task_timeout"] = float(settings["min_task_timeout"])
     return recipe
 
 
 def run_admin(config: dict) -> int:
     """Steps 4 of :mod:`.lab`; returns 0 when the job completed."""
-    from fedkper_monai.flare import poc
-    from fedkper_monai.flare.simulate import RoundProgress, failed_site_lines
+    from fedkper_monai.launch import poc
+    from fedkper_monai.launch.simulate import RoundProgress, read_failed_sites
 
     settings = config["run"]
     kits = {name: Path(path) for name, path in config["kits"].items()}
@@ -72,7 +73,7 @@ def run_admin(config: dict) -> int:
         if status is None:
             raise FedKPerError(f"the server exited during job {job_id}; log: {run.workspace / 'logs' / 'server.log'}")
         result = poc._collect(session, job_id, run, kits)
-        failed = failed_site_lines(result / "workspace" / "metrics.jsonl")
+        failed = read_failed_sites(result / "workspace" / "metrics.jsonl")
         for line in failed:
             print(f"failed: {line['site']} in round {line['round']} ({line.get('task')}): {line.get('reason')}", flush=True)
         poc._print_site_errors(sorted({line["site"] for line in failed}), kits, job_id)
@@ -88,7 +89,7 @@ def run_admin(config: dict) -> int:
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     if len(arguments) != 1:
-        print("usage: python -m fedkper_monai.flare.lab_admin HELPER_JSON", file=sys.stderr)
+        print("usage: python -m fedkper_monai.launch.lab_admin HELPER_JSON", file=sys.stderr)
         return 2
     try:
         return run_admin(json.loads(Path(arguments[0]).read_text()))

@@ -6,7 +6,7 @@ same components): a recipe does not rebuild the job from Python objects, so ``jo
 recipe cannot drift apart. Example (``job.py``)::
 
     from nvflare.recipe import SimEnv
-    from fedkper_monai.flare.recipe import FedKPerRecipe
+    from fedkper_monai.launch.recipe import FedKPerRecipe
 
     recipe = FedKPerRecipe("fedkper", data_root="data/retina", num_rounds=50)
     run = recipe.execute(SimEnv(num_clients=20, num_threads=4, workspace_root="/tmp/fedkper"))
@@ -26,8 +26,8 @@ from nvflare.job_config.api import FedJob
 from nvflare.recipe.spec import Recipe
 
 from fedkper_monai.errors import FedKPerError
-from fedkper_monai.flare.checks import check_job_fields
-from fedkper_monai.flare.jobspec import JobSettings, job_configs, load_job, save_job_configs
+from fedkper_monai.flare.jobspec import JobSettings, controller_args, job_configs, load_job, save_job_configs
+from fedkper_monai.launch.checks import check_job_fields
 
 __all__ = ["FedKPerRecipe"]
 
@@ -49,11 +49,11 @@ class _SpecJob(FedJob):
         one OpenMP thread per site process on a small machine); returns its exit code.
 
         ``threads`` None, or equal to the number of sites (``SimEnv``'s default) when that many site processes
-        would not fit in this machine's memory: :func:`~fedkper_monai.flare.simulate.default_threads` (the sites
+        would not fit in this machine's memory: :func:`~fedkper_monai.launch.simulate.default_threads` (the sites
         trained per round), said on the console; the metrics are the same, the run slower.
         """
-        from fedkper_monai.flare.simulate import run_simulator
         from fedkper_monai.flare.workspace import allow_components
+        from fedkper_monai.launch.simulate import run_simulator
 
         if clients:
             expected = [f"site-{index}" for index in range(1, len(clients) + 1)]
@@ -73,9 +73,9 @@ class _SpecJob(FedJob):
 
     def _threads(self, n_clients: int, threads: int | None) -> int:
         """The simulator's ``-t``: ``threads`` unless it is unset or one process per site would not fit."""
-        from fedkper_monai.flare.simulate import default_threads
+        from fedkper_monai.launch.simulate import default_threads
 
-        fraction = float(self.configs[1]["workflows"][0]["args"].get("sample_fraction", 1.0))
+        fraction = float(controller_args(self.configs[1]).get("sample_fraction", 1.0))
         fitting = default_threads(n_clients, fraction)
         # SimEnv turns an unset num_threads into num_clients: both mean "one process per site" here, and at
         # ~0.6 GB a site process, 50 of them would exhaust a 24 GB machine (and every other run on it).
@@ -105,7 +105,7 @@ class FedKPerRecipe(Recipe):
 
     Raises:
         DataError: a field of the job the sites or the server would refuse (naming the job file and the field;
-            :func:`~fedkper_monai.flare.checks.check_job_fields`), before FLARE or any data is touched.
+            :func:`~fedkper_monai.launch.checks.check_job_fields`), before FLARE or any data is touched.
     """
 
     def __init__(
@@ -124,7 +124,7 @@ class FedKPerRecipe(Recipe):
         validate_every: int | None = None,
         min_clients: int | None = None,
     ) -> None:
-        from fedkper_monai.flare.simulate import SimulationOverrides, apply_overrides
+        from fedkper_monai.launch.overrides import JobOverrides, apply_overrides
 
         meta, server, client = _base_configs(algorithm, settings, job)
         # What the sites and the server would refuse, refused here before anything reads the job.
@@ -133,13 +133,13 @@ class FedKPerRecipe(Recipe):
             meta["name"] = name
         if min_clients is not None:
             meta["min_clients"] = int(min_clients)
-        overrides = SimulationOverrides(
+        overrides = JobOverrides(
             rounds=num_rounds, data_root=None if data_root is None else str(data_root), sample_fraction=sample_fraction,
             local_epochs=local_epochs, seed=seed, validate_every=validate_every,
         )
         apply_overrides(meta, server, client, overrides, network_from=network_from)
         self.algorithm = algorithm
-        self.num_rounds = int(server["workflows"][0]["args"]["num_rounds"])
+        self.num_rounds = int(controller_args(server)["num_rounds"])
         super().__init__(_SpecJob(meta, server, client))
 
     @property

@@ -7,7 +7,7 @@ Steps (each is also a FLARE command an operator runs by hand; README "Real sites
    server, N sites and an admin, the server on a port found free now;
 2. per kit: ``fedkper-monai allow`` and, per site, ``fedkper-monai site-config`` (its data, its device);
 3. each participant started as its own process (``startup/sub_start.sh --once``), logs in ``WS/logs/``;
-4. the job, a :class:`~fedkper_monai.flare.recipe.FedKPerRecipe` run in FLARE's ``ProdEnv`` with the admin kit
+4. the job, a :class:`~fedkper_monai.launch.recipe.FedKPerRecipe` run in FLARE's ``ProdEnv`` with the admin kit
    (as a study admin submits to real sites);
    progress printed per round; the result downloaded into ``WS/result/``;
 5. every process started here stopped, also on failure, timeout or Ctrl-C.
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from fedkper_monai.errors import FedKPerError
+from fedkper_monai.flare.jobspec import controller_args
 from fedkper_monai.io import atomic_write_json, atomic_write_text
 
 __all__ = ["PocRun", "free_port", "project_yaml", "poc_run"]
@@ -48,7 +49,7 @@ class PocRun:
     sites: int
     data_root: Path
     workspace: Path
-    overrides: Any = None  # SimulationOverrides (rounds, sample_fraction, local_epochs, seed, validate_every)
+    overrides: Any = None  # JobOverrides (rounds, sample_fraction, local_epochs, seed, validate_every)
     device: str | None = "cpu"
     timeout: float = 1800.0
     connect_timeout: float = 120.0
@@ -92,7 +93,7 @@ def _nvflare(*args: str, env: dict[str, str], log: Path, timeout: float = 120.0)
 
 def prepare(run: PocRun) -> dict[str, Path]:
     """Steps 1-2: the POC startup kits, allowed and configured; returns ``{participant: kit folder}``."""
-    from fedkper_monai.flare.siteconfig import write_site_config
+    from fedkper_monai.flare.local_choices import write_site_config
     from fedkper_monai.flare.workspace import allow_components
 
     sites = [f"site-{index}" for index in range(1, run.sites + 1)]
@@ -282,10 +283,11 @@ def _collect(session: Any, job_id: str, run: PocRun, kits: dict[str, Path]) -> P
 
 def poc_run(run: PocRun) -> int:
     """Run ``run`` end to end (module docstring); returns 0 when the job completed every round."""
-    from fedkper_monai.flare.recipe import FedKPerRecipe
-    from fedkper_monai.flare.simulate import RoundProgress, SimulationOverrides, failed_site_lines
+    from fedkper_monai.launch.overrides import JobOverrides
+    from fedkper_monai.launch.recipe import FedKPerRecipe
+    from fedkper_monai.launch.simulate import RoundProgress, read_failed_sites
 
-    overrides = run.overrides or SimulationOverrides()
+    overrides = run.overrides or JobOverrides()
     run.workspace.mkdir(parents=True, exist_ok=True)
     (run.workspace / "logs").mkdir(exist_ok=True)
     is_folder = Path(run.job).is_dir()
@@ -300,7 +302,7 @@ def poc_run(run: PocRun) -> int:
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, "PATH": path, "OMP_NUM_THREADS": threads, "FEDKPER_DATA_ROOT": str(run.data_root)}
     if run.min_task_timeout is not None:
-        recipe.configs[1]["workflows"][0]["args"]["min_task_timeout"] = float(run.min_task_timeout)
+        controller_args(recipe.configs[1])["min_task_timeout"] = float(run.min_task_timeout)
     session = None
     try:
         participants.start("server", kits["server"], env)
@@ -322,7 +324,7 @@ def poc_run(run: PocRun) -> int:
             print(f"job {job_id} continues the stopped job from its last completed round", flush=True)
             status = _wait_for_job(session, job_id, run, kits["server"], progress, participants)
         result = _collect(session, job_id, run, kits)
-        failed = failed_site_lines(result / "workspace" / "metrics.jsonl")
+        failed = read_failed_sites(result / "workspace" / "metrics.jsonl")
         for line in failed:
             print(f"failed: {line['site']} in round {line['round']} ({line.get('task')}): {line.get('reason')}")
         _print_site_errors(sorted({line["site"] for line in failed}), kits, job_id)
@@ -338,7 +340,7 @@ def poc_run(run: PocRun) -> int:
 def _print_site_errors(sites: list[str], kits: dict[str, Path], job_id: str) -> None:
     """A failed site's own first error, read from its log (a site sends the server only that it failed;
     in POC its log is on this machine)."""
-    from fedkper_monai.flare.process import first_error
+    from fedkper_monai.launch.process import first_error
 
     for site in sites:
         log = kits[site] / job_id / "log.txt"

@@ -10,10 +10,10 @@ __all__ = ["add_lab_parsers"]
 
 
 def _deploy_lab(args: argparse.Namespace) -> int:
-    from fedkper_monai.flare.checks import SettingError, check_ranges, check_site_count
+    from fedkper_monai.launch.checks import SettingError, check_site_count
+    from fedkper_monai.launch.overrides import check_overrides
 
-    check_ranges(rounds=args.rounds, sample_fraction=args.sample_fraction, local_epochs=args.local_epochs,
-                 validate_every=args.validate_every, seed=args.seed)
+    check_overrides(args)
     if args.sites < 1:
         raise SettingError("--sites", f"must be >= 1, got {args.sites}")
     if args.min_task_timeout is not None and not args.min_task_timeout > 0:
@@ -33,17 +33,20 @@ def _deploy_lab(args: argparse.Namespace) -> int:
         import shutil
 
         shutil.rmtree(workspace)
-    from fedkper_monai.flare.lab import LabRun, deploy_lab
+    from dataclasses import asdict
 
-    overrides = {"rounds": args.rounds, "sample_fraction": args.sample_fraction, "local_epochs": args.local_epochs,
-                 "seed": args.seed, "validate_every": args.validate_every}
+    from fedkper_monai.launch.lab import LabRun, deploy_lab
+    from fedkper_monai.launch.overrides import overrides_from_args
+
+    # A plain mapping: the lab's admin process reads it back from the run's JSON settings.
+    overrides = asdict(overrides_from_args(args))
     run = LabRun(job=args.job, sites=args.sites, data_root=data_root.resolve(), workspace=workspace.resolve(),
                  overrides=overrides, device=args.device, timeout=args.timeout, min_task_timeout=args.min_task_timeout)
     return deploy_lab(run)
 
 
 def _teardown(args: argparse.Namespace) -> int:
-    from fedkper_monai.flare.lab import teardown_recorded
+    from fedkper_monai.launch.lab import teardown_recorded
 
     left = teardown_recorded(Path(args.workspace))
     print(f"removed: {', '.join(left)}" if left else "nothing of this lab was left on this host")
@@ -51,14 +54,14 @@ def _teardown(args: argparse.Namespace) -> int:
 
 
 def _site_check(args: argparse.Namespace) -> int:
-    from fedkper_monai.flare.sitecheck import run_checks
+    from fedkper_monai.launch.sitecheck import run_checks
 
     return run_checks(Path(args.kit), job=args.job, timeout=args.timeout)
 
 
 def add_lab_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add ``deploy`` (with ``deploy lab``) and ``site`` (with ``site check``)."""
-    from fedkper_monai.flare.poc_cli import add_run_options
+    from fedkper_monai.launch.poc_cli import add_run_options
 
     deploy = subparsers.add_parser("deploy", help="run a job on a provisioned federation of separate (namespaced) hosts")
     commands = deploy.add_subparsers(dest="deploy_command", metavar="DEPLOY_COMMAND")

@@ -1,0 +1,1 @@
+"""The comparison runner: several algorithms on one prepared partition, seeds, bounds and resumption."""

@@ -1,0 +1,1 @@
+"""Starting FLARE: the simulator, POC and provisioned runs, the lab federation, their checks and commands."""
