@@ -3,7 +3,7 @@
 FLARE's simulator runs each simulated site in its own process. With ``-t`` equal to the number of sites every
 site process lives for the whole run; with fewer threads than sites the simulator starts a fresh process for
 each site turn (nvflare ``SimulatorClientRunner.do_one_task``) and the site rebuilds itself from its run folder
-(``tests/flare/test_threads.py`` checks that the metrics are the same). So memory grows with ``-t``, not with
+(``tests/system/test_threads.py`` checks that the metrics are the same). So memory grows with ``-t``, not with
 the number of sites. Two parts, on real data (``fedkper-monai prepare medmnist`` of
 ``../shared/data/brain_tumor_mri/brain_tumor_mri_28.npz`` into ``--sites`` sites, Dirichlet(``--alpha``),
 seed 0, in a temporary folder):

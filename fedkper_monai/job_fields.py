@@ -53,7 +53,7 @@ Schema = Mapping[str, Union["Schema", None]]
 #: What every network spec holds (``build_network``'s arguments).
 NETWORK_KEYS = ("name", "spatial_dims", "in_channels", "num_classes", "image_size")
 #: Every network ``build_network`` builds, with the spec keys it takes beyond :data:`NETWORK_KEYS`
-#: (``bundle``: this participant's own MONAI bundle). tests/flare/test_job_checks.py keeps it equal to
+#: (``bundle``: this participant's own MONAI bundle). tests/launch/test_job_checks.py keeps it equal to
 #: ``NETWORK_NAMES`` and the builders.
 NETWORKS: Mapping[str, tuple[str, ...]] = {
     "reference_cnn": (),
@@ -65,7 +65,7 @@ NETWORKS: Mapping[str, tuple[str, ...]] = {
 }
 #: The options of segmentation's ``sliding_window`` (``training/segmentation.py`` reads them from here).
 SLIDING_WINDOW_KEYS = ("roi_size", "sw_batch_size", "overlap", "mode")
-#: Each task's options (``make_task``'s keyword arguments); tests/flare/test_job_checks.py keeps them equal.
+#: Each task's options (``make_task``'s keyword arguments); tests/launch/test_job_checks.py keeps them equal.
 TASK_OPTIONS: Mapping[str, Schema] = {
     "classification": {},
     "segmentation": {"supervised_loss": None, "sliding_window": dict.fromkeys(SLIDING_WINDOW_KEYS)},

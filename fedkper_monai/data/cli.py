@@ -154,7 +154,12 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     from fedkper_monai.data.demo import ensure_demo_data
     from fedkper_monai.data.federation import format_summary
+    from fedkper_monai.errors import DataError
 
+    # The first existing folder on the way to --out must be a folder: a file there is the user's mistake, not a crash.
+    existing = next(parent for parent in (Path(args.root), *Path(args.root).parents) if parent.exists())
+    if not existing.is_dir():
+        raise DataError(existing, f"--out: {args.root} lies under a file, not a folder")
     root = ensure_demo_data(args.root, num_sites=args.num_sites, seed=args.seed, alpha=args.alpha, progress=args.progress)
     print(format_summary(json.loads((Path(root) / "summary.json").read_text(encoding="utf-8"))), end="")
     print(f"synthetic demo data (not medical images) ready in {root}")

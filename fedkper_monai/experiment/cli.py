@@ -43,6 +43,8 @@ def _check(args: argparse.Namespace) -> None:
         raise checks.SettingError("--retries", f"must be at least 0, got {args.retries}")
     for seed in _parse_seeds(args.seeds) if args.seeds is not None else []:
         checks.check_ranges(seed=seed)
+    if not Path(args.data_root).is_dir():
+        raise checks.SettingError("--data-root", f"{args.data_root}: no such folder (make one with `fedkper-monai prepare`)")
     if args.n_clients is not None:
         checks.check_site_count(args.n_clients, Path(args.data_root))
     from fedkper_monai.flare.jobspec import load_job

@@ -231,7 +231,7 @@ def test_the_readme_demo_is_quiet(tmp_path, capsys):
 def test_a_site_that_dies_at_start_ends_the_run_but_one_that_dies_later_does_not(tmp_path):
     """FLARE's line for a site process that is gone: at start (no task finished yet) the round would wait for
     it until the long first timeout, so the run starts again; mid-run the controller's failure handling
-    covers it (tests/flare/test_failing_sites.py kills a site on purpose)."""
+    covers it (tests/system/test_failing_sites.py kills a site on purpose)."""
     died = "2026 - SimulatorClientRunner - ERROR - Communication error with client site-3: [Errno 104] Connection reset by peer"
     at_start = f"import time\nprint({died!r}, flush=True)\ntime.sleep(60)\n"
     started = time.perf_counter()
