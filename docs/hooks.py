@@ -35,10 +35,15 @@ def load_schema() -> ModuleType:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Table-cell text: a pipe would end the cell, a ``*`` (``*_dice``) would start emphasis."""
+    return text.replace("|", "\\|").replace("*", "\\*").replace("\n", " ")
 
 
 def _table(rows: list[tuple[str, str, str]]) -> str:
+    """A field table; without kinds (the header's fields) it has no value column."""
+    if not any(kind for _, kind, _ in rows):
+        lines = ["| field | meaning |", "|---|---|"]
+        return "\n".join(lines + [f"| `{name}` | {_cell(meaning)} |" for name, _, meaning in rows])
     lines = ["| field | value | meaning |", "|---|---|---|"]
     lines += [f"| `{name}` | {_cell(kind)} | {_cell(meaning)} |" for name, kind, meaning in rows]
     return "\n".join(lines)
