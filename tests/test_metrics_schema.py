@@ -10,7 +10,7 @@ import pytest
 from fedkper_monai import metrics_schema as schema
 from fedkper_monai.metrics_schema import UnknownSiteFieldError, check_site_fields, names
 
-GOLDEN = Path(__file__).parent / "flare" / "fixtures" / "golden_fedkper_retina_3sites.jsonl"
+GOLDEN = Path(__file__).parent / "system" / "fixtures" / "golden_fedkper_retina_3sites.jsonl"
 
 # What a site sends today (the learner's train and validate results), named here once more on purpose:
 # a field added at the site without a schema line fails below.

@@ -86,7 +86,7 @@ def test_provisioning_with_our_builder_makes_kits_that_allow_our_components(tmp_
         assert set(allowed_classes()) <= set(allow_list) and "*" not in allow_list
 
 
-def test_the_readme_project_provisions_a_server_and_three_hospitals_that_allow_our_components(tmp_path):
+def test_the_real_sites_page_project_provisions_a_server_and_three_hospitals_that_allow_our_components(tmp_path):
     import re
     import subprocess
     import sys
@@ -94,8 +94,8 @@ def test_the_readme_project_provisions_a_server_and_three_hospitals_that_allow_o
 
     from fedkper_monai.flare.workspace import allowed_classes
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    (project,) = re.findall(r"```yaml\n(api_version: 3.*?)```", readme, flags=re.S)
+    page = (Path(__file__).resolve().parents[2] / "docs" / "real-sites.md").read_text(encoding="utf-8")
+    (project,) = re.findall(r"```yaml\n(api_version: 3.*?)```", page, flags=re.S)
     (tmp_path / "project.yml").write_text(project)
     done = subprocess.run([sys.executable, "-m", "nvflare.cli", "provision", "-p", "project.yml", "-w", str(tmp_path / "ws")],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)

@@ -61,13 +61,23 @@ def demo_run(tmp_path_factory):
     done = subprocess.run([sys.executable, "-m", "fedkper_monai.cli", *words[1:]], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return workspace, done.stdout, expected
+    return workspace, done.stdout, expected, done.stderr
 
 
 def test_the_demo_prints_the_readmes_table(demo_run):
-    _, printed, expected = demo_run
+    _, printed, expected, _ = demo_run
     assert len(expected) == 5, "the README's table lost rows"
     assert _table(printed) == expected, f"the demo printed\n{printed}\nthe README shows\n{expected}: update README.md"
+
+
+def test_the_demo_is_quiet_and_counts_rounds_as_its_table(demo_run):
+    workspace, printed, _, errors = demo_run
+    shown = (printed + errors).splitlines()
+    assert len(shown) < 30, shown  # FLARE's own output goes to simulator.log
+    assert not [line for line in shown if "Traceback" in line or "eprecat" in line]
+    progress = [line.split(";")[0] for line in shown if line.startswith("round ") and " of " in line]
+    assert progress == [f"round {k} done ({k + 1} of 5" for k in range(5)]  # numbered as the table numbers them
+    assert (workspace / "simulator.log").stat().st_size > 0
 
 
 def _model_blocks() -> list[str]:
@@ -77,7 +87,7 @@ def _model_blocks() -> list[str]:
 
 
 def test_the_models_pages_commands_run_on_the_demo_as_written(demo_run, tmp_path):
-    workspace, _, _ = demo_run
+    workspace, _, _, _ = demo_run
     blocks = _model_blocks()
     assert len(blocks) == 3, "the sample inputs, evaluate, and predict + bundle export + monai.bundle run"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}

@@ -215,19 +215,6 @@ def test_verbose_output_drops_only_known_flare_deprecation_lines(tmp_path, capsy
     assert len((tmp_path / "sim.log").read_text().splitlines()) == 3, "the log keeps every line"
 
 
-@pytest.mark.slow
-def test_the_readme_demo_is_quiet(tmp_path, capsys):
-    workspace = tmp_path / "demo"
-    assert main(["simulate", DEMO, "-w", str(workspace), "-n", "4", "-t", "4"]) == 0
-    captured = capsys.readouterr()
-    shown = (captured.out + captured.err).splitlines()
-    assert len(shown) < 30, shown
-    assert not [line for line in shown if "Traceback" in line or "eprecat" in line]
-    assert [line.split(";")[0] for line in shown if line.startswith("round ") and " of " in line] == [
-        f"round {k} done ({k + 1} of 5" for k in range(5)]  # numbered as the table below numbers them
-    assert (workspace / "simulator.log").stat().st_size > 0
-
-
 def test_a_site_that_dies_at_start_ends_the_run_but_one_that_dies_later_does_not(tmp_path):
     """FLARE's line for a site process that is gone: at start (no task finished yet) the round would wait for
     it until the long first timeout, so the run starts again; mid-run the controller's failure handling
