@@ -90,27 +90,30 @@ def _load_bundle(bundle_dir: Path, class_names: Sequence[str] | None = None, tru
         raise FedKPerError(f"{config_path}: cannot build the bundle's network or preprocessing: {error}") from None
     check_state_dict(network, weights, source=str(bundle_dir / "models" / "model.pt"))
     network.load_state_dict(weights)
-    data_format = (parser.get("_meta_", {}) or {}).get("network_data_format") or {}
-    image_format = data_format.get("inputs", {}).get("image", {})
-    # Ours name the classes; a bundle from elsewhere may not: then the datalist's names, else the indices
-    # (set by predict from the network's outputs).
-    own_names = parser.get("class_names") or list((parser.get("_meta_", {}) or {}).get("pred_classes", {}).values())
-    names = own_names or class_names or []
-    outputs = (data_format.get("outputs", {}).get("pred", {}) or {}).get("num_channels")
+    meta = parser.get("_meta_", {}) or {}
+    image_format = (meta.get("network_data_format") or {}).get("inputs", {}).get("image", {})
+    own_names, num_classes = _bundle_classes(parser.get("class_names"), meta)
     return LoadedModel(
         network=network,
         preprocessing=preprocessing,
-        class_names=[str(n) for n in names],
+        # A bundle from elsewhere may name no classes: then the datalist's names, else the indices (set by predict).
+        class_names=[str(n) for n in own_names or class_names or []],
         in_channels=int(image_format.get("num_channels") or 0),
         image_size=[int(s) for s in image_format.get("spatial_shape") or []] or None,
         source=str(bundle_dir),
-        num_classes=len(own_names) if own_names else _positive_int(outputs),
+        num_classes=num_classes,
     )
 
 
-def _positive_int(value: Any) -> int | None:
-    """A metadata count as an int; None when it is not a positive integer (a bundle's metadata is its author's)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+def _bundle_classes(config_names: Any, meta: Mapping[str, Any]) -> tuple[list[Any], int | None]:
+    """A bundle's own class names (ours: ``class_names`` in the config; MONAI's: ``pred_classes`` in the metadata)
+    and how many outputs it says it has (the names, else ``network_data_format.outputs.pred.num_channels``)."""
+    names = list(config_names or (meta.get("pred_classes") or {}).values())
+    if names:
+        return names, len(names)
+    outputs = ((meta.get("network_data_format") or {}).get("outputs", {}).get("pred") or {}).get("num_channels")
+    # The metadata is its author's data: a count only when it is a positive integer.
+    return [], outputs if isinstance(outputs, int) and not isinstance(outputs, bool) and outputs > 0 else None
 
 
 def _with_dummy_label(pipeline: Callable) -> Callable[[dict], Mapping[str, Any]]:
