@@ -64,7 +64,7 @@ def resolve_transforms_config(name_or_path: str | os.PathLike) -> Path:
     """
     text = str(name_or_path)
     if text == "bundle":
-        from fedkper_monai.bundle.importing import local_bundle_config
+        from fedkper_monai.site_bundle import local_bundle_config
 
         return local_bundle_config()
     candidate = Path(text).expanduser()

@@ -7,7 +7,9 @@
 - :mod:`~fedkper_monai.bundle.inference`: ``fedkper-monai predict`` (a bundle or a state dict, batches, CSV).
 - :mod:`~fedkper_monai.bundle.evaluation`: ``fedkper-monai evaluate`` (accuracy, balanced accuracy, per-class
   recall, confusion matrix).
-- :mod:`~fedkper_monai.bundle.importing`: a site's local MONAI bundle as network and preprocessing.
+
+A site's own bundle as its network and transforms (``$FEDKPER_BUNDLE_ROOT``, a job naming ``"bundle"``) is read
+by :mod:`fedkper_monai.site_bundle`, below this package, because data and training need it too.
 
 Nothing here is imported by the package at start-up; the CLI imports these modules when a command runs.
 """

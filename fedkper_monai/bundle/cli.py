@@ -109,27 +109,22 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace, class_names: list[str] | None):
-    from fedkper_monai.bundle.inference import load_model, parse_network_spec
+def _model_and_inputs(args: argparse.Namespace, inputs: str):
+    """The model, then the inputs read against the class count it declares (a plain MONAI datalist names none)."""
+    from fedkper_monai.bundle.inference import load_inputs, load_model, parse_network_spec
 
     network = parse_network_spec(args.network) if args.network else None
-    return load_model(args.model, run_dir=args.run, network=network, transforms=args.transforms, class_names=class_names,
-                      trust_bundle=args.trust_bundle)
-
-
-def _check_classes(model, datalist_names: list[str] | None, source: str) -> None:
-    from fedkper_monai.errors import FedKPerError
-
-    if datalist_names is not None and model.class_names and len(datalist_names) != len(model.class_names):
-        raise FedKPerError(f"{source}: {len(datalist_names)} classes, the model has {len(model.class_names)} outputs")
+    model = load_model(args.model, run_dir=args.run, network=network, transforms=args.transforms, trust_bundle=args.trust_bundle)
+    entries, names = load_inputs(inputs, split=args.split, num_classes=model.num_classes)
+    if names and not model.class_names:
+        model.class_names = list(names)  # a model that names no classes takes the datalist's names
+    return model, entries
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from fedkper_monai.bundle.inference import load_inputs, predict, write_predictions_csv
+    from fedkper_monai.bundle.inference import predict, write_predictions_csv
 
-    entries, names = load_inputs(args.images, split=args.split)
-    model = _load(args, names)
-    _check_classes(model, names, args.images)
+    model, entries = _model_and_inputs(args, args.images)
     probabilities = predict(model, entries, batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
     write_predictions_csv(args.out, entries, probabilities, model.class_names)
     print(f"wrote {len(entries)} predictions of {model.source} to {args.out}")
@@ -138,12 +133,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from fedkper_monai.bundle.evaluation import classification_metrics, save_confusion_matrix
-    from fedkper_monai.bundle.inference import load_inputs, predict, write_predictions_csv
+    from fedkper_monai.bundle.inference import predict, write_predictions_csv
     from fedkper_monai.io import atomic_directory
 
-    entries, names = load_inputs(args.datalist, split=args.split)
-    model = _load(args, names)
-    _check_classes(model, names, args.datalist)
+    model, entries = _model_and_inputs(args, args.datalist)
     probabilities = predict(model, entries, batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
     labels = [int(entry["label"]) for entry in entries]
     metrics = classification_metrics(labels, probabilities.argmax(axis=1), model.class_names)

@@ -233,7 +233,7 @@ def _export_into_local_bundle(source: ModelSource, weights: dict, out: Path, ove
 
     import torch
 
-    from fedkper_monai.bundle.importing import build_bundle_network, local_bundle_root
+    from fedkper_monai.site_bundle import build_bundle_network, local_bundle_root
 
     root = local_bundle_root()
     spec = {key: value for key, value in source.network.items() if key != "name"}

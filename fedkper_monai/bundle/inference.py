@@ -36,10 +36,13 @@ class LoadedModel:
     Attributes:
         network: maps ``(N, in_channels, *image_size)`` to logits ``(N, len(class_names))``.
         preprocessing: maps ``{"image": path}`` to ``{"image": float tensor (C, *spatial)}``.
-        class_names: one per output.
+        class_names: one per output; empty while neither the model nor the data names them (``predict``
+            then names them by index).
         in_channels: channels the network takes.
         image_size: spatial size the network takes, or None when any size works.
         source: where it came from (for messages).
+        num_classes: the outputs the model says it has (a bundle's class names or its metadata's
+            ``network_data_format.outputs.pred.num_channels``, a state dict's network spec); None when it does not say.
     """
 
     network: nn.Module
@@ -48,6 +51,7 @@ class LoadedModel:
     in_channels: int
     image_size: list[int] | None
     source: str
+    num_classes: int | None = None
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -86,18 +90,30 @@ def _load_bundle(bundle_dir: Path, class_names: Sequence[str] | None = None, tru
         raise FedKPerError(f"{config_path}: cannot build the bundle's network or preprocessing: {error}") from None
     check_state_dict(network, weights, source=str(bundle_dir / "models" / "model.pt"))
     network.load_state_dict(weights)
-    image_format = ((parser.get("_meta_", {}) or {}).get("network_data_format") or {}).get("inputs", {}).get("image", {})
-    # Ours name the classes; a bundle from elsewhere may not: then the datalist's names, else the indices
-    # (set by predict from the network's outputs).
-    names = parser.get("class_names") or list((parser.get("_meta_", {}) or {}).get("pred_classes", {}).values()) or class_names or []
+    meta = parser.get("_meta_", {}) or {}
+    image_format = (meta.get("network_data_format") or {}).get("inputs", {}).get("image", {})
+    own_names, num_classes = _bundle_classes(parser.get("class_names"), meta)
     return LoadedModel(
         network=network,
         preprocessing=preprocessing,
-        class_names=[str(n) for n in names],
+        # A bundle from elsewhere may name no classes: then the datalist's names, else the indices (set by predict).
+        class_names=[str(n) for n in own_names or class_names or []],
         in_channels=int(image_format.get("num_channels") or 0),
         image_size=[int(s) for s in image_format.get("spatial_shape") or []] or None,
         source=str(bundle_dir),
+        num_classes=num_classes,
     )
+
+
+def _bundle_classes(config_names: Any, meta: Mapping[str, Any]) -> tuple[list[Any], int | None]:
+    """A bundle's own class names (ours: ``class_names`` in the config; MONAI's: ``pred_classes`` in the metadata)
+    and how many outputs it says it has (the names, else ``network_data_format.outputs.pred.num_channels``)."""
+    names = list(config_names or (meta.get("pred_classes") or {}).values())
+    if names:
+        return names, len(names)
+    outputs = ((meta.get("network_data_format") or {}).get("outputs", {}).get("pred") or {}).get("num_channels")
+    # The metadata is its author's data: a count only when it is a positive integer.
+    return [], outputs if isinstance(outputs, int) and not isinstance(outputs, bool) and outputs > 0 else None
 
 
 def _with_dummy_label(pipeline: Callable) -> Callable[[dict], Mapping[str, Any]]:
@@ -156,15 +172,28 @@ def load_model(
     check_state_dict(net, weights, source=str(path))
     net.load_state_dict(weights)
     pipeline = build_transforms(transforms or "classification_2d", image_size=spec.get("image_size"))
-    names = list(class_names or [str(i) for i in range(int(spec["num_classes"]))])
-    return LoadedModel(net, _with_dummy_label(pipeline), names, int(spec["in_channels"]), spec.get("image_size"), str(path))
+    # Named by its run; else by the caller (the datalist's names) or, at predict, by index.
+    names = list(class_names or [])
+    return LoadedModel(net, _with_dummy_label(pipeline), names, int(spec["in_channels"]), spec.get("image_size"), str(path),
+                       num_classes=int(spec["num_classes"]))
 
 
-def load_inputs(images: str | os.PathLike, split: str = "test") -> tuple[list[dict], list[str] | None]:
+def load_inputs(
+    images: str | os.PathLike, split: str = "test", *, num_classes: int | None = None
+) -> tuple[list[dict], list[str] | None]:
     """Entries ``{"image", "id"[, "label"]}`` from a folder of images or a datalist JSON (its ``split`` list).
+
+    Args:
+        images: the folder or the datalist.
+        split: the datalist's list to read.
+        num_classes: the model's class count (:attr:`LoadedModel.num_classes`): a datalist without
+            ``num_classes`` (a plain MONAI datalist) takes it; one whose ``num_classes`` differs is refused.
 
     Returns:
         the entries and the datalist's class names (None for a folder).
+
+    Raises:
+        DataError: naming the file and the field (``num_classes`` of a datalist that disagrees with the model).
     """
     from fedkper_monai.data import load_datalist
 
@@ -174,7 +203,7 @@ def load_inputs(images: str | os.PathLike, split: str = "test") -> tuple[list[di
         if not files:
             raise DataError(path, f"no image files ({', '.join(IMAGE_SUFFIXES)})")
         return [{"image": str(p), "id": str(p.relative_to(path))} for p in files], None
-    datalist = load_datalist(path)
+    datalist = load_datalist(path, num_classes=num_classes)
     entries = datalist.entries(split)
     if not entries:
         raise DataError(path, f"the {split!r} list is empty", field=split)

@@ -8,7 +8,8 @@ A run folder is the simulator workspace (``fedkper-monai simulate JOB -w RUN``):
     RUN/site-N/<job>/personalized_model.pt         site-N's personalized model (a state dict)
     RUN/site-N/<job>/app_site-N/config/config_fed_client.json   learner args: network spec, transforms
 
-The server's job folder itself (the one holding ``metrics.jsonl``) is accepted as ``RUN`` for the global model.
+The server's job folder itself (the one holding ``metrics.jsonl``) is accepted as ``RUN`` for the global model;
+which ``metrics.jsonl`` is the run's is :func:`fedkper_monai.run_files.server_job_dir`'s rule (exactly one).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from fedkper_monai.errors import FedKPerError
+from fedkper_monai.metrics_schema import METRICS_FILE
+from fedkper_monai.run_files import server_job_dir
 
-__all__ = ["ModelSource", "locate_model", "read_run_header", "server_job_dir", "site_job_dir", "last_train_line"]
+__all__ = ["ModelSource", "locate_model", "read_run_header", "site_job_dir", "last_train_line"]
 
-METRICS_FILE = "metrics.jsonl"
 GLOBAL_MODEL_FILE = "global_model.pt"
 PERSONALIZED_MODEL_FILE = "personalized_model.pt"  # training.site.CHECKPOINT_FILE (not imported: that pulls torch)
 DEFAULT_TRANSFORMS = "classification_2d"  # training.site.SiteConfig.transforms
@@ -52,19 +54,6 @@ class ModelSource:
     class_names: list[str]
     run: dict[str, Any] = field(default_factory=dict)
     run_dir: Path = Path(".")
-
-
-def server_job_dir(run_dir: str | os.PathLike) -> Path:
-    """The server's job folder (the one with ``metrics.jsonl``) of a run folder, or the folder itself."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise FedKPerError(f"{run}: run folder not found")
-    if (run / METRICS_FILE).is_file():
-        return run
-    found = sorted(path.parent for path in (run / "server").glob(f"*/{METRICS_FILE}"))
-    if not found:
-        raise FedKPerError(f"{run}: not a FedKPer run folder (no server/<job>/{METRICS_FILE}); pass the -w folder of `fedkper-monai simulate`")
-    return found[0]
 
 
 def site_job_dir(run_dir: str | os.PathLike, site: str) -> Path:

@@ -102,7 +102,7 @@ def _site_mapping(text: str) -> tuple[str, str]:
 
 
 def _print_summary(summary: dict[str, Any], out: str) -> int:
-    from fedkper_monai.data.federation import format_summary
+    from fedkper_monai.data.summary import format_summary
 
     print(format_summary(summary), end="")
     held_out = len(summary.get("holdout_sites") or {})
@@ -138,10 +138,11 @@ def _run_manifest(args: argparse.Namespace) -> int:
 
 
 def _run_segmentation_manifest(args: argparse.Namespace) -> int:
-    from fedkper_monai.data.sources.segmentation import format_segmentation_summary, import_segmentation_manifest
+    from fedkper_monai.data.sources.segmentation import import_segmentation_manifest
+    from fedkper_monai.data.summary import format_summary
 
     summary = import_segmentation_manifest(args.manifest, args.out, class_names=args.class_names, settings=_settings(args))
-    print(format_segmentation_summary(summary), end="")
+    print(format_summary(summary), end="")
     held_out = len(summary.get("holdout_sites") or {})
     extra = f", {held_out} held-out site(s) (holdout-*.json)" if held_out else ""
     print(f"wrote {summary['num_sites']} segmentation site datalists{extra}, global lists and summary.* to {args.out}")
@@ -153,7 +154,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fedkper_monai.data.demo import ensure_demo_data
-    from fedkper_monai.data.federation import format_summary
+    from fedkper_monai.data.summary import format_summary
     from fedkper_monai.errors import DataError
 
     # The first existing folder on the way to --out must be a folder: a file there is the user's mistake, not a crash.

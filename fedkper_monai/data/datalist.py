@@ -90,13 +90,20 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def load_datalist(path: str | os.PathLike, *, check_files: bool = True) -> Datalist:
+def load_datalist(path: str | os.PathLike, *, check_files: bool = True, num_classes: int | None = None) -> Datalist:
     """Read and validate a datalist JSON.
 
     Checks the schema (``num_classes``, ``class_names`` of that length, list types, required keys),
     that every image exists (when ``check_files``), labels in ``[0, num_classes)`` and ids unique across
     all lists of the file (the one exception: ``global_val.json`` repeats its
     ``validation`` entries unchanged under ``test``). Relative image paths are resolved against the JSON's folder.
+
+    Args:
+        path: the JSON file.
+        check_files: check that every image (and label map) exists.
+        num_classes: the class count of the model the list is for (``predict``, ``evaluate`` with a bundle
+            that knows its classes): taken when the file has no ``num_classes`` (a plain MONAI datalist);
+            a file's ``num_classes`` that differs is an error.
 
     Raises:
         DataError: naming the file and the field, e.g. ``site-1.json: training[3].label: ...``.
@@ -111,9 +118,7 @@ def load_datalist(path: str | os.PathLike, *, check_files: bool = True) -> Datal
     if not isinstance(raw, dict):
         raise DataError(json_path, f"top level must be an object, got {type(raw).__name__}")
 
-    num_classes = raw.get("num_classes")
-    if not _is_int(num_classes) or num_classes < 1:
-        raise DataError(json_path, f"must be a positive integer, got {num_classes!r}", field="num_classes")
+    num_classes = _class_count(json_path, raw.get("num_classes"), num_classes)
     class_names = raw.get("class_names", [str(c) for c in range(num_classes)])
     if not isinstance(class_names, list) or not all(isinstance(n, str) for n in class_names):
         raise DataError(json_path, "must be a list of strings", field="class_names")
@@ -165,6 +170,17 @@ def load_datalist(path: str | os.PathLike, *, check_files: bool = True) -> Datal
         task=task,
         **lists,
     )
+
+
+def _class_count(json_path: Path, declared: Any, known: int | None) -> int:
+    """The file's ``num_classes``, else the model's (``known``); the two must agree when both are given."""
+    if declared is None and known is not None:
+        return int(known)
+    if not _is_int(declared) or declared < 1:
+        raise DataError(json_path, f"must be a positive integer, got {declared!r}", field="num_classes")
+    if known is not None and declared != known:
+        raise DataError(json_path, f"is {declared}, but the model has {known} classes (outputs)", field="num_classes")
+    return declared
 
 
 def _same_in_val_and_test(first: str, where: str, item: dict, seen_entries: dict[str, dict]) -> bool:

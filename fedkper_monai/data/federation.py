@@ -1,6 +1,7 @@
 """The federation writer: rows from any source -> per-site datalists, global lists and summaries.
 
-Every importer (``sources/npz.py``, ``sources/folders.py``, ``sources/manifest.py``) and the demo data hand
+Every importer (``sources/npz.py``, ``sources/folders.py``, ``sources/manifest.py``, ``sources/segmentation.py``)
+and the demo data hand
 a :class:`Catalog` (one :class:`Row` per sample, plus what the datalists need to say about the images) and
 one :class:`~fedkper_monai.data.import_settings.ImportSettings` to this module, which carves the global splits, partitions the training pool over
 the sites and writes one output folder, built whole in a staging folder and moved into place at the end
@@ -13,11 +14,11 @@ the sites and writes one output folder, built whole in a staging folder and move
     DIR/global_test.json                   the global test set, under "test"
     DIR/global_val.json                    the global validation set, under "validation" and again under "test"
                                            (so it can be evaluated exactly like a test list)
-    DIR/summary.json, DIR/summary.txt      per-site class counts
+    DIR/summary.json, DIR/summary.txt      per-site counts (:mod:`fedkper_monai.data.summary`)
     DIR/images/<split>/<id>.png|.nii.gz    images written by the importer, shared by all datalists
 
-Every datalist carries num_classes, class_names, spatial_dims and image_size. Ids are unique across all
-files of one output (``train-000123``, ``test-000045``, ...).
+Every datalist carries num_classes, class_names, spatial_dims and image_size (a segmentation catalog's also
+``"task": "segmentation"``). Ids are unique across all files of one output (``train-000123``, ``test-000045``, ...).
 
 Errors name the Python parameter that is wrong in ``DataError.field`` (``num_sites``, ``out``, ...); the
 ``prepare`` command turns it into the flag (``--sites``, ``--out``, ...).
@@ -35,8 +36,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from fedkper_monai.data import partition as partitioners
-from fedkper_monai.data.datalist import class_counts, write_datalist
+from fedkper_monai.data.datalist import write_datalist
 from fedkper_monai.data.import_settings import ImportSettings, check_site_name
+from fedkper_monai.data.summary import format_summary, split_counts
 from fedkper_monai.errors import DataError
 from fedkper_monai.io import atomic_directory, atomic_write_json, atomic_write_text
 
@@ -46,7 +48,6 @@ __all__ = [
     "Catalog",
     "FederationPlan",
     "Row",
-    "format_summary",
     "import_catalog",
     "open_output",
     "plan_federation",
@@ -64,7 +65,7 @@ class Row:
 
     Attributes:
         id: unique id across the whole output (becomes the datalist ``id``).
-        label: class index.
+        label: class index (segmentation: the case's dominant foreground class, the partition's stratum).
         image: the image file as the source found it ("" when the source writes the image itself).
         split: ``"train"``, ``"val"`` or ``"test"`` when the source says; None to carve the global splits.
         site: the natural site (a manifest's ``site`` column); None for a Dirichlet/IID partition.
@@ -89,9 +90,12 @@ class Catalog:
         source: where the data came from (for the summary and errors).
         info: facts for ``summary.json`` in the order they appear there (``importer``, ...); the writer
             adds or fills ``partition``, ``alpha`` and ``min_samples``.
-        place_images: called with the staging folder once the plan holds; returns one image path per row
-            (written, copied under ``images/`` or left in place).
+        place_images: called with the staging folder once the plan holds; returns per row the image path
+            (written, copied under ``images/`` or left in place) or, for a task whose labels are files, the
+            entry's fields besides ``id`` (segmentation: ``image``, ``label`` and ``class_voxels``).
         channels: 1 or 3 when every image is converted to it (``--channels``); None keeps them as stored.
+        task: ``"segmentation"`` for label maps (the datalists declare it; the summary counts cases and voxels);
+            None for classification.
     """
 
     rows: Sequence[Row]
@@ -100,8 +104,9 @@ class Catalog:
     image_size: Sequence[int] | None
     source: str
     info: Mapping[str, Any]
-    place_images: Callable[[Path], Sequence[str]]
+    place_images: Callable[[Path], Sequence[str | Mapping[str, Any]]]
     channels: int | None = None
+    task: str | None = None
 
 
 @dataclass(frozen=True)
@@ -275,7 +280,7 @@ def import_catalog(out: str | os.PathLike, catalog: Catalog, settings: ImportSet
 
 def _write_site(
     folder: Path, k: int, members: np.ndarray, pool: list[dict], labels: np.ndarray, common: dict, *,
-    settings: ImportSettings, plan: FederationPlan, source: str, name: str,
+    settings: ImportSettings, plan: FederationPlan, source: str, name: str, task: str | None,
 ) -> dict:
     """Write ``<name>.json`` (stratified local split of its members; a held-out site's samples all under
     ``test``); return its summary entry."""
@@ -299,8 +304,8 @@ def _write_site(
         **({"source_site": source_site} if source_site else {}),
         "num_train": len(training),
         "num_test": len(local_test),
-        "train_counts": class_counts(training, common["num_classes"]),
-        "test_counts": class_counts(local_test, common["num_classes"]),
+        "train_counts": split_counts(training, common["num_classes"], task),
+        "test_counts": split_counts(local_test, common["num_classes"], task),
     }
 
 
@@ -318,6 +323,13 @@ def _write_global_lists(folder: Path, validation: list[dict], test: list[dict], 
         )
 
 
+def _entry(row: Row, placed: str | Mapping[str, Any]) -> dict[str, Any]:
+    """A row's datalist entry: its placed image with its class, or a dense task's placed fields, and its id."""
+    if isinstance(placed, str):
+        return {"image": placed, "label": int(row.label), "id": row.id}
+    return {"image": placed["image"], "label": placed["label"], "id": row.id, **{k: v for k, v in placed.items() if k not in ("image", "label")}}
+
+
 def write_federation(folder: Path, catalog: Catalog, plan: FederationPlan, settings: ImportSettings) -> dict:
     """Place the images, then write site datalists, global lists and the summary into ``folder``.
 
@@ -327,22 +339,23 @@ def write_federation(folder: Path, catalog: Catalog, plan: FederationPlan, setti
     Returns:
         the summary dict (also written to ``summary.json`` / ``summary.txt``).
     """
-    paths = catalog.place_images(folder)
-    entries = [{"image": path, "label": int(row.label), "id": row.id} for row, path in zip(catalog.rows, paths)]
+    entries = [_entry(row, placed) for row, placed in zip(catalog.rows, catalog.place_images(folder))]
     pool, validation, test = ([entries[i] for i in plan.splits[s]] for s in SPLITS)
-    num_classes = len(catalog.class_names)
+    num_classes, task = len(catalog.class_names), catalog.task
     common = dict(
         num_classes=num_classes,
         class_names=list(catalog.class_names),
         spatial_dims=catalog.spatial_dims,
         image_size=list(catalog.image_size) if catalog.image_size is not None else None,
         **({"channels": catalog.channels} if catalog.channels is not None else {}),
+        **({"task": task} if task else {}),
     )
     source = catalog.source or str(folder)
-    labels = np.asarray([int(e["label"]) for e in pool], dtype=np.int64)
+    # The local splits are stratified by the rows' labels (a segmentation case's dominant class).
+    labels = np.asarray([int(catalog.rows[i].label) for i in plan.splits["train"]], dtype=np.int64)
     names = site_names(plan, settings, source)
     written = {
-        name: _write_site(folder, k, members, pool, labels, common, settings=settings, plan=plan, source=source, name=name)
+        name: _write_site(folder, k, members, pool, labels, common, settings=settings, plan=plan, source=source, name=name, task=task)
         for k, (name, members) in enumerate(zip(names, plan.sites))
     }
     summary_sites = {name: entry for name, entry in written.items() if not name.startswith("holdout-")}
@@ -359,34 +372,9 @@ def write_federation(folder: Path, catalog: Catalog, plan: FederationPlan, setti
         "num_sites": len(summary_sites),
         "sites": summary_sites,
         **({"holdout_sites": holdout_sites} if holdout_sites else {}),
-        "global_val_counts": class_counts(validation, num_classes),
-        "global_test_counts": class_counts(test, num_classes),
+        "global_val_counts": split_counts(validation, num_classes, task),
+        "global_test_counts": split_counts(test, num_classes, task),
     }
     atomic_write_json(folder / "summary.json", summary)
     atomic_write_text(folder / "summary.txt", format_summary(summary))
     return summary
-
-
-def format_summary(summary: Mapping[str, Any]) -> str:
-    """Readable per-site class-count table: training count per class, local test count in brackets."""
-    names = summary["class_names"]
-    rows: list[tuple[str, str, str, list[str]]] = []
-    for name, site in summary["sites"].items():
-        cells = [f"{a}({b})" if b else str(a) for a, b in zip(site["train_counts"], site["test_counts"])]
-        rows.append((name, str(site["num_train"]), str(site["num_test"]), cells))
-    for label, key in (("global_val", "global_val_counts"), ("global_test", "global_test_counts")):
-        counts = summary[key]
-        rows.append((label, str(sum(counts)), "", [str(c) for c in counts]))
-    width = max([len(str(i)) for i in range(len(names))] + [len(c) for r in rows for c in r[3]]) + 1
-    lines = [
-        f"source: {summary.get('source', '')}",
-        f"partition: {summary.get('partition', '')}  alpha: {summary.get('alpha', '')}  seed: {summary['seed']}  "
-        f"sites: {summary['num_sites']}  classes: {len(names)}  spatial_dims: {summary['spatial_dims']}  "
-        f"image_size: {summary['image_size']}",
-        "classes: " + ", ".join(f"{i}={n}" for i, n in enumerate(names)),
-        "per-site counts: training per class (local test in brackets)",
-        f"{'site':<12}{'train':>7}{'test':>6} " + "".join(f"{i:>{width}}" for i in range(len(names))),
-    ]
-    for name, train, test, cells in rows:
-        lines.append(f"{name:<12}{train:>7}{test:>6} " + "".join(f"{c:>{width}}" for c in cells))
-    return "\n".join(lines) + "\n"

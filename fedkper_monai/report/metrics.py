@@ -1,6 +1,5 @@
 """Reduce loaded runs (:mod:`fedkper_monai.report.runs`) to comparable numbers: summaries, series, checks.
 
-The loading names are re-exported here for callers that import them from this module.
 Only the standard library is used here, so summarizing never pulls in matplotlib.
 """
 
@@ -13,16 +12,11 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from fedkper_monai.metrics_schema import site_sort_key
-from fedkper_monai.report.runs import METRICS_FILE_NAME, RunMetrics, find_metrics_file, load_run, load_runs
+from fedkper_monai.report.runs import RunMetrics
 
 __all__ = [
-    "METRICS_FILE_NAME",
     "SUMMARY_COLUMNS",
     "SummaryColumn",
-    "RunMetrics",
-    "find_metrics_file",
-    "load_run",
-    "load_runs",
     "summarize",
     "summarize_by_algorithm",
     "stability",
@@ -31,7 +25,6 @@ __all__ = [
     "final_site_accuracies",
     "mean_per_class_forgetting",
     "sampling_mismatches",
-    "site_sort_key",
     "metric_word",
     "for_metric",
     "column_title",

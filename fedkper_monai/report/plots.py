@@ -22,16 +22,16 @@ from typing import Callable, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from fedkper_monai.metrics_schema import site_sort_key
 from fedkper_monai.report.metrics import (
-    RunMetrics,
     final_site_accuracies,
     for_metric,
     mean_per_class_forgetting,
     metric_word,
     round_series,
-    site_sort_key,
     summarize,
 )
+from fedkper_monai.report.runs import RunMetrics
 
 __all__ = [
     "PlotSpec",

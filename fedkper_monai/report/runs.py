@@ -25,10 +25,9 @@ from typing import Any, Iterable, Mapping
 
 from fedkper_monai import metrics_schema as schema
 from fedkper_monai.errors import DataError
+from fedkper_monai.run_files import find_metrics_file
 
-__all__ = ["METRICS_FILE_NAME", "RunMetrics", "find_metrics_file", "load_run", "load_runs"]
-
-METRICS_FILE_NAME = schema.METRICS_FILE
+__all__ = ["RunMetrics", "load_run", "load_runs"]
 
 # Kinds checked when a field is present and not null, per line kind (from the schema).
 _SITE_KINDS = schema.site_line_kinds()
@@ -118,33 +117,6 @@ class RunMetrics:
         return max(lengths, default=0)
 
 
-def find_metrics_file(run_dir: str | os.PathLike) -> Path:
-    """Find the one ``metrics.jsonl`` at or anywhere below ``run_dir``.
-
-    FLARE workspaces nest it (``RUN_DIR/server/simulate_job/app_server/metrics.jsonl``), so the search
-    is recursive. ``run_dir`` may also be the ``metrics.jsonl`` file itself.
-
-    Raises:
-        DataError: ``run_dir`` does not exist, holds no ``metrics.jsonl``, or holds several.
-    """
-    root = Path(run_dir)
-    if root.is_file():
-        if root.name == METRICS_FILE_NAME:
-            return root
-        raise DataError(root, f"expected a run folder or a {METRICS_FILE_NAME} file")
-    if not root.is_dir():
-        raise DataError(root, "run folder not found")
-    found = sorted(path for path in root.rglob(METRICS_FILE_NAME) if path.is_file())
-    if not found:
-        raise DataError(root, f"no {METRICS_FILE_NAME} found in this run folder or below it "
-                              "(is it a finished FLARE run folder?)")
-    if len(found) > 1:
-        listed = ", ".join(str(path.relative_to(root)) for path in found)
-        raise DataError(root, f"{len(found)} {METRICS_FILE_NAME} files found below it ({listed}); "
-                              "pass each run's own folder")
-    return found[0]
-
-
 def _check_types(path: Path, line_number: int, row: Mapping[str, Any]) -> None:
     where = f"line {line_number}"
     round_index = row.get("round")
@@ -193,7 +165,8 @@ def load_run(run_dir: str | os.PathLike, *, label: str | None = None) -> RunMetr
     """Load one run.
 
     Args:
-        run_dir: the run folder (searched recursively for ``metrics.jsonl``) or the file itself.
+        run_dir: the run folder, the server's job folder or the ``metrics.jsonl`` file itself
+            (:func:`fedkper_monai.run_files.find_metrics_file`: exactly one ``metrics.jsonl``).
         label: the run's name in tables and plots; defaults to the run folder's name (its parent's for a
             ``compare`` folder ``<algorithm>/seed<k>``).
 

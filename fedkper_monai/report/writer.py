@@ -17,17 +17,16 @@ from fedkper_monai.errors import FedKPerError
 from fedkper_monai.io import atomic_directory, atomic_write_bytes, atomic_write_text
 from fedkper_monai.report.metrics import (
     SUMMARY_COLUMNS,
-    RunMetrics,
     column_meaning,
     column_title,
     for_metric,
-    load_runs,
     metric_word,
     sampling_mismatches,
     summarize,
     summarize_by_algorithm,
 )
 from fedkper_monai.report.paired import PAIRED_METRICS, paired_cell, paired_counts
+from fedkper_monai.report.runs import RunMetrics, load_runs
 
 __all__ = ["write_report", "summary_csv_text", "format_value", "report_markdown", "setting_notes"]
 

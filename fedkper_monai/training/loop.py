@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedkper_monai.training.strategies import LocalStrategy
-from fedkper_monai.training.tasks import ClassificationTask, Task
+from fedkper_monai.training.task_base import Task
+from fedkper_monai.training.tasks import ClassificationTask
+from fedkper_monai.training.teacher_logits import TeacherLogits, batch_ids
 
 __all__ = [
     "select_device",
@@ -183,56 +185,22 @@ def train_local(
         teacher.eval()
     strategy.begin_round(model, teacher)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    cache: dict[str, torch.Tensor] | None = {} if (cache_teacher_logits and strategy.uses_teacher) else None
+    teacher_logits = TeacherLogits(teacher if strategy.uses_teacher else None, cache=cache_teacher_logits, use_amp=use_amp)
 
     start = time.perf_counter()
     model.train()
-    steps = teacher_passes = 0
-    samples_per_epoch = 0
+    steps = samples_per_epoch = 0
     loss_sum = 0.0
     loss_count = 0
     for epoch in range(epochs):
         epoch_samples = 0
         for batch in loader:
             images, targets = _batch_tensors(batch, device, task)
-            teacher_logits = None
-            if strategy.uses_teacher:
-                assert teacher is not None  # guaranteed: uses_teacher implies needs_global_model
-                if cache is None:
-                    teacher_logits = _teacher_forward(teacher, images, use_amp)
-                    teacher_passes += 1
-                else:
-                    ids = _batch_ids(batch, len(targets))
-                    if epoch == 0:
-                        repeated = [sample_id for sample_id in ids if sample_id in cache]
-                        if repeated or len(set(ids)) != len(ids):
-                            shown = repeated[0] if repeated else next(i for i in ids if ids.count(i) > 1)
-                            raise ValueError(
-                                f"sample id {shown!r} appears twice in one epoch: teacher-logit caching needs "
-                                "unique ids (or pass cache_teacher_logits=False)"
-                            )
-                    if all(sample_id in cache for sample_id in ids):
-                        teacher_logits = torch.stack([cache[sample_id] for sample_id in ids])
-                    else:
-                        teacher_logits = _teacher_forward(teacher, images, use_amp)
-                        teacher_passes += 1
-                        cache.update(zip(ids, teacher_logits))
-
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(images)
-            # The objectives are computed in fp32: softmax/KL in fp16 loses the small teacher probabilities.
-            loss = strategy.loss(logits.float(), targets, teacher_logits, model)
-            scaler.scale(loss).backward()
-            if max_grad_norm is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-
+            loss = _step(model, images, targets, teacher_logits(batch, images, epoch), strategy, optimizer, scaler,
+                         use_amp=use_amp, max_grad_norm=max_grad_norm)
             steps += 1
             epoch_samples += len(targets)
-            loss_sum += loss.item() * len(targets)
+            loss_sum += loss * len(targets)
             loss_count += len(targets)
         if epoch_samples == 0:
             raise ValueError("train_local: the loader yielded no samples (empty training split)")
@@ -244,7 +212,7 @@ def train_local(
         num_samples=samples_per_epoch,
         mean_loss=loss_sum / loss_count,
         seconds=time.perf_counter() - start,
-        teacher_forward_passes=teacher_passes,
+        teacher_forward_passes=teacher_logits.forward_passes,
         stats=strategy.stats(),
     )
 
@@ -327,7 +295,7 @@ def evaluate(
             # Per sample (a dense case: its voxel mean), summed over the batch.
             per_unit = F.cross_entropy(logits, targets, reduction="none")
             loss_sum += per_unit.reshape(per_unit.shape[0], -1).mean(dim=1).sum().item()
-            ids.extend(_batch_ids(batch, len(targets), start=len(ids)))
+            ids.extend(batch_ids(batch, len(targets), start=len(ids)))
             labels.append(targets.cpu())
             predictions.append(task.predictions(logits).cpu())
     finally:
@@ -350,9 +318,31 @@ def evaluate(
     )
 
 
-def _teacher_forward(teacher: nn.Module, images: torch.Tensor, use_amp: bool) -> torch.Tensor:
-    with torch.no_grad(), torch.autocast(device_type=images.device.type, dtype=torch.float16, enabled=use_amp):
-        return teacher(images).float()
+def _step(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    strategy: LocalStrategy,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    *,
+    use_amp: bool,
+    max_grad_norm: float | None,
+) -> float:
+    """One optimizer step on one batch; returns the batch's mean loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=images.device.type, dtype=torch.float16, enabled=use_amp):
+        logits = model(images)
+    # The objectives are computed in fp32: softmax/KL in fp16 loses the small teacher probabilities.
+    loss = strategy.loss(logits.float(), targets, teacher_logits, model)
+    scaler.scale(loss).backward()
+    if max_grad_norm is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.item()
 
 
 def _batch_tensors(batch: Mapping[str, Any], device: torch.device, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
@@ -367,17 +357,3 @@ def _batch_tensors(batch: Mapping[str, Any], device: torch.device, task: Task) -
     targets = task.targets(targets, images.shape[0])
     non_blocking = device.type == "cuda"
     return images.to(device, non_blocking=non_blocking).float(), targets.to(device, non_blocking=non_blocking)
-
-
-def _batch_ids(batch: Mapping[str, Any], batch_size: int, start: int | None = None) -> list[str]:
-    """The batch's sample ids as strings; positional ids from ``start`` when the batch has none."""
-    if "id" in batch:
-        raw = batch["id"]
-        # Integer ids collate into a tensor; str(tensor(3)) would be "tensor(3)".
-        ids = [str(sample_id) for sample_id in (raw.tolist() if isinstance(raw, torch.Tensor) else raw)]
-        if len(ids) != batch_size:
-            raise ValueError(f"batch has {len(ids)} ids for {batch_size} samples")
-        return ids
-    if start is None:
-        raise ValueError("teacher-logit caching needs an 'id' per sample in every batch")
-    return [str(start + offset) for offset in range(batch_size)]

@@ -202,7 +202,7 @@ def build_network(
     spec.update({key: value for key, value in (("image_size", image_size), ("features", features)) if value is not None})
     check_network(spec, source="network spec", field="")
     if name == "bundle":  # this participant's own MONAI bundle ($FEDKPER_BUNDLE_ROOT), never a path from the job
-        from fedkper_monai.bundle.importing import build_bundle_network
+        from fedkper_monai.site_bundle import build_bundle_network
 
         return build_bundle_network(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
     if name == "reference_cnn":

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from fedkper_monai.algorithm import VoxelFlipTracker
 from fedkper_monai.algorithm.dense_loss import SUPERVISED_LOSSES, supervised_loss
 from fedkper_monai.job_fields import SLIDING_WINDOW_KEYS
-from fedkper_monai.training.tasks import Task
+from fedkper_monai.training.task_base import Task
 
 __all__ = ["SegmentationTask", "dice_per_case", "foreground_histogram"]
 

@@ -80,6 +80,19 @@ def test_global_export_and_refusals(laid_out_run, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["global"]  # no staging folder left behind
 
 
+def test_a_run_folder_with_two_server_jobs_is_refused(laid_out_run, tmp_path, capsys):
+    # Two jobs' metrics.jsonl below one folder: exporting the first one found would be a guess.
+    run = tmp_path / "ws"
+    shutil.copytree(laid_out_run, run)
+    shutil.copytree(run / "server" / "simulate_job", run / "server" / "another_job")
+    assert main(["bundle", "export", "--run", str(run), "--global", "--out", str(tmp_path / "b")]) == 2
+    error = capsys.readouterr().err
+    assert f"{run}: 2 metrics.jsonl files found below it (server/another_job/metrics.jsonl, server/simulate_job/metrics.jsonl)" in error
+    assert not (tmp_path / "b").exists()
+    # The job folder itself names one run.
+    assert main(["bundle", "export", "--run", str(run / "server" / "simulate_job"), "--global", "--out", str(tmp_path / "b")]) == 0
+
+
 @pytest.mark.parametrize("name", ["reference_cnn", "resnet10", "densenet121"])
 def test_network_def_is_the_same_network(name):
     spec = dict(RETINA_NETWORK, name=name, image_size=[28, 28] if name == "reference_cnn" else [32, 32])

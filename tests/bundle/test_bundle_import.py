@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedkper_monai.bundle.importing import BUNDLE_ROOT_ENV
+from fedkper_monai.site_bundle import BUNDLE_ROOT_ENV
 from fedkper_monai.cli import main
 from fedkper_monai.errors import FedKPerError
 from fedkper_monai.training.networks import build_network
@@ -50,7 +50,7 @@ def test_network_and_preprocessing_come_from_the_local_bundle(user_bundle, retin
 
 def test_a_job_cannot_name_a_bundle_path(user_bundle, monkeypatch):
     monkeypatch.setenv(BUNDLE_ROOT_ENV, str(user_bundle))
-    from fedkper_monai.bundle.importing import build_bundle_network
+    from fedkper_monai.site_bundle import build_bundle_network
 
     with pytest.raises(FedKPerError, match="may not name a bundle"):
         build_bundle_network(**{k: v for k, v in BUNDLE_NETWORK.items() if k != "name"}, bundle_root="/tmp/evil")

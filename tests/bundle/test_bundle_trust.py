@@ -107,7 +107,7 @@ def test_what_is_not_an_import():
 
 def test_the_sites_own_bundle_is_trusted(tmp_path, monkeypatch):
     """$FEDKPER_BUNDLE_ROOT is the site operator's bundle, set in their environment: not checked."""
-    from fedkper_monai.bundle.importing import BUNDLE_ROOT_ENV, build_bundle_network
+    from fedkper_monai.site_bundle import BUNDLE_ROOT_ENV, build_bundle_network
 
     configs = tmp_path / "site_bundle" / "configs"
     configs.mkdir(parents=True)

@@ -112,3 +112,43 @@ def test_corrupt_image_names_the_file(bundle, tmp_path, capsys):
 def test_a_folder_that_is_not_a_bundle(tmp_path, retina_federation, capsys):
     assert main(["predict", "--model", str(tmp_path), "--images", str(retina_federation / "site-1.json"), "--out", str(tmp_path / "p.csv")]) == 2
     assert "not a MONAI bundle" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a plain MONAI datalist: the bundle knows its classes
+def _monai_datalist(federation, out, **header):
+    """site-1's test list as a MONAI user writes one: entries only (absolute paths), plus ``header``."""
+    test = [{"image": e["image"], "label": e["label"], "id": e["id"]} for e in load_datalist(federation / "site-1.json").test]
+    out.write_text(json.dumps({**header, "test": test}))
+    return out
+
+
+def test_predict_and_evaluate_take_the_class_count_from_the_bundle(bundle, retina_federation, tmp_path):
+    datalist = _monai_datalist(retina_federation, tmp_path / "plain.json")  # no num_classes, no class_names
+    names = json.loads((bundle / "configs" / "inference.json").read_text())["class_names"]
+    assert main(["predict", "--model", str(bundle), "--images", str(datalist), "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 0
+    rows = read_csv(tmp_path / "p.csv")
+    assert len(rows) == len(load_datalist(retina_federation / "site-1.json").test)
+    assert list(rows[0])[4:4 + len(names)] == [f"prob_{n}" for n in names]
+    assert main(["evaluate", "--model", str(bundle), "--datalist", str(datalist), "--out", str(tmp_path / "e"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["num_samples"] == len(rows)
+
+
+def test_a_bundle_without_class_names_counts_its_outputs_from_metadata(bundle, retina_federation, tmp_path):
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    del config["class_names"]
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    del metadata["pred_classes"]
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))  # outputs.pred.num_channels stays: 5
+    datalist = _monai_datalist(retina_federation, tmp_path / "plain.json")
+    assert main(["evaluate", "--model", str(bundle), "--datalist", str(datalist), "--out", str(tmp_path / "e"), "--no-progress"]) == 0
+    assert len(json.loads((tmp_path / "e" / "metrics.json").read_text())["per_class_recall"]) == 5
+
+
+def test_a_datalist_whose_class_count_disagrees_with_the_bundle(bundle, retina_federation, tmp_path, capsys):
+    datalist = _monai_datalist(retina_federation, tmp_path / "four.json", num_classes=4)
+    assert main(["predict", "--model", str(bundle), "--images", str(datalist), "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert f"{datalist}: num_classes: is 4, but the model has 5 classes" in error and "Traceback" not in error
+    assert main(["evaluate", "--model", str(bundle), "--datalist", str(datalist), "--out", str(tmp_path / "e"), "--no-progress"]) == 2
+    assert "num_classes: is 4" in capsys.readouterr().err and not (tmp_path / "e").exists()

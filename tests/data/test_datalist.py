@@ -66,6 +66,27 @@ def test_test_only_file_is_valid(tmp_path, images):
     assert datalist.training == [] and len(datalist.test) == 1
 
 
+def test_the_model_gives_the_class_count_of_a_plain_monai_datalist(tmp_path, images):
+    doc = _doc(images)
+    del doc["num_classes"], doc["class_names"]
+    path = _write(tmp_path, doc)
+    with pytest.raises(DataError, match="num_classes: must be a positive integer, got None"):
+        load_datalist(path)  # nothing says how many classes there are
+    datalist = load_datalist(path, num_classes=3)
+    assert datalist.num_classes == 3 and datalist.class_names == ["0", "1", "2"]
+    with pytest.raises(DataError, match=r"training\[1\].label: label 1 is out of range \[0, 1\)"):
+        load_datalist(path, num_classes=1)  # the model's count still bounds the labels
+
+
+def test_a_class_count_that_disagrees_with_the_model(tmp_path, images):
+    path = _write(tmp_path, _doc(images))
+    assert load_datalist(path, num_classes=3).num_classes == 3
+    with pytest.raises(DataError) as caught:
+        load_datalist(path, num_classes=5)
+    assert caught.value.path == str(path) and caught.value.field == "num_classes"
+    assert "is 3, but the model has 5 classes" in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "change, field, words",
     [

@@ -96,11 +96,11 @@ def test_label_skew_by_dominant_foreground_class(tmp_path, mni_cases):
             assert entry["class_voxels"] == np.bincount(truth.ravel(), minlength=3).tolist()
             seen.append(entry["id"])
         if name.startswith("site"):
-            by_class = summary["sites"][name]["train"]["cases_by_dominant_class"]
+            by_class = summary["sites"][name]["train_counts"]["cases_by_dominant_class"]
             assert by_class == [sum(dominant_of[e["image"]] == c for e in datalist.training) for c in (1, 2)]
     assert sorted(seen) == sorted(image.as_posix() for image, _, _ in cases)  # each case once
     # Dirichlet(0.1) over the dominant class: the sites' compositions differ strongly.
-    shares = [summary["sites"][s]["train"]["cases_by_dominant_class"] for s in ("site-1", "site-2")]
+    shares = [summary["sites"][s]["train_counts"]["cases_by_dominant_class"] for s in ("site-1", "site-2")]
     assert {int(np.argmax(s)) for s in shares} == {0, 1}, shares
     assert all(max(s) >= 0.7 * sum(s) for s in shares), shares
     # Deterministic under the seed.
@@ -123,6 +123,22 @@ def test_a_site_column_gives_natural_sites_whose_cases_load(tmp_path, mni_cases)
     assert histogram == np.sum([e["class_voxels"][1:] for e in site.training], axis=0).tolist()
     sample = build_transforms("segmentation_3d", image_size=[16] * 3, augment=False, overrides={"eval_size": [SIDE] * 3})(site.training[0])
     assert tuple(sample["image"].shape) == (1, SIDE, SIDE, SIDE) and tuple(sample["label"].shape) == (1, SIDE, SIDE, SIDE)
+
+
+def test_one_summary_layout_for_both_tasks(tmp_path, mni_cases, retina_federation):
+    # One writer: a segmentation summary has the keys of a classification one (values: case compositions).
+    _, cases = mni_cases
+    csv = _manifest(tmp_path / "cases.csv", [(image, label) for image, label, _ in cases])
+    assert _prepare(csv, tmp_path / "seg", "--sites", "4", "--holdout-sites", "1", "--partition", "iid", "--min-samples", "2") == 0
+    seg = json.loads((tmp_path / "seg" / "summary.json").read_text())
+    classification = json.loads((retina_federation / "summary.json").read_text())
+    assert {"sites", "global_val_counts", "global_test_counts", "num_sites", "partition", "seed"} <= set(seg) & set(classification)
+    for site in [*seg["sites"].values(), *seg["holdout_sites"].values()]:
+        assert set(site) == set(next(iter(classification["sites"].values()))) == {"num_train", "num_test", "train_counts", "test_counts"}
+    assert seg["holdout_sites"]["holdout-1"]["num_train"] == 0 and not (tmp_path / "seg" / "site-4.json").exists()
+    listed = sum(s["train_counts"]["cases"] + s["test_counts"]["cases"] for s in [*seg["sites"].values(), *seg["holdout_sites"].values()])
+    assert listed + seg["global_val_counts"]["cases"] + seg["global_test_counts"]["cases"] == len(cases)
+    assert "holdout-1" in (tmp_path / "seg" / "summary.txt").read_text()
 
 
 def _refused(capsys, csv: Path, out: Path, field: str, file: Path, message: str, *extra: str) -> None:

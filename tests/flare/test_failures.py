@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fedkper_monai.flare.failures import SiteFailures, build_failure_lines
-from fedkper_monai.report.metrics import load_run
+from fedkper_monai.report.runs import load_run
 
 
 def test_timeout_is_finite_and_sized_from_the_slowest_answer():

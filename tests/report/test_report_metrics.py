@@ -16,13 +16,12 @@ from fedkper_monai.errors import DataError
 from fedkper_monai.report.metrics import (
     SUMMARY_COLUMNS,
     final_site_accuracies,
-    load_run,
-    load_runs,
     mean_per_class_forgetting,
     sampling_mismatches,
     summarize,
     summarize_by_algorithm,
 )
+from fedkper_monai.report.runs import load_run, load_runs
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FEDKPER = FIXTURES / "runs" / "fedkper"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fedkper_monai.report.metrics import final_site_accuracies, load_run, mean_per_class_forgetting, metric_word
+from fedkper_monai.report.metrics import final_site_accuracies, mean_per_class_forgetting, metric_word
+from fedkper_monai.report.runs import load_run
 from fedkper_monai.report.plots import CURVES, plot_curve, plot_per_site_accuracy, plot_tradeoff, render_plots
 from fedkper_monai.report.writer import write_report
 

@@ -19,7 +19,8 @@ import pytest
 
 from fedkper_monai.cli import main
 from fedkper_monai.flare.jobspec import controller_args, load_job, save_job_configs
-from fedkper_monai.report.metrics import load_run, summarize
+from fedkper_monai.report.metrics import summarize
+from fedkper_monai.report.runs import load_run
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ from fedkper_monai.flare.jobspec import load_job, save_job_configs, site_args
 from fedkper_monai.flare.metrics import ROUND_FIELDS, SITE_TRAIN_FIELDS
 from fedkper_monai.flare.workspace import allowed_classes
 from fedkper_monai.launch.simulate import find_metrics
-from fedkper_monai.report.metrics import load_run, summarize
+from fedkper_monai.report.metrics import summarize
+from fedkper_monai.report.runs import load_run
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,12 @@ over image labels in classification; so at small alpha a site holds mostly cases
 (e.g. grey-matter-rich crops at one site, white-matter-rich ones at another). A ``site`` column gives the natural
 partition instead (real hospitals), as for classification manifests.
 
-Output: the same files as every ``prepare`` (``site-k.json`` or the site column's names, ``holdout-k.json``,
-``global_test.json``, ``global_val.json``, ``summary.json``/``.txt``); the datalists declare
+Output: the same files as every ``prepare``, written by the same writer
+(:func:`~fedkper_monai.data.federation.write_federation`: ``site-k.json`` or the site column's names,
+``holdout-k.json``, ``global_test.json``, ``global_val.json``, ``summary.json``/``.txt``); the datalists declare
 ``"task": "segmentation"`` and each entry carries ``class_voxels`` (voxels per class, background first), from
-which a site computes its label diversity without reading its label maps again.
+which a site computes its label diversity without reading its label maps again. The summary's ``*_counts`` are
+the lists' compositions (:mod:`fedkper_monai.data.summary`) and ``max_case_size`` the largest case.
 """
 
 from __future__ import annotations
@@ -30,15 +32,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fedkper_monai.data import partition as partitioners
-from fedkper_monai.data.datalist import write_datalist
-from fedkper_monai.data.federation import Catalog, FederationPlan, Row, open_output, plan_federation, site_names
+from fedkper_monai.data.federation import Catalog, Row, import_catalog
 from fedkper_monai.data.import_settings import ImportSettings
 from fedkper_monai.data.sources.headers import check_image_header
 from fedkper_monai.data.sources.manifest import _read_csv, _site_and_split
 from fedkper_monai.data.volumes import check_case, read_volume
 from fedkper_monai.errors import DataError
-from fedkper_monai.io import atomic_write_json, atomic_write_text
 
 __all__ = ["import_segmentation_manifest"]
 
@@ -164,21 +163,25 @@ def import_segmentation_manifest(
     cases = [_check_row(rec, i, columns, len(class_names), dims, csv_path, settings) for i, rec in enumerate(records)]
     _check_unique(cases, csv_path)
     patch = _patch_size(cases, settings, dims, csv_path)
-    info = {"importer": "manifest", "task": "segmentation", "stratified_by": "dominant foreground class"}
-    catalog = Catalog([c.row for c in cases], list(class_names), dims, patch, str(csv_path), info, lambda folder: [])
-    plan = plan_federation(catalog, settings)
-    with open_output(out, settings.overwrite) as folder:
-        return _write(folder, catalog, plan, cases, settings)
+    info = {
+        "importer": "manifest", "task": "segmentation", "stratified_by": "dominant foreground class",
+        # The largest case: an evaluation eval_size at least this large keeps whole volumes (sliding window).
+        "max_case_size": [int(s) for s in np.max([c.shape[:dims] for c in cases], axis=0)],
+    }
+    catalog = Catalog([c.row for c in cases], list(class_names), dims, patch, str(csv_path), info,
+                      lambda folder: _place(cases, folder, settings.copy), task="segmentation")
+    return import_catalog(out, catalog, settings)
 
 
 def _place(cases: Sequence[_Case], folder: Path, copy: bool) -> list[dict[str, Any]]:
-    """Datalist entries of the cases; with ``copy`` the files (or DICOM folders) go under ``images/`` and ``labels/``."""
+    """The cases' entry fields (all but ``id``); with ``copy`` the files (or DICOM folders) go under ``images/`` and
+    ``labels/``."""
     entries = []
     for i, case in enumerate(cases):
         image, label = case.row.image, case.label
         if copy:
             image, label = (_copy(source, folder / kind / f"{i:06d}-{Path(source).name}") for kind, source in (("images", image), ("labels", label)))
-        entries.append({"image": image, "label": label, "id": case.row.id, "class_voxels": list(case.class_voxels)})
+        entries.append({"image": image, "label": label, "class_voxels": list(case.class_voxels)})
     return entries
 
 
@@ -189,77 +192,3 @@ def _copy(source: str, target: Path) -> str:
     else:
         shutil.copy2(source, target)
     return str(target)
-
-
-def _composition(entries: Sequence[dict[str, Any]], num_classes: int) -> dict[str, Any]:
-    """Cases per dominant foreground class and each foreground class's share of the foreground voxels."""
-    dominant = [0] * num_classes
-    voxels = np.zeros(num_classes, dtype=np.int64)
-    for entry in entries:
-        counts = np.asarray(entry["class_voxels"], dtype=np.int64)
-        dominant[int(np.argmax(counts[1:])) + 1] += 1
-        voxels += counts
-    foreground = voxels[1:].sum()
-    shares = [round(float(v / foreground), 4) if foreground else 0.0 for v in voxels[1:]]
-    return {"cases": len(entries), "cases_by_dominant_class": dominant[1:], "foreground_voxel_share": shares}
-
-
-def _write(folder: Path, catalog: Catalog, plan: FederationPlan, cases: Sequence[_Case], settings: ImportSettings) -> dict:
-    """Write the site datalists, the global lists and the summary into the staging ``folder``."""
-    entries = _place(cases, folder, settings.copy)
-    pool, validation, test = ([entries[i] for i in plan.splits[s]] for s in ("train", "val", "test"))
-    strata = np.asarray([cases[i].row.label for i in plan.splits["train"]], dtype=np.int64)
-    num_classes = len(catalog.class_names)
-    common = dict(num_classes=num_classes, class_names=list(catalog.class_names), spatial_dims=catalog.spatial_dims,
-                  image_size=list(catalog.image_size or []), task="segmentation")
-    sites: dict[str, Any] = {}
-    for k, (name, members) in enumerate(zip(site_names(plan, settings, catalog.source), plan.sites)):
-        source_site = {"source_site": plan.source_sites[k]} if plan.source_sites else {}
-        if k in plan.holdout:  # never trains: all of it is unseen
-            train_idx, test_idx = members[:0], members
-        else:
-            train_idx, test_idx = partitioners.stratified_local_split(members, strata, settings.local_test_fraction, settings.seed + k)
-            if train_idx.size == 0:
-                raise DataError(catalog.source, f"{name} has no training cases after the local split", field=name)
-        training, local_test = [pool[i] for i in train_idx], [pool[i] for i in test_idx]
-        write_datalist(folder / f"{name}.json", training=training, test=local_test, extra={"site": name, **source_site}, **common)
-        sites[name] = {**source_site, "num_train": len(training), "num_test": len(local_test),
-                       "train": _composition(training, num_classes), "test": _composition(local_test, num_classes)}
-    if test:
-        write_datalist(folder / "global_test.json", test=test, extra={"site": "global_test"}, **common)
-    if validation:
-        write_datalist(folder / "global_val.json", validation=validation, test=validation,
-                       extra={"site": "global_val", "_comment_": "'test' repeats 'validation' so it evaluates like a test list"}, **common)
-    trained = {name: site for name, site in sites.items() if not name.startswith("holdout-")}
-    held = {name: site for name, site in sites.items() if name.startswith("holdout-")}
-    summary = {
-        "source": catalog.source, **catalog.info, "partition": plan.partition,
-        "alpha": settings.alpha if plan.partition == "dirichlet" else None, "min_samples": settings.min_samples,
-        "seed": settings.seed, "local_test_fraction": settings.local_test_fraction, **common,
-        # The largest case: an evaluation eval_size at least this large keeps whole volumes (sliding window).
-        "max_case_size": [int(s) for s in np.max([c.shape[: catalog.spatial_dims] for c in cases], axis=0)],
-        "num_sites": len(trained), "sites": trained, **({"holdout_sites": held} if held else {}),
-        "global_val": _composition(validation, num_classes), "global_test": _composition(test, num_classes),
-    }
-    atomic_write_json(folder / "summary.json", summary)
-    atomic_write_text(folder / "summary.txt", format_segmentation_summary(summary))
-    return summary
-
-
-def format_segmentation_summary(summary: dict[str, Any]) -> str:
-    """Readable per-site table: cases (local test), cases by dominant class, foreground voxel shares."""
-    names = summary["class_names"][1:]
-    lines = [
-        f"source: {summary['source']}",
-        f"task: segmentation  partition: {summary['partition']}  alpha: {summary['alpha']}  seed: {summary['seed']}  "
-        f"sites: {summary['num_sites']}  classes: {', '.join(summary['class_names'])}  patch: {summary['image_size']}  "
-        f"largest case: {summary['max_case_size']}",
-        f"per site: training cases (local test), training cases by dominant class [{', '.join(names)}], "
-        "foreground voxel share per class",
-    ]
-    groups = {**summary["sites"], **summary.get("holdout_sites", {})}
-    groups.update({"global_val": {"train": summary["global_val"]}, "global_test": {"train": summary["global_test"]}})
-    for name, site in groups.items():
-        cases = f"{site['num_train']} ({site['num_test']})" if "num_train" in site else str(site["train"]["cases"])
-        lines.append(f"{name:<14}{cases:>10}  {site['train']['cases_by_dominant_class']}  {site['train']['foreground_voxel_share']}")
-    return "\n".join(lines) + "\n"

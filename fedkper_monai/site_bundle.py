@@ -1,4 +1,8 @@
-"""Federate a MONAI bundle: its ``network_def`` and ``preprocessing``, FedKPer's objective and aggregation.
+"""This participant's own MONAI bundle: its ``network_def`` and ``preprocessing``, federated with FedKPer.
+
+Ground floor (no import of data/, training/ or bundle/; torch and MONAI load inside the calls): the site's
+transforms (:mod:`fedkper_monai.transform_configs`), its network (:mod:`fedkper_monai.training.networks`) and
+``export`` of a bundle-trained run (:mod:`fedkper_monai.bundle.export`) all read the bundle through here.
 
 A job selects "this participant's bundle" by name only::
 
