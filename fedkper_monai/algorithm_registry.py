@@ -21,7 +21,7 @@ from types import MappingProxyType
 __all__ = ["Algorithm", "ALGORITHMS", "WEIGHTINGS", "SITE_MODELS", "get_algorithm", "strategy_defaults"]
 
 WEIGHTINGS = ("score", "samples")
-"""Server weightings: FedKPer's score (DESIGN section 1) or FedAvg's sample counts."""
+"""Server weightings: FedKPer's score (docs/design.md, The reference setting) or FedAvg's sample counts."""
 
 SITE_MODELS = ("global", "personal", "own")
 """What a site keeps between rounds; see :attr:`Algorithm.site_model`."""
@@ -75,7 +75,7 @@ class Algorithm:
 
 
 _BASELINES = (
-    # tau = 1, lambda_max = 10: the paper's setting (DESIGN section 1).
+    # tau = 1, lambda_max = 10: the paper's setting (docs/design.md, The reference setting).
     Algorithm("fedkper", "fedkper", {"tau": 1.0, "lambda_max": 10.0}, "score",
               description="FedKPer: knowledge-personalization loss, score-weighted aggregation"),
     Algorithm("fedavg", "fedavg", description="FedAvg: cross-entropy, sample-count weights"),

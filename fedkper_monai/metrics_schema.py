@@ -141,7 +141,7 @@ ROUND_FIELDS: tuple[MetricField, ...] = (
     MetricField("global_unchanged", NUMBER, "global test samples whose correctness did not change"),
     MetricField("unseen_site_acc", UNCHECKED, "held-out site -> the global model's accuracy on all its samples ({} without any)"),
     MetricField("mean_unseen_site_acc", NUMBER, "their mean (null without held-out sites)"),
-    MetricField("bwt", NUMBER, "backward transfer (DESIGN section 2); null on rounds that are not a full validation"),
+    MetricField("bwt", NUMBER, "backward transfer (docs/design.md, Forgetting: NFR and BwT); null on rounds that are not a full validation"),
     MetricField("bwt_sites", NUMBER, "sites BwT averages: those with an exact baseline from an earlier round (0 when null)"),
     MetricField("mean_personalized_acc", NUMBER, "mean over every site trained so far of its latest personalized acc"),
     MetricField("worst_personalized_acc", NUMBER, "the lowest of those"),
@@ -159,7 +159,7 @@ ROUND_FIELDS: tuple[MetricField, ...] = (
     MetricField("bytes_received", NUMBER, "bytes of the updates the server received in this round"),
 )
 
-# A segmentation site (DESIGN section 5) names its metric fields *_dice (mean foreground Dice) where a
+# A segmentation site (docs/design.md, Dense FedKPer) names its metric fields *_dice (mean foreground Dice) where a
 # classification site names them *_acc; the train and validate lines take the name the site sent. The round
 # line keeps its field names; in a segmentation run (header "task") they hold Dice.
 DENSE_SITE_FIELDS: tuple[MetricField, ...] = (

@@ -108,7 +108,7 @@ class RoundSchedule:
         if previous is None:
             return Broadcast(round=round_index, sampled=sampled, validators=[])
         # A full validation asks every site; otherwise the previous round's sampled sites still evaluate the
-        # model their update went into, which is their exact BwT baseline (DESIGN section 2).
+        # model their update went into, which is their exact BwT baseline (docs/design.md, Forgetting: NFR and BwT).
         validators = [site for site in self.asked(previous) if site not in sampled]
         return Broadcast(round=round_index, sampled=sampled, validators=validators)
 

@@ -14,7 +14,7 @@ and each participant's operator says where that bundle is, in its own environmen
     export FEDKPER_BUNDLE_ROOT=/opt/models/my_bundle    # holds configs/inference.json
 
 Why not a path in the job: a bundle config is code (``_target_`` instantiates any class, ``$`` evaluates
-any expression), and a job file comes from whoever submits the job. DESIGN section 4: such code comes only
+any expression), and a job file comes from whoever submits the job. docs/design.md, Rules the code keeps: such code comes only
 from the installed package or site-local configs. So a ``bundle_root`` (or any path) given in a network spec
 is refused; only the operator's ``$FEDKPER_BUNDLE_ROOT`` is read, and it must be a local folder.
 """

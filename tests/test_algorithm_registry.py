@@ -22,7 +22,7 @@ def test_the_registry_holds_the_baselines_the_upper_bound_the_two_ablations_and_
     assert list(ALGORITHMS) == [*BASELINES, "centralized", "fedkper_loss_only", "fedkper_weighting_only", "fedkper_blend"]
     table = {a.name: (a.strategy, dict(a.params), a.weighting, a.site_model, a.pooled) for a in ALGORITHMS.values()}
     assert table == {
-        # DESIGN section 1: tau = 1, lambda_max = 10, score-weighted aggregation.
+        # docs/design.md, The reference setting: tau = 1, lambda_max = 10, score-weighted aggregation.
         "fedkper": ("fedkper", {"tau": 1.0, "lambda_max": 10.0}, "score", "global", False),
         "fedavg": ("fedavg", {}, "samples", "global", False),
         "fedprox": ("fedprox", {"mu": 0.01}, "samples", "global", False),

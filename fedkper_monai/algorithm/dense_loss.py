@@ -1,6 +1,6 @@
 """The supervised term of dense (segmentation) objectives: cross-entropy or Dice + cross-entropy.
 
-DESIGN section 5: ``sup = CE(s, y)`` (voxel mean) or ``DiceCE(s, y)``, configurable; the distillation term
+docs/design.md, Dense FedKPer: ``sup = CE(s, y)`` (voxel mean) or ``DiceCE(s, y)``, configurable; the distillation term
 and ``beta`` stay those of :class:`~fedkper_monai.algorithm.loss.KnowledgePersonalizationLoss`. No I/O.
 """
 

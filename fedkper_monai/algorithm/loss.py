@@ -95,7 +95,7 @@ class KnowledgePersonalizationLoss(_Loss):
         lambda_max: upper bound of ``beta``, >= 0.
         supervised: the supervised term ``sup(logits, targets)`` with ``targets`` ``(N, *spatial)`` class
             indices, e.g. :class:`~fedkper_monai.algorithm.dense_loss.DiceCESupervisedLoss` for segmentation
-            (DESIGN section 5); ``None`` is cross-entropy (the ``ce`` reported is then that term). ``beta``
+            (docs/design.md, Dense FedKPer); ``None`` is cross-entropy (the ``ce`` reported is then that term). ``beta``
             always comes from the teacher's cross-entropy.
 
     Example:

@@ -1,6 +1,6 @@
 """Checks of one site update against the global model, before it touches any sum (pure numpy, no I/O).
 
-DESIGN §4: dtypes castable to the global model's (complex, object, string refused), finite values,
+docs/design.md, Rules the code keeps: dtypes castable to the global model's (complex, object, string refused), finite values,
 expected keys and shapes, a bounded norm relative to the global model, a score in [0, 1], a positive
 sample count not above what the site registered. Then the round-relative bounds (issue 21): each update's
 distance from the global model clipped to a multiple of the round's median distance, each sample-count

@@ -1,4 +1,4 @@
-"""Voxel-level forgetting for segmentation (DESIGN section 5): flips over ground-truth foreground voxels.
+"""Voxel-level forgetting for segmentation (docs/design.md, Dense FedKPer): flips over ground-truth foreground voxels.
 
 A :class:`VoxelFlipTracker` belongs to one model role on one evaluation set, like
 :class:`~fedkper_monai.algorithm.forgetting.FlipTracker`, but its unit is a foreground voxel of a case:

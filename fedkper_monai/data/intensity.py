@@ -24,7 +24,7 @@ INTENSITY_MODES = ("auto", "per_image")
 
 
 class ScaleToUnitRanged(MapTransform):
-    """Scale ``keys`` to [-1, 1] (DESIGN section 1: inputs in [-1, 1] learn where [0, 1] stalled).
+    """Scale ``keys`` to [-1, 1] (docs/design.md, The reference setting: inputs in [-1, 1] learn where [0, 1] stalled).
 
     Args:
         keys: the image keys.

@@ -42,7 +42,7 @@ _WEIGHTINGS = ("score", "samples")
 
 
 class FedKPerAggregator(ModelAggregator):
-    """FedKPer aggregation with bounded influence (DESIGN §1, §4; issue 21).
+    """FedKPer aggregation with bounded influence (docs/design.md, The reference setting; docs/design.md, Rules the code keeps; issue 21).
 
     Each update is checked in full before it touches any sum (a site name, one update per site per round,
     keys, shapes, a real numeric dtype cast to the global model's, finite values, a norm bound, a score in

@@ -24,9 +24,10 @@ from fedkper_monai.errors import FedKPerError
 from fedkper_monai.flare.aggregator import FedKPerAggregator
 from fedkper_monai.flare.failures import SiteFailures, build_failure_lines
 from fedkper_monai.flare.messages import GLOBAL_VERSION_KEY, RESUME_CHAIN_KEY, SITE_METRICS_KEY
-from fedkper_monai.flare.metrics import METRICS_FILE, MetricsFile, RunBook
+from fedkper_monai.flare.metrics import MetricsFile, RunBook
 from fedkper_monai.flare.resume import ABORTED, FINISHED, Checkpointer, stopped_runs_root
 from fedkper_monai.flare.weights import payload_bytes
+from fedkper_monai.metrics_schema import METRICS_FILE
 from fedkper_monai.schedule import RoundRecord, RoundSchedule
 
 __all__ = ["FedKPerController"]

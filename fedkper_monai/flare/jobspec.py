@@ -49,7 +49,7 @@ CONTROLLER = f"{_PKG}.controller.FedKPerController"
 
 @dataclass
 class JobSettings:
-    """Everything that differs between our jobs; defaults are the paper's setting (DESIGN §1).
+    """Everything that differs between our jobs; defaults are the paper's setting (docs/design.md, The reference setting).
 
     ``algorithm`` names an entry of the algorithm registry, which decides the local strategy, its
     parameters and the aggregation weighting.

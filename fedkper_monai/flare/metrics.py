@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from fedkper_monai import metrics_schema as schema
-from fedkper_monai.metrics_schema import METRICS_FILE
 from fedkper_monai.schedule import RoundRecord
 
-__all__ = ["METRICS_FILE", "RunBook", "RoundRecord", "MetricsFile", "SITE_TRAIN_FIELDS", "ROUND_FIELDS"]
+__all__ = ["RunBook", "MetricsFile", "SITE_TRAIN_FIELDS", "ROUND_FIELDS"]
 
 # Field names, in the order they are written (the tables, with meanings, are in metrics_schema).
 SITE_TRAIN_FIELDS = schema.names(schema.SITE_TRAIN_FIELDS)
@@ -76,7 +75,7 @@ class RunBook:
 
     - ``personalized``: each site's latest personalized accuracies (from its last train task).
     - ``baselines``: each site's BwT baseline, its global-on-local accuracy of the global model made in the
-      round it was last sampled (DESIGN section 2; exact: the schedule has every sampled site evaluate
+      round it was last sampled (docs/design.md, Forgetting: NFR and BwT; exact: the schedule has every sampled site evaluate
       that model in the next broadcast, also between full validations).
 
     A site field the schema does not know is never written: it is logged once and dropped, or, with
@@ -135,7 +134,7 @@ class RunBook:
         return line
 
     def backward_transfer(self, current: Mapping[str, float], sampled: Iterable[str], full: bool) -> tuple[float | None, int]:
-        """BwT of a round's global model (DESIGN section 2) and the number of sites it averages.
+        """BwT of a round's global model (docs/design.md, Forgetting: NFR and BwT) and the number of sites it averages.
 
         Over every site with a baseline from an earlier round (a re-sampled site against its previous
         baseline; sites never sampled left out): the mean of its accuracy in ``current`` minus its baseline.

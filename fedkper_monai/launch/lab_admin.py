@@ -53,6 +53,7 @@ def run_admin(config: dict) -> int:
     """Steps 4 of :mod:`.lab`; returns 0 when the job completed."""
     from fedkper_monai.launch import poc
     from fedkper_monai.launch.simulate import RoundProgress, read_failed_sites
+    from fedkper_monai.run_files import find_metrics_file
 
     settings = config["run"]
     kits = {name: Path(path) for name, path in config["kits"].items()}
@@ -73,7 +74,7 @@ def run_admin(config: dict) -> int:
         if status is None:
             raise FedKPerError(f"the server exited during job {job_id}; log: {run.workspace / 'logs' / 'server.log'}")
         result = poc._collect(session, job_id, run, kits)
-        failed = read_failed_sites(result / "workspace" / "metrics.jsonl")
+        failed = read_failed_sites(find_metrics_file(result / "workspace"))
         for line in failed:
             print(f"failed: {line['site']} in round {line['round']} ({line.get('task')}): {line.get('reason')}", flush=True)
         poc._print_site_errors(sorted({line["site"] for line in failed}), kits, job_id)

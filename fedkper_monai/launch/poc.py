@@ -286,6 +286,7 @@ def poc_run(run: PocRun) -> int:
     from fedkper_monai.launch.overrides import JobOverrides
     from fedkper_monai.launch.recipe import FedKPerRecipe
     from fedkper_monai.launch.simulate import RoundProgress, read_failed_sites
+    from fedkper_monai.run_files import find_metrics_file
 
     overrides = run.overrides or JobOverrides()
     run.workspace.mkdir(parents=True, exist_ok=True)
@@ -324,7 +325,7 @@ def poc_run(run: PocRun) -> int:
             print(f"job {job_id} continues the stopped job from its last completed round", flush=True)
             status = _wait_for_job(session, job_id, run, kits["server"], progress, participants)
         result = _collect(session, job_id, run, kits)
-        failed = read_failed_sites(result / "workspace" / "metrics.jsonl")
+        failed = read_failed_sites(find_metrics_file(result / "workspace"))
         for line in failed:
             print(f"failed: {line['site']} in round {line['round']} ({line.get('task')}): {line.get('reason')}")
         _print_site_errors(sorted({line["site"] for line in failed}), kits, job_id)

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from fedkper_monai.errors import FedKPerError
+from fedkper_monai.errors import DataError, FedKPerError
 from fedkper_monai.flare.jobspec import controller_args, load_job, save_job_configs, site_args
-from fedkper_monai.flare.metrics import METRICS_FILE
 from fedkper_monai.flare.workspace import allow_components
 from fedkper_monai.launch.overrides import JobOverrides, configure_job
 from fedkper_monai.launch.process import WatchedRun, run_with_retries
+from fedkper_monai.run_files import find_metrics_file
 
 __all__ = ["RoundProgress", "default_threads", "simulator_command", "prepare_job", "run_simulator", "simulate", "find_metrics", "read_round_lines", "read_failed_sites", "format_summary"]
 
@@ -118,11 +118,12 @@ def run_simulator(
 
 
 def find_metrics(workspace: str | Path) -> Path:
-    """The server's ``metrics.jsonl`` inside a simulator workspace."""
-    found = sorted(Path(workspace).glob(f"server/**/{METRICS_FILE}"))
-    if not found:
-        raise FedKPerError(f"{workspace}: no server/**/{METRICS_FILE}; see {workspace}/server/simulate_job/log.txt")
-    return found[-1]
+    """The server's ``metrics.jsonl`` inside a simulator workspace, by :func:`~fedkper_monai.run_files.find_metrics_file`'s
+    rule (exactly one), the error pointing at the server's log where FLARE says why none was written."""
+    try:
+        return find_metrics_file(Path(workspace) / "server")
+    except DataError as error:
+        raise DataError(error.path, f"{error.reason}; see {workspace}/server/simulate_job/log.txt") from None
 
 
 def read_round_lines(metrics_path: Path) -> list[dict[str, Any]]:

@@ -197,8 +197,8 @@ def summarize(run: RunMetrics) -> dict[str, Any]:
 
 
 def stability(global_accs: Sequence[float], share: float = 0.2) -> float | None:
-    """Mean absolute round-to-round change of global accuracy over the last ``share`` of rounds (DESIGN
-    section 2); at least two rounds are taken, ``None`` with fewer than two.
+    """Mean absolute round-to-round change of global accuracy over the last ``share`` of rounds (docs/design.md,
+    Forgetting: NFR and BwT); at least two rounds are taken, ``None`` with fewer than two.
 
     Example:
         >>> round(stability([0.1, 0.2, 0.5, 0.4, 0.6], share=0.6), 6)  # last 3 rounds: |0.4-0.5|, |0.6-0.4|

@@ -24,7 +24,7 @@ __all__ = ["NETWORK_NAMES", "ReferenceCNN", "build_network", "check_network_matc
 
 
 class ReferenceCNN(nn.Module):
-    """The FedKPer/FedNTD reference network (DESIGN section 1), for 2D or 3D input.
+    """The FedKPer/FedNTD reference network (docs/design.md, The reference setting), for 2D or 3D input.
 
     Two 5x5 (5x5x5) convolutions with 32 and 64 filters ("same" padding), each followed by ReLU and 2x max
     pooling, then a fully connected layer of 512 units with ReLU and a linear classifier. For a 28x28 input

@@ -1,4 +1,4 @@
-"""The segmentation task (DESIGN section 5): dense labels, mean foreground Dice, voxel-level flips.
+"""The segmentation task (docs/design.md, Dense FedKPer): dense labels, mean foreground Dice, voxel-level flips.
 
 Labels are class-index maps ``(B, 1, *spatial)`` (or ``(B, *spatial)``), logits ``(B, C, *spatial)`` with
 class 0 the background. The metric (suffix ``dice``) is the mean foreground Dice of MONAI's ``DiceMetric``

@@ -14,7 +14,7 @@ The FLARE learner, the in-process benchmark loop and the tests all drive this sa
     report.upload, report.score, report.num_samples, report.metrics
 
 What leaves the site is :class:`SiteReport`: weights, the score, the sample count and scalar metrics of
-models on its own test split (DESIGN section 4).
+models on its own test split (docs/design.md, Rules the code keeps).
 """
 
 from __future__ import annotations
@@ -162,8 +162,8 @@ class Site:
 
         FLARE validates before each train task and the train task needs the same figures: a version already
         evaluated returns the stored metrics (also across a restart), so no model is counted twice in the flips.
-        ``initial``: the never-trained initial model, which is no previous evaluation for the flips (DESIGN
-        section 2): it is scored but not remembered. ``save``: write the state now (a train round writes it
+        ``initial``: the never-trained initial model, which is no previous evaluation for the flips (docs/design.md,
+        Forgetting: NFR and BwT): it is scored but not remembered. ``save``: write the state now (a train round writes it
         once, when the round starts).
         """
         version = _version_key(version)

@@ -14,7 +14,7 @@ __all__ = ["SiteConfig"]
 
 @dataclass(frozen=True)
 class SiteConfig:
-    """A site's local settings; the defaults are the paper's (DESIGN section 1).
+    """A site's local settings; the defaults are the paper's (docs/design.md, The reference setting).
 
     Args:
         network: ``build_network`` arguments (name, spatial_dims, in_channels, num_classes, image_size).
@@ -34,8 +34,8 @@ class SiteConfig:
         amp: mixed precision on CUDA.
         seed: seed of this site's shuffling and initialization.
         share_diagnostics: also send ``train_acc``, ``train_loss``, ``lr`` and the strategy's loss terms. Off by
-            default: ``train_acc`` beside ``score`` gives away the exact normalized label entropy (DESIGN
-            section 4), so these stay in the site's own log unless its operator opts in.
+            default: ``train_acc`` beside ``score`` gives away the exact normalized label entropy (docs/design.md,
+            What leaves a site), so these stay in the site's own log unless its operator opts in.
         score_epsilon: when set, the score is sent with Laplace noise for ``score_epsilon``-differential
             privacy of the value (:func:`~fedkper_monai.algorithm.weighting.noisy_score`). The exact score
             reveals the site's normalized label entropy; this bounds what the sent one reveals.

@@ -77,7 +77,7 @@ class LocalStrategy:
 
     def set_supervised(self, criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None) -> None:
         """The supervised term ``criterion(logits, targets)`` in place of cross-entropy (a segmentation task's
-        Dice + CE, DESIGN section 5); ``None`` restores cross-entropy."""
+        Dice + CE, docs/design.md, Dense FedKPer); ``None`` restores cross-entropy."""
         self._supervised = criterion if criterion is not None else F.cross_entropy
 
     def begin_round(self, model: nn.Module, global_model: nn.Module | None) -> None:
@@ -204,7 +204,7 @@ _FEDKPER = strategy_defaults("fedkper")
 
 
 class FedKPerStrategy(LocalStrategy):
-    """FedKPer: ``ce + beta * kl`` with ``beta = min(1 / CE(teacher), lambda_max)`` per batch (DESIGN section 1).
+    """FedKPer: ``ce + beta * kl`` with ``beta = min(1 / CE(teacher), lambda_max)`` per batch (docs/design.md, The reference setting).
 
     Args:
         tau: softmax temperature of the KL term.

@@ -1,4 +1,4 @@
-"""Dense FedKPer (DESIGN section 5) against hand computations: the loss on a tiny 3D tensor, voxel flips."""
+"""Dense FedKPer (docs/design.md, Dense FedKPer) against hand computations: the loss on a tiny 3D tensor, voxel flips."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FedKPerAggregator: DESIGN §1 weighting with its fallback, §4 validation, streaming."""
+"""FedKPerAggregator: docs/design.md, The reference setting weighting with its fallback, §4 validation, streaming."""
 
 from __future__ import annotations
 

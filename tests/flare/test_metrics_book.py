@@ -1,4 +1,4 @@
-"""RunBook: the round line's personalized summary and backward transfer (DESIGN §2), by hand."""
+"""RunBook: the round line's personalized summary and backward transfer (docs/design.md, Forgetting: NFR and BwT), by hand."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import logging
 
 import pytest
 
-from fedkper_monai.flare.metrics import ROUND_FIELDS, SITE_TRAIN_FIELDS, MetricsFile, RoundRecord, RunBook
+from fedkper_monai.flare.metrics import ROUND_FIELDS, SITE_TRAIN_FIELDS, MetricsFile, RunBook
 from fedkper_monai.metrics_schema import UnknownSiteFieldError
+from fedkper_monai.schedule import RoundRecord
 
 
 def _train_metrics(acc: float, balanced: float, nfr: float) -> dict:
@@ -40,7 +41,7 @@ def _close(book: RunBook, round_index: int, sampled: list[str], accuracies: dict
 
 
 def test_backward_transfer_is_the_reference_definition_when_every_round_is_validated():
-    # DESIGN section 2, by hand: a, b, c; a is re-sampled in round 2, c only in round 3.
+    # docs/design.md, Forgetting: NFR and BwT, by hand: a, b, c; a is re-sampled in round 2, c only in round 3.
     book = RunBook()
     line = _close(book, 0, ["a"], {"a": 0.5, "b": 0.4, "c": 0.3})
     assert line["bwt"] is None and line["bwt_sites"] == 0  # no baseline from an earlier round yet

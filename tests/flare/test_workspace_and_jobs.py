@@ -131,7 +131,7 @@ MEDMNIST_JOBS = sorted(name for name in STANDARD_JOBS if name.endswith("_medmnis
 
 @pytest.mark.parametrize("name", MEDMNIST_JOBS)
 def test_committed_paper_jobs_hold_the_paper_setting(name):
-    """DESIGN section 1, read from the committed JSON: 10% of sites per round, 200 rounds, 5 local epochs,
+    """docs/design.md, The reference setting, read from the committed JSON: 10% of sites per round, 200 rounds, 5 local epochs,
     batch 12, SGD lr 0.01 decayed 0.99 per round, the reference CNN, the jobs' shared seed."""
     meta, server, client = load_job(JOBS / name)
     controller = controller_args(server)

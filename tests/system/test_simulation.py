@@ -91,7 +91,7 @@ def test_fedkper_on_real_retinamnist_sites(retina_federation, tmp_path, capsys):
         if line["round"] == 1:
             validated = next(v for v in validate_lines if v["round"] == 0 and v["site"] == line["site"])
             assert validated["global_on_local_acc"] == line["global_on_local_acc"]
-    # BwT as DESIGN section 2 defines it, recomputed from the file's own validate lines and sampled sites.
+    # BwT as docs/design.md, Forgetting: NFR and BwT defines it, recomputed from the file's own validate lines and sampled sites.
     baselines: dict[str, float] = {}
     for line in rounds:
         current = {v["site"]: v["global_on_local_acc"] for v in validate_lines if v["round"] == line["round"]}

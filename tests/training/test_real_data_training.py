@@ -24,7 +24,7 @@ def test_fedkper_local_training_learns_real_mri_classes(brain_tumor_28_npz):
     # The file is sorted by class: take the first 24 of every class.
     chosen = np.concatenate([np.flatnonzero(all_labels == cls)[:24] for cls in range(num_classes)])
     count = len(chosen)
-    images = arrays["train_images"][chosen].astype(np.float32) / 127.5 - 1.0  # [-1, 1], see DESIGN §1 lessons
+    images = arrays["train_images"][chosen].astype(np.float32) / 127.5 - 1.0  # [-1, 1], see docs/design.md, The reference setting lessons
     labels = arrays["train_labels"][chosen].astype(np.int64)  # (N, 1), as MedMNIST stores them
     samples = [
         {"image": torch.from_numpy(image)[None], "label": torch.from_numpy(label), "id": f"train-{index}"}

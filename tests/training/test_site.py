@@ -49,7 +49,7 @@ def test_a_round_reports_every_metric_and_keeps_its_state(retina_federation, tmp
         assert sum(counts) == site.local_test_size, role
     assert set(report.upload) == set(received) and _max_distance(report.upload, received) > 0
     assert (tmp_path / CHECKPOINT_FILE).exists() and (tmp_path / STATE_FILE).exists()
-    # Only scalars leave the site (DESIGN section 4).
+    # Only scalars leave the site (docs/design.md, Rules the code keeps).
     assert all(isinstance(value, (int, float)) for value in report.metrics.values())
 
 
@@ -199,7 +199,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] == "nvflare"))
 
 
 def test_site_defaults_are_the_papers_local_setting():
-    # DESIGN section 1: SGD lr 0.01 (momentum 0.9, weight decay 1e-5), decay 0.99 per round, batch 12, 5 epochs.
+    # docs/design.md, The reference setting: SGD lr 0.01 (momentum 0.9, weight decay 1e-5), decay 0.99 per round, batch 12, 5 epochs.
     config = SiteConfig()
     assert (config.optimizer, config.lr, config.momentum, config.weight_decay, config.lr_gamma) == ("sgd", 0.01, 0.9, 1e-5, 0.99)
     assert (config.batch_size, config.local_epochs, config.algorithm, config.task) == (12, 5, "fedkper", "classification")
