@@ -78,3 +78,13 @@ def test_help_does_not_import_torch_or_flare():
     code = "import sys; from fedkper_monai.cli import build_parser; build_parser(); print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'nvflare', 'monai'}))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]", f"building the parser imported {loaded}"
+
+
+@pytest.mark.parametrize("command", ["poc run", "deploy lab"])
+def test_poc_run_and_deploy_lab_refuse_an_unknown_job_before_starting_anything(command, tmp_path, capsys):
+    # Both share one check of their options (launch.poc_cli.check_run_options); deploy lab did not check the job.
+    code = main([*command.split(), "fedkpr", "--sites", "3", "--data-root", str(tmp_path), "--workspace",
+                 str(tmp_path / "ws")])
+    assert code == 2
+    assert "JOB_OR_ALGORITHM: 'fedkpr' is neither a job folder nor an algorithm" in capsys.readouterr().err
+    assert not (tmp_path / "ws").exists()

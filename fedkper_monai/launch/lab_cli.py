@@ -10,29 +10,9 @@ __all__ = ["add_lab_parsers"]
 
 
 def _deploy_lab(args: argparse.Namespace) -> int:
-    from fedkper_monai.launch.checks import SettingError, check_site_count
-    from fedkper_monai.launch.overrides import check_overrides
+    from fedkper_monai.launch.poc_cli import check_run_options
 
-    check_overrides(args)
-    if args.sites < 1:
-        raise SettingError("--sites", f"must be >= 1, got {args.sites}")
-    if args.min_task_timeout is not None and not args.min_task_timeout > 0:
-        raise SettingError("--min-task-timeout", f"must be > 0, got {args.min_task_timeout}")
-    data_root = Path(args.data_root)
-    if not data_root.is_dir():
-        raise SettingError("--data-root", f"{data_root}: no such folder (make one with `fedkper-monai prepare`)")
-    try:
-        check_site_count(args.sites, data_root)
-    except SettingError as error:
-        message = str(error).replace("use -n", "use --sites")
-        raise SettingError("--sites", message[len("-n: "):]) if message.startswith("-n: ") else error from None
-    workspace = Path(args.workspace)
-    if workspace.exists() and any(workspace.iterdir()):
-        if not args.overwrite:
-            raise SettingError("--workspace", f"{workspace} is not empty (an earlier run?); pass --overwrite to replace it")
-        import shutil
-
-        shutil.rmtree(workspace)
+    data_root, workspace = check_run_options(args)
     from dataclasses import asdict
 
     from fedkper_monai.launch.lab import LabRun, deploy_lab

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["add_site_parsers"]
+__all__ = ["add_site_parsers", "add_run_options", "check_run_options"]
 
 
 def _site_config(args: argparse.Namespace) -> int:
@@ -30,15 +30,15 @@ def _check_job(job: str) -> None:
                                                f"{', '.join(ALGORITHMS)}")
 
 
-def _poc_run(args: argparse.Namespace) -> int:
+def check_run_options(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Every option :func:`add_run_options` adds, before anything starts (one line naming the option); then an
+    ``--overwrite`` workspace is emptied. Returns the data root and the workspace (``poc run``, ``deploy lab``)."""
     from fedkper_monai.launch.checks import SettingError, check_site_count
     from fedkper_monai.launch.overrides import check_overrides
 
     check_overrides(args)
     if args.sites < 1:
         raise SettingError("--sites", f"must be >= 1, got {args.sites}")
-    if args.restarts < 0:
-        raise SettingError("--restarts", f"must be >= 0, got {args.restarts}")
     if args.min_task_timeout is not None and not args.min_task_timeout > 0:
         raise SettingError("--min-task-timeout", f"must be > 0, got {args.min_task_timeout}")
     _check_job(args.job)
@@ -57,6 +57,15 @@ def _poc_run(args: argparse.Namespace) -> int:
         import shutil
 
         shutil.rmtree(workspace)
+    return data_root, workspace
+
+
+def _poc_run(args: argparse.Namespace) -> int:
+    from fedkper_monai.launch.checks import SettingError
+
+    if args.restarts < 0:  # checked first: it is poc run's own option
+        raise SettingError("--restarts", f"must be >= 0, got {args.restarts}")
+    data_root, workspace = check_run_options(args)
     from fedkper_monai.launch.overrides import overrides_from_args
     from fedkper_monai.launch.poc import PocRun, poc_run
 

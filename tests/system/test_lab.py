@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from system_helpers import processes_of
 
 from fedkper_monai.cli import main
 from fedkper_monai.launch.lab_net import lab_leftovers, namespaces_available
@@ -33,17 +34,6 @@ def _needs_namespaces():
     assert not lab_leftovers(), "a lab of an earlier run is still on this host"
 
 
-def _processes_of(marker: str) -> list[str]:
-    import psutil
-
-    found = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(process.info.get("cmdline") or [])
-        if marker in cmdline:
-            found.append(f"{process.info['pid']}: {cmdline[:120]}")
-    return found
-
-
 def _records(path: Path) -> list[dict]:
     records = [json.loads(line) for line in path.read_text().splitlines()]
     records[0]["run"].pop("job_id", None)  # FLARE's job id differs from run to run
@@ -59,7 +49,7 @@ def test_a_job_on_three_namespaced_sites_equals_the_simulator_and_leaves_nothing
     assert "lab network up: server 10.213.0.10" in printed and "3 sites connected" in printed
     assert "round 1 done (2 of 2;" in printed and "lab torn down" in printed
     assert not lab_leftovers(), "no namespace, link or /etc/netns entry is left"
-    assert not _processes_of(str(workspace)), "no participant process is left"
+    assert not processes_of(str(workspace)), "no participant process is left"
     # Each site holds its own datalist and images only, and its site-config names that folder.
     for site in ("site-1", "site-2", "site-3"):
         folder = workspace / "data" / site
@@ -100,7 +90,7 @@ def test_ctrl_c_while_the_sites_run_tears_the_lab_down(retina_federation, tmp_pa
         log.close()
     assert "lab torn down" in (tmp_path / "lab.log").read_text()
     assert not lab_leftovers(), "no namespace, link or /etc/netns entry is left"
-    assert not _processes_of(str(workspace)), "no participant process is left"
+    assert not processes_of(str(workspace)), "no participant process is left"
 
 
 def _server_rounds(workspace: Path) -> list[dict]:
@@ -159,7 +149,7 @@ def test_a_site_whose_link_drops_mid_round_is_recorded_failed_and_the_rounds_go_
     assert failed and failed[0]["round"] in (1, 2), printed
     assert f"failed: site-3 in round {failed[0]['round']}" in printed
     assert round_lines[failed[0]["round"]]["aggregated_sites"] == ["site-1", "site-2"], "the round went on without it"
-    assert not lab_leftovers() and not _processes_of(str(workspace))
+    assert not lab_leftovers() and not processes_of(str(workspace))
     # Not asserted: whether site-3 is aggregated again once its link is up. One run had it back in round 4, another
     # had it fail rounds 3 and 4 as well (FLARE's client reconnect after a dropped link takes an unbounded time here).
     rejoined = [r["round"] for r in round_lines if "site-3" in r["aggregated_sites"] and r["round"] > events["up_after"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from system_helpers import processes_of
 
 from fedkper_monai.cli import main
 from fedkper_monai.launch.poc import free_port, project_yaml
@@ -37,17 +38,6 @@ def test_site_config_command_writes_the_sites_choices(tmp_path, retina_federatio
     assert "no such folder" in capsys.readouterr().err
 
 
-def _our_processes(marker: str) -> list[str]:
-    import psutil
-
-    found = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(process.info.get("cmdline") or [])
-        if marker in cmdline:
-            found.append(f"{process.info['pid']}: {cmdline[:120]}")
-    return found
-
-
 @pytest.mark.slow
 def test_poc_run_on_three_loopback_sites_matches_the_simulator(retina_federation, tmp_path, capsys):
     from test_simulation import assert_matches_golden
@@ -58,7 +48,7 @@ def test_poc_run_on_three_loopback_sites_matches_the_simulator(retina_federation
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "3 sites connected" in printed and "round 1 done (2 of 2;" in printed and "stopping POC" in printed
-    assert not _our_processes(str(workspace)), "every POC process is stopped"
+    assert not processes_of(str(workspace)), "every POC process is stopped"
     result = workspace / "result"
     assert (result / "workspace" / "global_model.pt").exists()
     models = json.loads((result / "personalized_models.json").read_text())
@@ -186,7 +176,7 @@ def test_poc_run_survives_a_killed_site_and_a_killed_server(retina_federation, t
     failed = [r for r in records if r.get("status") == "failed"]
     assert any(r["site"] == "site-3" for r in failed), "the killed site's task failed and the round went on"
     assert "failed: site-3 in round" in printed, "poc run names the failed tasks"
-    assert not _our_processes(str(workspace)), "every POC process is stopped"
+    assert not processes_of(str(workspace)), "every POC process is stopped"
 
 
 @pytest.mark.slow
@@ -206,7 +196,7 @@ def test_a_site_that_never_connects_is_a_clear_error_in_bounded_time(retina_fede
     with pytest.raises(FedKPerError, match=r"2 of 3 sites connected in time \(site-1, site-2\)"):
         poc.poc_run(run)
     assert time.monotonic() - started < 120
-    assert not _our_processes(str(workspace)), "every POC process is stopped"
+    assert not processes_of(str(workspace)), "every POC process is stopped"
 
 
 @pytest.mark.slow
@@ -231,4 +221,4 @@ def test_a_site_whose_data_is_broken_is_named_and_the_job_goes_on(retina_federat
     assert "site-2's log" in printed and "site-2.json: training[0].image: image file not found" in printed
     records = [json.loads(line) for line in (workspace / "result" / "workspace" / "metrics.jsonl").read_text().splitlines()]
     assert [r["aggregated_sites"] for r in records if "aggregated_sites" in r] == [["site-1"], ["site-1"]]
-    assert not _our_processes(str(workspace)), "every POC process is stopped"
+    assert not processes_of(str(workspace)), "every POC process is stopped"
