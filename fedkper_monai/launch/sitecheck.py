@@ -113,7 +113,7 @@ def _check_versions() -> Result:
     line = f"versions: fedkper-monai {__version__}, nvflare {nvflare.__version__}"
     if not low <= found < high:
         return "FAIL", f"{line}: this fedkper-monai needs nvflare >={low[0]}.{low[1]},<{high[0]}.{high[1]}"
-    return "ok", f"{line} (the server's are compared when the site connects)"
+    return "ok", f"{line} (the server's cannot be read before connecting: compare them with the study's admin)"
 
 
 def _check_server(kit: Path, timeout: float) -> Result:
