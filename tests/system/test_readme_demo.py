@@ -68,6 +68,8 @@ def test_the_demo_prints_the_readmes_table(demo_run):
     _, printed, expected, _ = demo_run
     assert len(expected) == 5, "the README's table lost rows"
     assert _table(printed) == expected, f"the demo printed\n{printed}\nthe README shows\n{expected}: update README.md"
+    first, last = expected[0], expected[-1]  # round, global, pers.mean, ...: what the demo shows a reader
+    assert float(last[1]) > float(first[1]) and float(last[2]) > float(first[2]), "the demo no longer improves"
 
 
 def test_the_demo_is_quiet_and_counts_rounds_as_its_table(demo_run):

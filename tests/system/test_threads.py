@@ -4,31 +4,17 @@ How many site processes run at a time when the user does not say (fast)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from fedkper_monai.cli import main
-from fedkper_monai.flare.jobspec import load_job, save_job_configs, site_args
+from fedkper_monai.flare.jobspec import controller_args, load_job, save_job_configs, site_args
 from fedkper_monai.launch import simulate
 from fedkper_monai.launch.recipe import FedKPerRecipe
 from fedkper_monai.launch.simulate import default_threads, find_metrics
 
 _MACHINE_24_GB = 24105  # MiB, this machine; 50 site processes of ~0.6 GB do not fit it
-
-# 4 sites, 2 trained per round: every site trains at least once and validates in the other rounds.
-_RUN = ["--rounds", "3", "--sample-fraction", "0.5", "--local-epochs", "1"]
-
-
-@pytest.fixture(scope="module")
-def retina_four_sites(tmp_path_factory, retinamnist_npz) -> Path:
-    """4 sites from the real RetinaMNIST train split, Dirichlet(0.5), seed 0 (as conftest's retina_federation)."""
-    out = tmp_path_factory.mktemp("retina4") / "federation"
-    code = main(["prepare", "medmnist", "--npz", str(retinamnist_npz), "--sites", "4", "--alpha", "0.5", "--seed", "0", "--out", str(out)])
-    assert code == 0
-    return out
-
 
 def _job(algorithm: str, folder: Path) -> Path:
     """``jobs/fedkper_medmnist``, or a copy of ``jobs/fedavg_medmnist`` set to ``algorithm``."""
@@ -36,14 +22,8 @@ def _job(algorithm: str, folder: Path) -> Path:
         return Path("jobs/fedkper_medmnist")
     meta, server, client = load_job("jobs/fedavg_medmnist")
     site_args(client).update(algorithm=algorithm, algorithm_args={"mu": 1.0} if algorithm == "ditto" else {})
-    next(w for w in server["workflows"] if w["id"] == "controller")["args"]["algorithm"] = algorithm
+    controller_args(server)["algorithm"] = algorithm
     return save_job_configs(folder / algorithm, meta, server, client)
-
-
-def _simulate(job: Path, data_root: Path, workspace: Path, threads: int) -> list[dict]:
-    code = main(["simulate", str(job), "-w", str(workspace), "--data-root", str(data_root), "-n", "4", "-t", str(threads), *_RUN])
-    assert code == 0
-    return [json.loads(line) for line in find_metrics(workspace).read_text().splitlines()]
 
 
 def test_one_process_per_site_while_they_fit_else_the_sites_trained_per_round():
@@ -70,19 +50,20 @@ def test_a_recipe_in_simenv_runs_few_processes_when_one_per_site_would_not_fit(m
 # here keeps CI's time: each pair takes about 5 minutes on two cores).
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["ditto"])
-def test_two_threads_for_four_sites_give_the_metrics_of_one_process_per_site(algorithm, retina_four_sites, tmp_path, monkeypatch):
-    from test_simulation import _differences
+def test_two_threads_for_three_sites_give_the_recorded_metrics_of_one_process_per_site(algorithm, retina_federation, tmp_path, monkeypatch):
+    """The golden run (3 sites, one process each) again with -t 2: FLARE then starts a process per site task."""
+    from test_simulation import _GOLDEN_RUN, assert_matches_golden
 
     job = _job(algorithm, tmp_path / "job")
-    # The same OpenMP team size in both runs (simulate sizes it from -t otherwise): torch's CPU kernels
-    # may sum in another order with another thread count.
+    # The OpenMP team size of the recorded run (simulate sizes it from -t otherwise: 2 cores // 3 threads -> 1):
+    # torch's CPU kernels may sum in another order with another thread count.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    separate = _simulate(job, retina_four_sites, tmp_path / "t4", threads=4)
-    shared = _simulate(job, retina_four_sites, tmp_path / "t2", threads=2)
+    run = [*_GOLDEN_RUN]
+    run[run.index("-t") + 1] = "2"
+    workspace = tmp_path / "t2"
+    assert main(["simulate", str(job), "-w", str(workspace), "--data-root", str(retina_federation), *run]) == 0
     # The -t 2 run really rebuilt sites from disk between tasks (FLARE started a process per task).
-    restored = [site for site in ("site-1", "site-2", "site-3", "site-4")
-                if "restored flip memories" in (tmp_path / "t2" / site / "log.txt").read_text()]
+    restored = [site for site in ("site-1", "site-2", "site-3")
+                if "restored flip memories" in (workspace / site / "log.txt").read_text()]
     assert restored, "no site of the -t 2 run was rebuilt from its run folder"
-    assert len(shared) == len(separate)
-    problems = [d for i, (one, other) in enumerate(zip(separate, shared)) for d in _differences(one, other, f"line {i + 1}")]
-    assert not problems, "-t 2 differs from -t 4:\n" + "\n".join(problems[:20])
+    assert_matches_golden(find_metrics(workspace), f"golden_{algorithm}_retina_3sites.jsonl")
