@@ -1,7 +1,8 @@
 """Print the tables of ``benchmarks/RESULTS.md`` from a report folder that ``fedkper-monai report`` wrote.
 
 RESULTS.md shows a few of the report's columns, one row per metric and one column per algorithm, mean ± std
-over the seeds, then the seed-by-seed counts (``fedkper_monai.report.paired``) and each run's value of the
+over the seeds (``n/a`` where no run reports the value, as best-by-validation for runs written before model
+selection), then the seed-by-seed counts (``fedkper_monai.report.paired``) and each run's value of the
 metrics the text quotes seed by seed. Everything is read from the report's ``summary.csv`` (one row per run),
 so the tables are exactly what the report holds. Run from the repository root:
 
@@ -26,20 +27,23 @@ from fedkper_monai.report.paired import PAIRED_METRICS, paired_cell, paired_coun
 # (summary column, row title): the paper's metrics first (issue 10), then forgetting and the weighting.
 ROWS = (
     ("final_global_acc", "final global acc"),
+    ("best_val_global_acc", "global acc of the round best on validation (scored on test)"),
     ("late_global_acc", "global acc, mean over the last 20% of rounds"),
-    ("best_global_acc", "best global acc"),
+    ("best_global_acc", "best global acc (round chosen on test: optimistic)"),
     ("global_acc_stability", "global acc change, last 20% of rounds (lower is steadier)"),
     ("final_mean_personalized_acc", "mean personalized acc"),
     ("final_worst_personalized_acc", "worst site's personalized acc"),
     ("final_balance", "balance, (global + mean personalized) / 2"),
     ("final_mean_unseen_site_acc", "unseen-site acc (held-out sites)"),
     ("final_bwt", "final BwT"),
-    ("mean_global_nfr", "global NFR, mean over rounds"),
+    ("mean_bwt", "mean BwT, over the rounds that report it"),
+    ("mean_global_nfr", "global NFR, mean over rounds 1 onward (round 0 has no previous model)"),
     ("mean_local_nfr", "personalized NFR, mean over site rounds"),
     ("single_site_round_fraction", "single-site rounds"),
 )
-PER_SEED = ("final_global_acc", "late_global_acc", "global_acc_stability", "final_worst_personalized_acc", "final_mean_unseen_site_acc",
-            "final_bwt")
+PER_SEED = ("final_global_acc", "best_val_global_acc", "late_global_acc", "global_acc_stability", "final_worst_personalized_acc",
+            "final_mean_unseen_site_acc", "final_bwt", "mean_bwt")
+_SIGNED = ("final_bwt", "mean_bwt")
 
 
 def _number(text: str) -> float | None:
@@ -62,7 +66,7 @@ def read_summary(folder: Path) -> list[dict[str, Any]]:
 
 
 def _format(key: str, value: float) -> str:
-    return f"{value:+.3f}" if key == "final_bwt" else f"{value:.3f}"
+    return f"{value:+.3f}" if key in _SIGNED else f"{value:.3f}"
 
 
 def _seed_order(row: dict[str, Any]) -> tuple[bool, int]:
@@ -105,7 +109,7 @@ def tables(rows: list[dict[str, Any]], algorithms: list[str], reference: str) ->
                                                           for name in algorithms) + "):", "",
               "| metric | " + " | ".join(algorithms) + " |", "|---|" + "---|" * len(algorithms)]
     for key in PER_SEED:
-        cells = ["/".join(_format(key, row[key]) if row[key] is not None else "n/a"
+        cells = ["/".join(_format(key, row[key]) if row.get(key) is not None else "n/a"
                           for row in runs[name]) for name in algorithms]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
