@@ -69,6 +69,13 @@ def _format(key: str, value: float) -> str:
     return f"{value:+.3f}" if key in _SIGNED else f"{value:.3f}"
 
 
+def _per_seed(key: str, members: list[dict[str, Any]]) -> str:
+    """Each run's value, seeds in order, joined by "/"; "-" for a run without it, "n/a" when none has it."""
+    if all(row.get(key) is None for row in members):
+        return "n/a"
+    return "/".join(_format(key, row[key]) if row.get(key) is not None else "-" for row in members)
+
+
 def _seed_order(row: dict[str, Any]) -> tuple[bool, int]:
     return row["seed"] is None, row["seed"] or 0
 
@@ -109,8 +116,7 @@ def tables(rows: list[dict[str, Any]], algorithms: list[str], reference: str) ->
                                                           for name in algorithms) + "):", "",
               "| metric | " + " | ".join(algorithms) + " |", "|---|" + "---|" * len(algorithms)]
     for key in PER_SEED:
-        cells = ["/".join(_format(key, row[key]) if row.get(key) is not None else "n/a"
-                          for row in runs[name]) for name in algorithms]
+        cells = [_per_seed(key, runs[name]) for name in algorithms]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedkper_monai.report.metrics import SUMMARY_COLUMNS, column_meaning, summarize
+from fedkper_monai.report.paired import paired_counts
 from fedkper_monai.report.runs import load_run
 from fedkper_monai.report.writer import write_report
 
@@ -120,5 +121,20 @@ def test_results_tables_print_best_by_validation_and_bwt_both_ways(selected_run,
     assert row["global acc of the round best on validation (scored on test)"] == ["0.620", "n/a"]
     assert row["final BwT"] == ["-0.030", "-0.030"]
     assert row["mean BwT, over the rounds that report it"] == ["-0.229", "-0.229"]
-    assert row["best_val_global_acc"] == ["0.620", "n/a"]  # per seed
+    assert row["best_val_global_acc"] == ["0.620", "n/a"]  # per seed: one run each
     assert row["mean_bwt"] == ["-0.229", "-0.229"]
+
+
+def test_seed_by_seed_counts_bwt_both_ways(selected_run, tmp_path, write_jsonl):
+    # FedAvg here forgets less in its last round (-0.01 against -0.03) but more over the run: the two
+    # counts must disagree, as on brain tumor MRI's and BCCD's committed runs they can.
+    rows = _rounds(with_validation=False)
+    for row in rows:
+        row["bwt"] = None if row["bwt"] is None else row["bwt"] - 0.10
+    rows[-1]["bwt"] = -0.01
+    write_jsonl(tmp_path / "fedavg" / "metrics.jsonl", [{"run": {**HEADER["run"], "algorithm": "fedavg"}}, *rows])
+    summaries = [summarize(load_run(path)) for path in (selected_run, tmp_path / "fedavg")]
+    (against, by_metric), = paired_counts(summaries, "fedkper")
+    assert against == "fedavg"
+    assert (by_metric["final_bwt"].better, by_metric["final_bwt"].pairs) == (0, 1)
+    assert (by_metric["mean_bwt"].better, by_metric["mean_bwt"].pairs) == (1, 1)
