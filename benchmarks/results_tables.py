@@ -8,7 +8,8 @@ so the tables are exactly what the report holds. Run from the repository root:
 
     python benchmarks/results_tables.py benchmarks/results/brain28 --algorithms fedkper,fedavg,fedntd,ditto
 
-Prints Markdown; writes nothing.
+With ``--differences`` it also prints the reference minus each algorithm, seed by seed, marking gaps under
+0.005 as ties. Prints Markdown; writes nothing.
 """
 
 from __future__ import annotations
@@ -121,13 +122,41 @@ def tables(rows: list[dict[str, Any]], algorithms: list[str], reference: str) ->
     return "\n".join(lines)
 
 
+# A seed-by-seed gap below this is a tie for the text (issue 23: "3 of 3" must not count a 0.002 gap as a win).
+CLOSE = 0.005
+
+
+def differences(rows: list[dict[str, Any]], algorithms: list[str], reference: str) -> str:
+    """Per seed, ``reference`` minus each other algorithm for the per-seed metrics; ``~`` marks a gap
+    below :data:`CLOSE`. A gap is only a gain where it clears the seed-to-seed spread of an unchanged
+    algorithm (run ``--differences --reference fedavg --algorithms fedavg,ditto`` on brain tumor MRI)."""
+    by_seed = {name: {row["seed"]: row for row in rows if row["algorithm"] == name} for name in algorithms}
+    others = [name for name in algorithms if name != reference]
+    lines = ["", f"{reference} minus each algorithm, seed by seed (seeds both ran; ~: closer than {CLOSE}, a tie):", "",
+             "| metric | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+    for key in PER_SEED:
+        cells = []
+        for name in others:
+            seeds = sorted(set(by_seed[reference]) & set(by_seed[name]), key=lambda seed: (seed is None, seed or 0))
+            gaps = [(by_seed[reference][seed].get(key), by_seed[name][seed].get(key)) for seed in seeds]
+            cells.append("/".join(f"{a - b:+.3f}" + ("~" if abs(a - b) < CLOSE else "") if None not in (a, b) else "-"
+                                  for a, b in gaps) or "n/a")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("report", type=Path, help="a folder written by `fedkper-monai report` (holding summary.csv)")
     parser.add_argument("--algorithms", required=True, help="comma-separated, in column order")
     parser.add_argument("--reference", default="fedkper", help="the algorithm counted seed by seed against the others")
+    parser.add_argument("--differences", action="store_true",
+                        help=f"also print the reference minus each algorithm seed by seed (gaps under {CLOSE} marked ~)")
     args = parser.parse_args(argv)
-    print(tables(read_summary(args.report), [name for name in args.algorithms.split(",") if name], args.reference))
+    rows, algorithms = read_summary(args.report), [name for name in args.algorithms.split(",") if name]
+    print(tables(rows, algorithms, args.reference))
+    if args.differences:
+        print(differences(rows, algorithms, args.reference))
     return 0
 
 

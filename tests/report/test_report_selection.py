@@ -138,3 +138,17 @@ def test_seed_by_seed_counts_bwt_both_ways(selected_run, tmp_path, write_jsonl):
     assert against == "fedavg"
     assert (by_metric["final_bwt"].better, by_metric["final_bwt"].pairs) == (0, 1)
     assert (by_metric["mean_bwt"].better, by_metric["mean_bwt"].pairs) == (1, 1)
+
+
+def test_results_tables_differences_mark_a_gap_under_0_005_as_a_tie(tmp_path, write_jsonl, capsys):
+    for name, last in (("fedkper", 0.503), ("fedavg", 0.500)):
+        rows = _rounds(with_validation=False)
+        rows[-1]["global_acc"] = last
+        write_jsonl(tmp_path / name / "metrics.jsonl", [{"run": {**HEADER["run"], "algorithm": name}}, *rows])
+    write_report([tmp_path / "fedkper", tmp_path / "fedavg"], tmp_path / "report")
+    _results_tables().main([str(tmp_path / "report"), "--algorithms", "fedkper,fedavg", "--differences"])
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index("fedkper minus each algorithm, seed by seed (seeds both ran; ~: closer than 0.005, a tie):")
+    row = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in lines[start:] if line.startswith("| ")}
+    assert row["final_global_acc"] == "+0.003~"  # counted a win by the paired table, a tie here
+    assert row["best_val_global_acc"] == "-"
