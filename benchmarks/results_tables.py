@@ -1,13 +1,15 @@
 """Print the tables of ``benchmarks/RESULTS.md`` from a report folder that ``fedkper-monai report`` wrote.
 
 RESULTS.md shows a few of the report's columns, one row per metric and one column per algorithm, mean ± std
-over the seeds, then the seed-by-seed counts (``fedkper_monai.report.paired``) and each run's value of the
+over the seeds (``n/a`` where no run reports the value, as best-by-validation for runs written before model
+selection), then the seed-by-seed counts (``fedkper_monai.report.paired``) and each run's value of the
 metrics the text quotes seed by seed. Everything is read from the report's ``summary.csv`` (one row per run),
 so the tables are exactly what the report holds. Run from the repository root:
 
     python benchmarks/results_tables.py benchmarks/results/brain28 --algorithms fedkper,fedavg,fedntd,ditto
 
-Prints Markdown; writes nothing.
+With ``--differences`` it also prints the reference minus each algorithm, seed by seed, marking gaps under
+0.005 as ties. Prints Markdown; writes nothing.
 """
 
 from __future__ import annotations
@@ -26,20 +28,23 @@ from fedkper_monai.report.paired import PAIRED_METRICS, paired_cell, paired_coun
 # (summary column, row title): the paper's metrics first (issue 10), then forgetting and the weighting.
 ROWS = (
     ("final_global_acc", "final global acc"),
+    ("best_val_global_acc", "global acc of the round best on validation (scored on test)"),
     ("late_global_acc", "global acc, mean over the last 20% of rounds"),
-    ("best_global_acc", "best global acc"),
+    ("best_global_acc", "best global acc (round chosen on test: optimistic)"),
     ("global_acc_stability", "global acc change, last 20% of rounds (lower is steadier)"),
     ("final_mean_personalized_acc", "mean personalized acc"),
     ("final_worst_personalized_acc", "worst site's personalized acc"),
     ("final_balance", "balance, (global + mean personalized) / 2"),
     ("final_mean_unseen_site_acc", "unseen-site acc (held-out sites)"),
     ("final_bwt", "final BwT"),
-    ("mean_global_nfr", "global NFR, mean over rounds"),
+    ("mean_bwt", "mean BwT, over the rounds that report it"),
+    ("mean_global_nfr", "global NFR, mean over rounds 1 onward (round 0 has no previous model)"),
     ("mean_local_nfr", "personalized NFR, mean over site rounds"),
     ("single_site_round_fraction", "single-site rounds"),
 )
-PER_SEED = ("final_global_acc", "late_global_acc", "global_acc_stability", "final_worst_personalized_acc", "final_mean_unseen_site_acc",
-            "final_bwt")
+PER_SEED = ("final_global_acc", "best_val_global_acc", "late_global_acc", "global_acc_stability", "final_worst_personalized_acc",
+            "final_mean_unseen_site_acc", "final_bwt", "mean_bwt")
+_SIGNED = ("final_bwt", "mean_bwt")
 
 
 def _number(text: str) -> float | None:
@@ -62,7 +67,14 @@ def read_summary(folder: Path) -> list[dict[str, Any]]:
 
 
 def _format(key: str, value: float) -> str:
-    return f"{value:+.3f}" if key == "final_bwt" else f"{value:.3f}"
+    return f"{value:+.3f}" if key in _SIGNED else f"{value:.3f}"
+
+
+def _per_seed(key: str, members: list[dict[str, Any]]) -> str:
+    """Each run's value, seeds in order, joined by "/"; "-" for a run without it, "n/a" when none has it."""
+    if all(row.get(key) is None for row in members):
+        return "n/a"
+    return "/".join(_format(key, row[key]) if row.get(key) is not None else "-" for row in members)
 
 
 def _seed_order(row: dict[str, Any]) -> tuple[bool, int]:
@@ -105,8 +117,30 @@ def tables(rows: list[dict[str, Any]], algorithms: list[str], reference: str) ->
                                                           for name in algorithms) + "):", "",
               "| metric | " + " | ".join(algorithms) + " |", "|---|" + "---|" * len(algorithms)]
     for key in PER_SEED:
-        cells = ["/".join(_format(key, row[key]) if row[key] is not None else "n/a"
-                          for row in runs[name]) for name in algorithms]
+        cells = [_per_seed(key, runs[name]) for name in algorithms]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# A seed-by-seed gap below this is a tie for the text (issue 23: "3 of 3" must not count a 0.002 gap as a win).
+CLOSE = 0.005
+
+
+def differences(rows: list[dict[str, Any]], algorithms: list[str], reference: str) -> str:
+    """Per seed, ``reference`` minus each other algorithm for the per-seed metrics; ``~`` marks a gap
+    below :data:`CLOSE`. A gap is only a gain where it clears the seed-to-seed spread of an unchanged
+    algorithm (run ``--differences --reference fedavg --algorithms fedavg,ditto`` on brain tumor MRI)."""
+    by_seed = {name: {row["seed"]: row for row in rows if row["algorithm"] == name} for name in algorithms}
+    others = [name for name in algorithms if name != reference]
+    lines = ["", f"{reference} minus each algorithm, seed by seed (seeds both ran; ~: closer than {CLOSE}, a tie):", "",
+             "| metric | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+    for key in PER_SEED:
+        cells = []
+        for name in others:
+            seeds = sorted(set(by_seed[reference]) & set(by_seed[name]), key=lambda seed: (seed is None, seed or 0))
+            gaps = [(by_seed[reference][seed].get(key), by_seed[name][seed].get(key)) for seed in seeds]
+            cells.append("/".join(f"{a - b:+.3f}" + ("~" if abs(a - b) < CLOSE else "") if None not in (a, b) else "-"
+                                  for a, b in gaps) or "n/a")
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -116,8 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("report", type=Path, help="a folder written by `fedkper-monai report` (holding summary.csv)")
     parser.add_argument("--algorithms", required=True, help="comma-separated, in column order")
     parser.add_argument("--reference", default="fedkper", help="the algorithm counted seed by seed against the others")
+    parser.add_argument("--differences", action="store_true",
+                        help=f"also print the reference minus each algorithm seed by seed (gaps under {CLOSE} marked ~)")
     args = parser.parse_args(argv)
-    print(tables(read_summary(args.report), [name for name in args.algorithms.split(",") if name], args.reference))
+    rows, algorithms = read_summary(args.report), [name for name in args.algorithms.split(",") if name]
+    print(tables(rows, algorithms, args.reference))
+    if args.differences:
+        print(differences(rows, algorithms, args.reference))
     return 0
 
 

@@ -16,6 +16,7 @@ from fedkper_monai.report.runs import RunMetrics
 
 __all__ = [
     "SUMMARY_COLUMNS",
+    "VAL_ACC_FIELD",
     "SummaryColumn",
     "summarize",
     "summarize_by_algorithm",
@@ -30,6 +31,12 @@ __all__ = [
     "column_title",
     "column_meaning",
 ]
+
+
+# Round-line fields of model selection (issue 23): the round's global model on the server's validation list,
+# null without one. Named here as the lead's interface for fedkper_monai.metrics_schema spells them; runs
+# written before model selection lack them and report n/a.
+VAL_ACC_FIELD = "val_acc"
 
 
 @dataclass(frozen=True)
@@ -50,8 +57,16 @@ SUMMARY_COLUMNS: tuple[SummaryColumn, ...] = (
     SummaryColumn("rounds", "rounds", "d", "number of rounds with a round line in metrics.jsonl"),
     SummaryColumn("final_global_acc", "final global acc", ".3f",
                   "accuracy of the global model on the global test set after the last round"),
+    SummaryColumn("best_val_global_acc", "best-by-val global acc", ".3f",
+                  "accuracy on the global test set of the global model of the round with the highest validation "
+                  "accuracy (val_acc, the server's global_val.json; earliest round on ties): the model a user keeps "
+                  "when selecting on validation; n/a for a run without a validation list"),
+    SummaryColumn("best_val_round", "best-by-val round", "d",
+                  "the 0-based round whose global model has the highest validation accuracy (earliest on ties); "
+                  "n/a without a validation list"),
     SummaryColumn("best_global_acc", "best global acc", ".3f",
-                  "highest global-model accuracy on the global test set over all rounds"),
+                  "highest global-model accuracy on the global test set over all rounds: chosen on the test set "
+                  "itself, so an optimistic upper bound, not a model anyone could select"),
     SummaryColumn("final_mean_personalized_acc", "mean pers. acc", ".3f",
                   "last round: mean over sites of each site's personalized (local) model accuracy on its local test split"),
     SummaryColumn("final_worst_personalized_acc", "worst pers. acc", ".3f",
@@ -69,10 +84,11 @@ SUMMARY_COLUMNS: tuple[SummaryColumn, ...] = (
                   "last round: the global model's accuracy on the held-out sites that never trained, mean over them"),
     SummaryColumn("mean_global_nfr", "global NFR", ".4f",
                   "negative flip rate of the global model on the global test set (share of samples right at the "
-                  "previous round and wrong now), mean over rounds after the first"),
+                  "previous round and wrong now), mean over rounds 1 onward: round 0 is left out, it has no previous "
+                  "global model (its global_nfr is 0 by definition)"),
     SummaryColumn("mean_global_pfr", "global PFR", ".4f",
                   "positive flip rate of the global model on the global test set (share of samples wrong at the "
-                  "previous round and right now), mean over rounds after the first"),
+                  "previous round and right now), mean over rounds 1 onward (round 0 left out, as for global NFR)"),
     SummaryColumn("mean_local_nfr", "local NFR", ".4f",
                   "negative flip rate of each site's personalized model on its local test split since its previous "
                   "evaluation, mean over all site train lines"),
@@ -81,7 +97,10 @@ SUMMARY_COLUMNS: tuple[SummaryColumn, ...] = (
     SummaryColumn("final_bwt", "final BwT", "+.4f",
                   "backward transfer after the last round: mean over previously sampled sites of global-on-local "
                   "accuracy now minus right after the round they were last sampled (negative = forgetting)"),
-    SummaryColumn("mean_bwt", "mean BwT", "+.4f", "backward transfer, mean over the rounds that report it"),
+    SummaryColumn("mean_bwt", "mean BwT", "+.4f",
+                  "backward transfer, mean over every round that reports it (null on round 0, which has no earlier "
+                  "round, and on rounds that are not a full validation): the whole run's forgetting, not only the "
+                  "last round's"),
     SummaryColumn("seconds_per_round", "s/round", ".1f", "wall time per round, mean over rounds (seconds)"),
     SummaryColumn("bytes_sent_per_round", "MB sent/round", "MB",
                   "bytes the server sent to sites per round, mean over rounds (shown in MB = 1e6 bytes)"),
@@ -95,9 +114,11 @@ _DICE_MEANINGS = {
     "final_balanced_personalized_acc": "last round: class-balanced personalized Dice (each foreground class's mean Dice "
                                        "over the cases holding it, averaged over the classes), averaged over sites",
     "mean_global_nfr": "negative flip rate of the global model on the global test set (share of ground-truth foreground "
-                       "voxels labelled right at the previous round and wrong now), mean over rounds after the first",
+                       "voxels labelled right at the previous round and wrong now), mean over rounds 1 onward: round 0 "
+                       "is left out, it has no previous global model (its global_nfr is 0 by definition)",
     "mean_global_pfr": "positive flip rate of the global model on the global test set (share of ground-truth foreground "
-                       "voxels labelled wrong at the previous round and right now), mean over rounds after the first",
+                       "voxels labelled wrong at the previous round and right now), mean over rounds 1 onward (round 0 "
+                       "left out, as for global NFR)",
     "mean_local_nfr": "negative flip rate (foreground voxels) of each site's personalized model on its local test split "
                       "since its previous evaluation, mean over all site train lines",
     "mean_local_pfr": "positive flip rate (foreground voxels) of the personalized models on their local test splits, "
@@ -157,7 +178,8 @@ def _is_train(row: Mapping[str, Any]) -> bool:
 def summarize(run: RunMetrics) -> dict[str, Any]:
     """Reduce a run to one row with the keys of :data:`SUMMARY_COLUMNS` (``None`` where unknown).
 
-    Final values come from the last round line; "global NFR" averages the rounds after the first
+    Final values come from the last round line; best-by-validation from the round with the highest
+    ``val_acc``; "global NFR" averages the rounds after the first
     (the first has no previous evaluation, so nothing can flip); "local NFR" averages
     ``nfr_personalized`` over all site train lines.
     """
@@ -174,6 +196,7 @@ def summarize(run: RunMetrics) -> dict[str, Any]:
         "seed": run.seed,
         "rounds": len(rows),
         "final_global_acc": last.get("global_acc"),
+        **_best_by_validation(rows),
         "best_global_acc": max(global_accs) if global_accs else None,
         "final_mean_personalized_acc": last.get("mean_personalized_acc"),
         "final_worst_personalized_acc": last.get("worst_personalized_acc"),
@@ -194,6 +217,24 @@ def summarize(run: RunMetrics) -> dict[str, Any]:
         "bytes_sent_per_round": _mean(row.get("bytes_sent") for row in rows),
         "single_site_round_fraction": (sum(single_site) / len(single_site)) if single_site else None,
     }
+
+
+def _best_by_validation(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``best_val_round`` and ``best_val_global_acc``: the round with the highest finite ``val_acc``, the
+    earliest on ties (as the server's ``best_val_round``), and that round's ``global_acc``; both ``None``
+    when no round has a validation accuracy (every run written before model selection).
+
+    The round is found from ``val_acc`` itself rather than read from the last line's ``best_val_round``,
+    so a run cut short or resumed reports the round its own lines say is best.
+    """
+    best: Mapping[str, Any] | None = None
+    for row in rows:  # rows are sorted by round: a strict ">" keeps the earliest of equal scores
+        value = row.get(VAL_ACC_FIELD)
+        if value is not None and math.isfinite(float(value)) and (best is None or float(value) > float(best[VAL_ACC_FIELD])):
+            best = row
+    if best is None:
+        return {"best_val_global_acc": None, "best_val_round": None}
+    return {"best_val_global_acc": best.get("global_acc"), "best_val_round": best["round"]}
 
 
 def stability(global_accs: Sequence[float], share: float = 0.2) -> float | None:

@@ -153,7 +153,12 @@ def report_markdown(runs: Sequence[RunMetrics], summaries: Sequence[Mapping[str,
           f"{len(run.round_rows)} ({format_value(run.header.get('num_rounds'), '')})", f"`{run.metrics_path}`"]
          for run in runs],
     )
-    lines += ["", "## Summary (one row per run; also in `summary.csv`)", ""]
+    lines += ["", "## Summary (one row per run; also in `summary.csv`)", "",
+              for_metric("Three global accuracies per run, each on the global test set: **final** (the last round's "
+                         "model), **best-by-val** (the model of the round with the highest validation accuracy, as a "
+                         "user who selects on validation keeps it; n/a for runs without a validation list) and **late** "
+                         "(the mean over the last 20% of rounds). **best global acc** picks the round on the test set "
+                         "itself: an optimistic bound, not a selectable model.", word), ""]
     lines += _table([column_title(column, word) for column in SUMMARY_COLUMNS],
                     [[format_value(summary.get(column.key), column.number_format) for column in SUMMARY_COLUMNS]
                      for summary in summaries])
