@@ -14,6 +14,7 @@ __all__ = ["add_bundle_parser", "add_predict_parser", "add_evaluate_parser"]
 _EXPORT_EXAMPLE = """\
 example:
   fedkper-monai bundle export --run /tmp/fedkper_demo --site site-1 --out bundles/site-1
+  fedkper-monai bundle export --run /tmp/fedkper_demo --global --best --out bundles/best   # best on global_val.json
   python -m monai.bundle run --config_file bundles/site-1/configs/inference.json --bundle_root bundles/site-1 \\
       --dataset_dir new_images/ --output_file predictions.csv
 """
