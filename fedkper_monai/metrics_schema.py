@@ -100,8 +100,10 @@ SITE_TRAIN_FIELDS: tuple[MetricField, ...] = (
     MetricField("nfr_global_on_local", NUMBER, "negative flip rate of the global model on the local test split"),
     MetricField("train_acc", NUMBER, "the local model on its training split (the score's reliability); null unless the site shares diagnostics"),
     MetricField("score", NUMBER, "the site's FedKPer score (its aggregation weight before normalization)"),
-    MetricField("num_samples", NUMBER, "training samples of the site"),
+    MetricField("num_samples", NUMBER, "training samples of the site (without its validation carve)"),
     MetricField("local_test_size", NUMBER, "samples of the local test split"),
+    MetricField("validation_size", NUMBER, "samples of the site's own validation part (its val_fraction carve of the "
+                "training list, or its datalist's 'validation' list) that pick best_personalized_model.pt; 0 without one"),
     MetricField("train_seconds", NUMBER, "wall time of the local training"),
     MetricField("negative_flips_personalized", NUMBER, "local test samples the local model got right last time and wrong now"),
     MetricField("positive_flips_personalized", NUMBER, "local test samples it got wrong (or never saw) last time and right now"),
@@ -157,6 +159,10 @@ ROUND_FIELDS: tuple[MetricField, ...] = (
     MetricField("seconds", NUMBER, "wall time from this round's broadcast to the next one's (the last: to the end)"),
     MetricField("bytes_sent", NUMBER, "bytes of global weights the server sent for this round's model"),
     MetricField("bytes_received", NUMBER, "bytes of the updates the server received in this round"),
+    MetricField("val_acc", NUMBER, "the round's global model on the server's validation list (global_val.json's "
+                "'validation' entries; mean foreground Dice for segmentation, as global_acc); null without that file"),
+    MetricField("best_val_round", NUMBER, "the round (0-based) whose global model has the highest val_acc so far, "
+                "earliest on ties: the one kept as best_global_model.pt; null without validation"),
 )
 
 # A segmentation site (docs/design.md, Dense FedKPer) names its metric fields *_dice (mean foreground Dice) where a

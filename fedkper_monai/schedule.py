@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["sample_sites", "validation_due", "Broadcast", "RoundRecord", "RoundSchedule"]
+__all__ = ["sample_sites", "validation_due", "Broadcast", "RoundRecord", "RoundSchedule", "BestSelection"]
 
 
 def sample_sites(sites: Sequence[str], fraction: float, seed: int, round_index: int, minimum: int = 1) -> list[str]:
@@ -173,3 +173,36 @@ class RoundSchedule:
             bytes_received=sum(metrics["bytes_received"] for metrics in train_metrics.values()),
             validate=validation_due(broadcast.round, self.num_rounds, self.validate_every),
         )
+
+
+@dataclass
+class BestSelection:
+    """Model selection on a validation list: the round whose model scored highest so far (earliest on ties).
+
+    MONAI's ``CheckpointSaver`` with a key metric, without ignite: the server feeds each round's validation
+    accuracy (mean foreground Dice for segmentation) of the global model, a site its personalized model's on
+    its validation carve. ``None`` scores (no validation list, a failed evaluation) never select a round.
+    The state is two numbers, kept in the checkpoint, so a resumed run continues the same selection.
+    """
+
+    round: int | None = None
+    score: float | None = None
+
+    def update(self, round_index: int, score: float | None) -> bool:
+        """Record ``round_index``'s score; True when it is a new best (its model is then the one to keep)."""
+        if score is None or not math.isfinite(float(score)):
+            return False
+        if self.score is not None and float(score) <= self.score:
+            return False  # a tie keeps the earlier round
+        self.round, self.score = int(round_index), float(score)
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """The selection as JSON."""
+        return {"round": self.round, "score": self.score}
+
+    def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
+        """Restore what :meth:`state_dict` returned (None or {}: nothing selected yet)."""
+        state = state or {}
+        self.round = None if state.get("round") is None else int(state["round"])
+        self.score = None if state.get("score") is None else float(state["score"])

@@ -14,6 +14,7 @@ __all__ = ["add_bundle_parser", "add_predict_parser", "add_evaluate_parser"]
 _EXPORT_EXAMPLE = """\
 example:
   fedkper-monai bundle export --run /tmp/fedkper_demo --site site-1 --out bundles/site-1
+  fedkper-monai bundle export --run /tmp/fedkper_demo --global --best --out bundles/best   # best on global_val.json
   python -m monai.bundle run --config_file bundles/site-1/configs/inference.json --bundle_root bundles/site-1 \\
       --dataset_dir new_images/ --output_file predictions.csv
 """
@@ -28,14 +29,25 @@ examples:
 """
 
 
+_BEST_HELP = (
+    "the model best on validation instead of the latest: for --global best_global_model.pt (the round whose global "
+    "model scored highest on the server's global_val.json, earliest on ties; the round line's best_val_round), for "
+    "--site the site's best_personalized_model.pt (best on a validation part of its own training data, never its "
+    "local test split). A run without that validation has none: an error names the file"
+)
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a bundle folder, or a state dict (personalized_model.pt, global_model.pt); "
+    parser.add_argument("--model", help="a bundle folder, or a state dict (personalized_model.pt, global_model.pt); "
                         "a bundle's config is code that MONAI runs (its '$' expressions, _target_ classes)")
     parser.add_argument("--trust-bundle", action="store_true",
                         help="run a bundle whose config imports modules beyond torch, monai and numpy ($import os, "
                         "__import__, a _target_ of its own scripts, ...): refused without it. Only for a bundle whose "
                         "source you trust: the check is a tripwire, not a sandbox")
     parser.add_argument("--run", help="the run a state dict came from (found by itself when the file sits in its run folder)")
+    parser.add_argument("--best", action="store_true", help="instead of --model: the run's (--run) global model best on "
+                        "validation, best_global_model.pt, or with --site its personalized one (see bundle export --best)")
+    parser.add_argument("--site", help="with --best: that site's best_personalized_model.pt rather than the global model")
     parser.add_argument("--network", help="network spec of a state dict without its run: JSON text or file")
     parser.add_argument("--transforms", help="transform config name or path for --network (default classification_2d)")
     parser.add_argument("--split", default="test", choices=("training", "test", "validation"), help="list of a datalist (default: test)")
@@ -58,8 +70,9 @@ def add_bundle_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     export.add_argument("--run", required=True, metavar="RUN_DIR", help="the run's workspace (-w of `fedkper-monai simulate`)")
     which = export.add_mutually_exclusive_group(required=True)
-    which.add_argument("--global", dest="global_model", action="store_true", help="the latest global model")
-    which.add_argument("--site", help="a site's personalized model, e.g. site-1")
+    which.add_argument("--global", dest="global_model", action="store_true", help="the run's global model (the latest; see --best)")
+    which.add_argument("--site", help="a site's personalized model, e.g. site-1 (its latest; see --best)")
+    export.add_argument("--best", action="store_true", help=_BEST_HELP)
     export.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="the bundle folder to write")
     export.add_argument("--overwrite", action="store_true", help="replace BUNDLE_DIR if it exists and is not empty")
     export.set_defaults(func=_export)
@@ -103,7 +116,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
 def _export(args: argparse.Namespace) -> int:
     from fedkper_monai.bundle.export import export_bundle
 
-    out = export_bundle(args.run, args.out, site=None if args.global_model else args.site, overwrite=args.overwrite)
+    out = export_bundle(args.run, args.out, site=None if args.global_model else args.site, overwrite=args.overwrite, best=args.best)
     print(f"wrote MONAI bundle {out}")
     print(f"  python -m monai.bundle run --config_file {out}/configs/inference.json --bundle_root {out} --dataset_dir IMAGES --output_file predictions.csv")
     return 0
@@ -112,7 +125,17 @@ def _export(args: argparse.Namespace) -> int:
 def _model_and_inputs(args: argparse.Namespace, inputs: str):
     """The model, then the inputs read against the class count it declares (a plain MONAI datalist names none)."""
     from fedkper_monai.bundle.inference import load_inputs, load_model, parse_network_spec
+    from fedkper_monai.bundle.runs import locate_model
+    from fedkper_monai.errors import FedKPerError
 
+    if args.best:
+        if args.model or not args.run:
+            raise FedKPerError("--best takes the model from the run: give --run RUN_DIR and no --model")
+        args.model = str(locate_model(args.run, site=args.site, best=True).weights_path)
+    elif not args.model:
+        raise FedKPerError("give --model (a bundle or a state dict), or --run RUN_DIR --best")
+    elif args.site:
+        raise FedKPerError("--site goes with --best (a state dict's site is found from its run folder)")
     network = parse_network_spec(args.network) if args.network else None
     model = load_model(args.model, run_dir=args.run, network=network, transforms=args.transforms, trust_bundle=args.trust_bundle)
     entries, names = load_inputs(inputs, split=args.split, num_classes=model.num_classes)

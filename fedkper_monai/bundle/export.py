@@ -141,6 +141,8 @@ def _provenance(source: ModelSource, weights_sha256: str) -> dict[str, Any]:
     return {
         "role": source.role,
         "site": source.site,
+        # Which of the run's models: the latest, or the one best on validation (docs/models-and-bundles.md).
+        "selection": "best on validation" if source.best else "latest",
         "network": dict(source.network),
         "transforms": source.transforms,
         "run_dir": str(Path(source.run_dir).absolute()),
@@ -189,8 +191,10 @@ provided "as is", without warranty of any kind, and is not a medical device.
 """
 
 
-def export_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, *, site: str | None = None, overwrite: bool = False) -> Path:
-    """Write the global model (``site=None``) or ``site``'s personalized model of a run as a MONAI bundle.
+def export_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, *, site: str | None = None, overwrite: bool = False,
+                  best: bool = False) -> Path:
+    """Write the global model (``site=None``) or ``site``'s personalized model of a run as a MONAI bundle: the
+    latest, or with ``best`` the one best on validation (:func:`~fedkper_monai.bundle.runs.locate_model`).
 
     The folder is built aside and moved into place only when complete (nothing half-written is left); the
     network written in config is checked to load the weights and give the same logits as the run's network.
@@ -201,7 +205,7 @@ def export_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, *, site: s
     """
     import torch
 
-    source = locate_model(run_dir, site=site)
+    source = locate_model(run_dir, site=site, best=best)
     try:
         weights = torch.load(source.weights_path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file: name it

@@ -4,8 +4,10 @@ A run folder is the simulator workspace (``fedkper-monai simulate JOB -w RUN``):
 
     RUN/server/<job>/metrics.jsonl                 header: algorithm, classes, network name, ...
     RUN/server/<job>/global_model.pt               the latest global model (a state dict)
+    RUN/server/<job>/best_global_model.pt          the one best on global_val.json (only with that file)
     RUN/server/<job>/app_server/config/config_fed_server.json   persistor args: the network spec
     RUN/site-N/<job>/personalized_model.pt         site-N's personalized model (a state dict)
+    RUN/site-N/<job>/best_personalized_model.pt    the one best on site-N's own validation part (only with one)
     RUN/site-N/<job>/app_site-N/config/config_fed_client.json   learner args: network spec, transforms
 
 The server's job folder itself (the one holding ``metrics.jsonl``) is accepted as ``RUN`` for the global model;
@@ -28,6 +30,14 @@ __all__ = ["ModelSource", "locate_model", "read_run_header", "site_job_dir", "la
 
 GLOBAL_MODEL_FILE = "global_model.pt"
 PERSONALIZED_MODEL_FILE = "personalized_model.pt"  # training.site.CHECKPOINT_FILE (not imported: that pulls torch)
+BEST_GLOBAL_MODEL_FILE = "best_global_model.pt"  # flare.persistor.BEST_MODEL_FILE
+BEST_PERSONALIZED_MODEL_FILE = "best_personalized_model.pt"  # training.site_state.BEST_MODEL_FILE
+# Why a run may have no best model: what selects one and how to get it.
+_NO_BEST = {
+    "global": "the server selects one only when the data root holds global_val.json (written by `fedkper-monai prepare`)",
+    "personalized": "a site selects one only with a validation part: its setting val_fraction > 0 or a 'validation' "
+    "list in its own datalist",
+}
 DEFAULT_TRANSFORMS = "classification_2d"  # training.site.SiteConfig.transforms
 
 
@@ -44,6 +54,7 @@ class ModelSource:
         class_names: one name per output, index = class.
         run: the run's ``metrics.jsonl`` header (algorithm, seed, rounds, sites, ...).
         run_dir: the run folder.
+        best: the model best on validation (``best_*_model.pt``) rather than the latest.
     """
 
     role: str
@@ -54,6 +65,7 @@ class ModelSource:
     class_names: list[str]
     run: dict[str, Any] = field(default_factory=dict)
     run_dir: Path = Path(".")
+    best: bool = False
 
 
 def site_job_dir(run_dir: str | os.PathLike, site: str) -> Path:
@@ -123,17 +135,20 @@ def _class_names(header: dict[str, Any], num_classes: int, source: Path) -> list
     return [str(name) for name in names]
 
 
-def locate_model(run_dir: str | os.PathLike, site: str | None = None) -> ModelSource:
-    """The global model of a run (``site=None``) or one site's personalized model.
+def locate_model(run_dir: str | os.PathLike, site: str | None = None, best: bool = False) -> ModelSource:
+    """The global model of a run (``site=None``) or one site's personalized model: the latest, or with ``best``
+    the one that scored best on validation (``best_global_model.pt``: the server's global_val.json;
+    ``best_personalized_model.pt``: the site's own validation part of its training data).
 
     Raises:
-        FedKPerError: the run folder, the model file or its job config is missing (naming what was looked for).
+        FedKPerError: the run folder, the model file or its job config is missing (naming what was looked for);
+            with ``best``, a run that selected no best model (naming the file and what would have selected one).
     """
     server_dir = server_job_dir(run_dir)
     header = read_run_header(server_dir)
     run = Path(run_dir)
     if site is None:
-        weights = server_dir / GLOBAL_MODEL_FILE
+        weights = server_dir / (BEST_GLOBAL_MODEL_FILE if best else GLOBAL_MODEL_FILE)
         config_path = _first("app_*/config/config_fed_server.json", server_dir)
         network = _component_args(config_path, "NetworkPersistor") or {}
         evaluator = _component_args(config_path, "GlobalEvaluator") or {}
@@ -141,7 +156,7 @@ def locate_model(run_dir: str | os.PathLike, site: str | None = None) -> ModelSo
         role = "global"
     else:
         job_dir = site_job_dir(run, site)
-        weights = job_dir / PERSONALIZED_MODEL_FILE
+        weights = job_dir / (BEST_PERSONALIZED_MODEL_FILE if best else PERSONALIZED_MODEL_FILE)
         config_path = _first("app_*/config/config_fed_client.json", job_dir)
         # The site executor's args; runs made before it name the former FedKPerLearner component.
         learner = _component_args(config_path, "FedKPerExecutor") or _component_args(config_path, "FedKPerLearner") or {}
@@ -152,6 +167,8 @@ def locate_model(run_dir: str | os.PathLike, site: str | None = None) -> ModelSo
     if not spec.get("name"):
         raise FedKPerError(f"{config_path}: no network spec (args.network) in the job config")
     if not weights.is_file():
+        if best:
+            raise FedKPerError(f"{weights}: no best model in this run: {_NO_BEST[role]}")
         raise FedKPerError(f"{weights}: model file not found")
     return ModelSource(
         role=role,
@@ -162,4 +179,5 @@ def locate_model(run_dir: str | os.PathLike, site: str | None = None) -> ModelSo
         class_names=_class_names(header, int(spec.get("num_classes", 0)), config_path),
         run=header,
         run_dir=run,
+        best=best,
     )

@@ -218,7 +218,7 @@ class FedKPerController(ModelController):
             return None
         if previous is not None:
             evaluations = run.schedule.evaluations(previous, validations, train_metrics)
-            self._write_round(run, previous, evaluations, seconds=started - previous.started)
+            self._write_round(run, previous, evaluations, started - previous.started, model.params)
         try:
             params = run.aggregator.aggregate_model().params
         except RuntimeError as error:
@@ -248,7 +248,7 @@ class FedKPerController(ModelController):
         failed = self.failures.close_round([], targets, {}, validations)
         for line in build_failure_lines(self.num_rounds - 1, failed, validate_round=self.num_rounds - 1):
             run.metrics.append(line)
-        self._write_round(run, last, validations, seconds=time.perf_counter() - last.started)
+        self._write_round(run, last, validations, time.perf_counter() - last.started, model.params)
         self.info(f"finished {self.num_rounds} rounds; metrics in {run.metrics.path}")
         return True
 
@@ -310,11 +310,14 @@ class FedKPerController(ModelController):
             time.sleep(self._task_check_period)
         return not self.abort_signal.triggered
 
-    def _write_round(self, run: _Run, record: RoundRecord, evaluations: dict, seconds: float) -> None:
-        """Append a round's validate lines and round line (last), and log the round."""
+    def _write_round(self, run: _Run, record: RoundRecord, evaluations: dict, seconds: float, params: dict) -> None:
+        """Append a round's validate lines and round line (last), log the round, and keep its model (``params``)
+        as the best global model when it is a new best on the validation list."""
         lines = run.book.close_round(record, evaluations, seconds=seconds)
         for line in lines:
             run.metrics.append(line)
+        if lines[-1]["best_val_round"] == record.round and hasattr(self.persistor, "save_best_model"):
+            self.persistor.save_best_model(params, self.fl_ctx)
         self._log_round(lines[-1])
 
     def _as_task_model(self, params: dict, round_index: int, version: int) -> FLModel:

@@ -16,7 +16,11 @@ from fedkper_monai.job_fields import check_evaluator_args
 from fedkper_monai.metrics_schema import site_sort_key
 from fedkper_monai.training.networks import check_network_matches
 
-__all__ = ["GlobalEvaluator"]
+__all__ = ["GlobalEvaluator", "VALIDATION_DATALIST"]
+
+# The server's validation list, as ``fedkper-monai prepare`` writes it: its "validation" entries select the
+# best global model (best_global_model.pt); they are never trained on and never part of global_acc.
+VALIDATION_DATALIST = "global_val.json"
 
 
 class GlobalEvaluator(FLComponent):
@@ -26,6 +30,8 @@ class GlobalEvaluator(FLComponent):
     ``fedkper-monai prepare`` is found there; at a real deployment the server may hold a test set of its
     own, or none (then global accuracy is reported as null). Every ``holdout-*.json`` in the data root (a
     site ``prepare --holdout-sites`` kept out of training) is evaluated too, all of its samples, each round.
+    When :data:`VALIDATION_DATALIST` is in the data root too, its ``"validation"`` entries are evaluated each
+    round with the same network and transforms (``val_accuracy``, no flips: only the model selection reads it).
 
     Args:
         data_root: folder of the global test datalist; default ``$FEDKPER_DATA_ROOT``.
@@ -81,6 +87,7 @@ class GlobalEvaluator(FLComponent):
         self._available = False
         self._class_names: list[str] | None = None
         self.unseen: dict[str, Any] = {}
+        self.val_loader: Any = None
 
     @property
     def class_names(self) -> list[str] | None:
@@ -111,6 +118,11 @@ class GlobalEvaluator(FLComponent):
             for holdout in sorted(root.glob("holdout-*.json"), key=lambda p: site_sort_key(p.stem))
             for data in (load_datalist(holdout),)
         }
+        val_path = root / VALIDATION_DATALIST
+        if val_path.is_file():
+            validation = load_datalist(val_path)
+            if validation.validation:
+                self.val_loader = self._loader(validation, validation.validation, val_path)
         self.device = select_device(self.device_preference)
         self.model = build_network(**self.network_spec).to(self.device)
         self.num_classes = datalist.num_classes
@@ -143,7 +155,8 @@ class GlobalEvaluator(FLComponent):
             self.tracker.load_state_dict(state["tracker"])
 
     def evaluate(self, params: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
-        """Accuracy, balanced accuracy, NFR and per-class forgetting of ``params``; None without a test set."""
+        """Accuracy, balanced accuracy, NFR and per-class forgetting of ``params`` on the test list, its accuracy on
+        the held-out sites and on the validation list (``val_accuracy``, None without one); None without a test set."""
         from fedkper_monai.training import evaluate
 
         if not self._ready:
@@ -157,6 +170,9 @@ class GlobalEvaluator(FLComponent):
             site: evaluate(self.model, loader, device=self.device, num_classes=self.num_classes, task=self.task).accuracy
             for site, loader in self.unseen.items()
         }
+        val_accuracy = None
+        if self.val_loader is not None:
+            val_accuracy = evaluate(self.model, self.val_loader, device=self.device, num_classes=self.num_classes, task=self.task).accuracy
         return {
             "accuracy": result.accuracy,
             "balanced_accuracy": result.balanced_accuracy,
@@ -167,4 +183,5 @@ class GlobalEvaluator(FLComponent):
             "unchanged": flips.unchanged,
             "num_samples": result.num_samples,
             "unseen_site_acc": unseen,
+            "val_accuracy": val_accuracy,
         }

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from fedkper_monai import metrics_schema as schema
-from fedkper_monai.schedule import RoundRecord
+from fedkper_monai.schedule import BestSelection, RoundRecord
 
 __all__ = ["RunBook", "MetricsFile", "SITE_TRAIN_FIELDS", "ROUND_FIELDS"]
 
@@ -77,6 +77,8 @@ class RunBook:
     - ``baselines``: each site's BwT baseline, its global-on-local accuracy of the global model made in the
       round it was last sampled (docs/design.md, Forgetting: NFR and BwT; exact: the schedule has every sampled site evaluate
       that model in the next broadcast, also between full validations).
+    - ``selection``: the round whose global model scored best on the server's validation list so far
+      (``best_val_round``; the controller keeps that model as ``best_global_model.pt``).
 
     A site field the schema does not know is never written: it is logged once and dropped, or, with
     ``strict`` (tests), raises :class:`~fedkper_monai.metrics_schema.UnknownSiteFieldError`.
@@ -86,16 +88,18 @@ class RunBook:
         self.strict = bool(strict)
         self.personalized: dict[str, dict[str, float]] = {}
         self.baselines: dict[str, float] = {}
+        self.selection = BestSelection()
         self._reported_unknown: set[str] = set()
 
     def state_dict(self) -> dict[str, Any]:
         """The cross-round state, as JSON (a resumed run continues it)."""
-        return {"personalized": self.personalized, "baselines": self.baselines}
+        return {"personalized": self.personalized, "baselines": self.baselines, "selection": self.selection.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self.personalized = {site: dict(values) for site, values in (state.get("personalized") or {}).items()}
         self.baselines = {site: float(value) for site, value in (state.get("baselines") or {}).items()}
+        self.selection.load_state_dict(state.get("selection"))
 
     def _check_fields(self, site: str, metrics: Mapping[str, Any], task: str | None) -> None:
         if self.strict:
@@ -174,7 +178,8 @@ class RunBook:
             seconds: the round's wall time.
 
         Returns:
-            One validate line per evaluated site (sorted), then the round line (last).
+            One validate line per evaluated site (sorted), then the round line (last). Its ``best_val_round``
+            equals its ``round`` exactly when this round's global model is a new best on validation.
         """
         lines = [self.site_validate_line(record.round, site, evaluations[site]) for site in sorted(evaluations)]
         current = {
@@ -184,6 +189,8 @@ class RunBook:
             if value is not None
         }
         bwt, bwt_sites = self.backward_transfer(current, record.sampled, full=record.validate)
+        val_acc = (record.global_eval or {}).get("val_accuracy")
+        self.selection.update(record.round, val_acc)
         lines.append(
             self.round_line(
                 record.round,
@@ -199,6 +206,8 @@ class RunBook:
                 seconds=seconds,
                 bytes_sent=record.bytes_sent,
                 bytes_received=record.bytes_received,
+                val_acc=val_acc,
+                best_val_round=self.selection.round,
             )
         )
         return lines
@@ -219,6 +228,8 @@ class RunBook:
         bytes_received: int,
         clipped: Mapping[str, float] | None = None,
         refused: Iterable[str] = (),
+        val_acc: float | None = None,
+        best_val_round: int | None = None,
     ) -> dict[str, Any]:
         """The round's summary line; personalized figures are over every site trained so far."""
         accs = [entry["acc"] for entry in self.personalized.values()]
@@ -253,4 +264,6 @@ class RunBook:
             "seconds": seconds,
             "bytes_sent": int(bytes_sent),
             "bytes_received": int(bytes_received),
+            "val_acc": val_acc,
+            "best_val_round": best_val_round,
         }

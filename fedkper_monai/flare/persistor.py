@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from nvflare.apis.fl_context import FLContext
@@ -15,7 +15,10 @@ from fedkper_monai.flare.weights import to_numpy, to_torch
 from fedkper_monai.io import atomic_write_bytes
 from fedkper_monai.job_fields import check_persistor_args
 
-__all__ = ["NetworkPersistor"]
+__all__ = ["NetworkPersistor", "BEST_MODEL_FILE"]
+
+# The global model that scored best on the server's validation list, beside the latest (controller: best_val_round).
+BEST_MODEL_FILE = "best_global_model.pt"
 
 
 class NetworkPersistor(ModelPersistor):
@@ -28,6 +31,7 @@ class NetworkPersistor(ModelPersistor):
         save_name: file name of the saved global model inside the server's run folder.
 
     If ``save_name`` already exists in the run folder (a restarted server), training resumes from it.
+    :meth:`save_best_model` writes :data:`BEST_MODEL_FILE` beside it, in the same format.
     """
 
     def __init__(self, network: dict[str, Any], seed: int = 0, save_name: str = "global_model.pt") -> None:
@@ -67,6 +71,15 @@ class NetworkPersistor(ModelPersistor):
         return make_model_learnable(weights=to_numpy(state), meta_props={})
 
     def save_model(self, model: ModelLearnable, fl_ctx: FLContext) -> None:
-        buffer = io.BytesIO()
-        torch.save(to_torch(model["weights"]), buffer)
-        atomic_write_bytes(self._save_path(fl_ctx), buffer.getvalue())
+        _save_state_dict(self._save_path(fl_ctx), model["weights"])
+
+    def save_best_model(self, weights: Mapping[str, Any], fl_ctx: FLContext) -> None:
+        """Keep ``weights`` (numpy arrays, a global model) as :data:`BEST_MODEL_FILE` in the run folder."""
+        _save_state_dict(self._save_path(fl_ctx).with_name(BEST_MODEL_FILE), weights)
+
+
+def _save_state_dict(path: Path, weights: Mapping[str, Any]) -> None:
+    """A torch state dict file, written atomically (a stop mid-write leaves the previous file whole)."""
+    buffer = io.BytesIO()
+    torch.save(to_torch(weights), buffer)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -64,6 +64,8 @@ RUNNING, FINISHED, ABORTED, CONTINUED = "running", "finished", "aborted", "conti
 SIMULATOR_JOB_ID = "simulate_job"
 # A site's state file (fedkper_monai.training.site_state.STATE_FILE; not imported: that pulls torch).
 _SITE_STATE_FILE = "fedkper_site_state.json"
+# The best global model so far (fedkper_monai.flare.persistor.BEST_MODEL_FILE; not imported: that pulls torch).
+_BEST_MODEL_FILE = "best_global_model.pt"
 _FORMAT = 1
 _LOG = logging.getLogger(__name__)
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -266,8 +268,9 @@ class Checkpointer:
         """Continue the stopped run :func:`find_resumable` picks, or None to start afresh.
 
         The stopped run's metrics lines up to its checkpoint become this run's metrics file (a round it was
-        in the middle of is run again), its header noting where this job took over; its checkpoint is
-        copied here before the stopped one is marked ``CONTINUED``, so a stop in between loses nothing.
+        in the middle of is run again), its header noting where this job took over; its checkpoint (with the
+        model selection's best round and score, in ``book``) and its best global model are copied here before
+        the stopped one is marked ``CONTINUED``, so a stop in between loses nothing.
         """
         found = find_resumable(root, self.job, self.settings, resume, self.job_id)
         if found is None:
@@ -291,6 +294,8 @@ class Checkpointer:
         except (OSError, ValueError, TypeError, KeyError, IndexError) as error:
             raise FedKPerError(f"resume: {where} or its {METRICS_FILE} is damaged ({type(error).__name__}: {error})") from error
         atomic_write_text(self.run_dir / METRICS_FILE, "\n".join([json.dumps(header), *lines[1:]]) + "\n")
+        if (folder / _BEST_MODEL_FILE).is_file() and folder.resolve() != self.run_dir.resolve():
+            atomic_write_bytes(self.run_dir / _BEST_MODEL_FILE, (folder / _BEST_MODEL_FILE).read_bytes())
         self._counted = (0, 0)
         self.chain = [folder.name, *[job_id for job_id in chain if job_id != folder.name]]
         resumed = Resumed(next_round, params, previous, dict(state.get("book") or {}), state.get("evaluator"), state.get("slowest"), self.chain)

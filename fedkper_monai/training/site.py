@@ -37,6 +37,7 @@ from fedkper_monai.errors import DataError
 from fedkper_monai.training.loop import EvalResult, evaluate, make_optimizer, round_learning_rate, select_device, train_local
 from fedkper_monai.training.networks import build_network, check_network_matches
 from fedkper_monai.training.site_config import SiteConfig
+from fedkper_monai.training.site_selection import SiteSelection, split_validation
 from fedkper_monai.training.site_state import CHECKPOINT_FILE, ROUND_START_FILE, STATE_FILE, SiteState, round_seed
 from fedkper_monai.training.strategies import FedAvgStrategy, LocalStrategy, make_strategy
 from fedkper_monai.training.tasks import make_task
@@ -87,7 +88,8 @@ class Site:
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.store = SiteState(self.state_dir)
         self.task = make_task(config.task, **config.task_args)
-        data = load_datalist(datalist)
+        # The validation part (opt-in) leaves the training list before anything is counted or loaded.
+        data, validation = split_validation(load_datalist(datalist), config.val_fraction, config.seed, name)
         if data.task != self.task.name:
             raise DataError(data.path, f"declares task {data.task!r} but the job trains {self.task.name!r}", field="task")
         for split in ("training", "test"):
@@ -102,7 +104,7 @@ class Site:
         self.device = select_device(config.device)
         torch.manual_seed(config.seed)
         self.model = build_network(**config.network).to(self.device)
-        self._build_loaders(data, drop_last=self._drop_last_single(data.path))
+        self._build_loaders(data, validation, drop_last=self._drop_last_single(data.path))
         # The received global model, frozen each round: teacher (FedKPer, FedNTD) or anchor (FedProx, Ditto).
         self.global_model = copy.deepcopy(self.model)
         self.strategy: LocalStrategy = make_strategy(config.algorithm, **config.algorithm_args)
@@ -135,7 +137,7 @@ class Site:
                                   "uses batch normalization, which cannot train on a batch of one", field="training")
         return True
 
-    def _build_loaders(self, data: Any, drop_last: bool = False) -> None:
+    def _build_loaders(self, data: Any, validation: list[dict], drop_last: bool = False) -> None:
         from fedkper_monai.data import build_transforms, is_deterministic, make_dataset, make_loader
 
         config = self.config
@@ -154,6 +156,9 @@ class Site:
         self.train_eval_loader = make_loader(train_eval_set, batch_size=eval_batch, shuffle=False, num_workers=config.num_workers)
         test_set = make_dataset(data.test, eval_transform, cache=config.cache)
         self.test_loader = make_loader(test_set, batch_size=eval_batch, shuffle=False, num_workers=config.num_workers)
+        val_loader = make_loader(make_dataset(validation, eval_transform, cache=config.cache), batch_size=eval_batch,
+                                 shuffle=False, num_workers=config.num_workers) if validation else None
+        self.selection = SiteSelection(val_loader, len(validation))
 
     # ------------------------------------------------------------------ the round
     def evaluate_global(self, weights: Mapping[str, torch.Tensor], version: Any, initial: bool = False,
@@ -226,7 +231,8 @@ class Site:
         train_seconds = time.perf_counter() - started
         if is_aborted():
             return None
-        metrics.update(self._personalized_metrics())
+        metrics.update({**self._personalized_metrics(), "validation_size": self.selection.size})
+        self.selection.consider(round_index, self.model, self._evaluate, self.store)  # before the state names it
         on_training = self._evaluate(self.model, self.train_eval_loader).accuracy
         # The histogram's length is the number of classes the diversity is over (C - 1 for segmentation).
         exact_score = fedkper_score(self.task.reliability(on_training), self.class_counts, len(self.class_counts))
@@ -331,6 +337,7 @@ class Site:
             if cache:
                 self._global_eval = {"version": _version_key(cache["version"]), "metrics": cache["metrics"]}
             self._round_start = dict(state.get("round_start") or {})
+            self.selection.best.load_state_dict(state.get("selection"))
             self.restored = True
         own = self.store.read_model(CHECKPOINT_FILE, self.device)
         if own is not None:
@@ -353,6 +360,7 @@ class Site:
             "trackers": {role: tracker.state_dict() for role, tracker in self.trackers.items()},
             "global_eval": self._global_eval,
             "round_start": self._round_start,
+            "selection": self.selection.best.state_dict(),
         })
 
     def describe(self) -> str:

@@ -39,6 +39,10 @@ class SiteConfig:
         score_epsilon: when set, the score is sent with Laplace noise for ``score_epsilon``-differential
             privacy of the value (:func:`~fedkper_monai.algorithm.weighting.noisy_score`). The exact score
             reveals the site's normalized label entropy; this bounds what the sent one reveals.
+        val_fraction: share of the training list kept aside (seeded per site, not trained on) to select the best
+            personalized model, ``best_personalized_model.pt`` (:mod:`fedkper_monai.training.site_selection`).
+            0 (default): no carve, so training and every metric stay as without selection; a site whose own
+            datalist has a ``"validation"`` list selects on that list instead and carves nothing.
     """
 
     network: Mapping[str, Any] = field(default_factory=dict)
@@ -63,6 +67,7 @@ class SiteConfig:
     seed: int = 0
     share_diagnostics: bool = False
     score_epsilon: float | None = None
+    val_fraction: float = 0.0
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str | os.PathLike = "site settings") -> SiteConfig:
@@ -80,5 +85,8 @@ class SiteConfig:
         if unknown:
             raise DataError(source, f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(valid)}")
         config = cls(**values)
+        from fedkper_monai.training.site_selection import check_val_fraction
+
+        check_val_fraction(config.val_fraction, source)
         check_site_settings(values, algorithm=config.algorithm, task=config.task, transforms=config.transforms, source=source)
         return config

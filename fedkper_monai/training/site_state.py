@@ -5,6 +5,8 @@ What is kept in the site's state folder (its FLARE run folder):
 - ``fedkper_site_state.json``: the flip memories of each role, the last global evaluation (so one global
   model is never counted twice in the flips) and the state the round in progress started from.
 - ``personalized_model.pt``: the personalized model after the last round (also the run's published model).
+- ``best_personalized_model.pt``: the personalized model that scored best on the site's validation part
+  (only with one: :mod:`fedkper_monai.training.site_selection`); its round and score are in the JSON state.
 - ``round_start_model.pt``: the own model as the round in progress received it, for strategies that keep
   their own model across rounds (Ditto, local-only). A server that restarts sends that round again; the
   site then trains it from this start, not a second time on top of its first attempt.
@@ -28,13 +30,14 @@ import torch
 from fedkper_monai.errors import FedKPerError
 from fedkper_monai.io import atomic_write_bytes, atomic_write_json
 
-__all__ = ["STATE_FILE", "CHECKPOINT_FILE", "ROUND_START_FILE", "SiteState", "round_seed"]
+__all__ = ["STATE_FILE", "CHECKPOINT_FILE", "BEST_MODEL_FILE", "ROUND_START_FILE", "SiteState", "round_seed"]
 
 STATE_FILE = "fedkper_site_state.json"
 CHECKPOINT_FILE = "personalized_model.pt"
+BEST_MODEL_FILE = "best_personalized_model.pt"
 ROUND_START_FILE = "round_start_model.pt"
 # The JSON state last: its presence is what marks a folder as holding a site's state.
-_FILES = (CHECKPOINT_FILE, ROUND_START_FILE, STATE_FILE)
+_FILES = (CHECKPOINT_FILE, BEST_MODEL_FILE, ROUND_START_FILE, STATE_FILE)
 
 
 def round_seed(seed: int, round_index: int, site: str) -> int:

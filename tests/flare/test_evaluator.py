@@ -65,3 +65,21 @@ def test_the_server_evaluates_patch_by_patch_when_the_sites_do(retina_network):
     assert GlobalEvaluator(network=unet, task="segmentation").task.inferer is None
     with pytest.raises(ValueError, match="sliding_window: unknown key"):
         GlobalEvaluator(network=unet, task="segmentation", task_args={"sliding_window": {"roi": [16, 16, 16]}})
+
+
+def test_the_validation_list_is_scored_apart_from_the_test_list(retina_federation, retina_network, tmp_path):
+    import json
+    import shutil
+
+    # A model that puts everything in class 0 scores the share of class 0 in each list: on the validation
+    # list its own share, not the test list's (and the test list's flip memory is left alone).
+    validation = json.loads((retina_federation / "global_val.json").read_text())["validation"]
+    evaluator = GlobalEvaluator(network=retina_network, data_root=str(retina_federation), device="cpu")
+    result = evaluator.evaluate(_always_predicts(retina_network, 0))
+    assert result["val_accuracy"] == pytest.approx(sum(e["label"] == 0 for e in validation) / len(validation))
+    # Without global_val.json there is no validation score (val_acc null; no best model is kept).
+    root = tmp_path / "root"
+    shutil.copytree(retina_federation, root)
+    (root / "global_val.json").unlink()
+    alone = GlobalEvaluator(network=retina_network, data_root=str(root), device="cpu")
+    assert alone.evaluate(_always_predicts(retina_network, 0))["val_accuracy"] is None

@@ -168,3 +168,26 @@ def test_each_checkpoint_counts_the_metrics_lines_written_so_far(tmp_path):
     (folder / METRICS_FILE).write_text('{"run": {}}\n')
     checkpoints.save(3, params, _record(3), state)
     assert counts + [read_checkpoint(folder)["metrics_lines"]] == [2, 3, 4, 1]
+
+
+def test_takeover_keeps_the_best_global_model_and_its_round(tmp_path):
+    # The stopped run selected round 0 on validation: its checkpoint's book and its best_global_model.pt.
+    checkpoints = _stopped_run(tmp_path, "job-a", completed=1)
+    selection = {"round": 0, "score": 0.61}
+    checkpoints.save(1, {"layer.weight": np.ones((2, 2), dtype=np.float32)}, _record(1),
+                     {"book": {"baselines": {}, "selection": selection}, "evaluator": None, "slowest": 1.0})
+    (tmp_path / "job-a" / "best_global_model.pt").write_bytes(b"the round-0 model")
+    new = tmp_path / "job-new"
+    new.mkdir()
+    resumed = Checkpointer(new, "fedkper_medmnist", "job-new", SETTINGS).take_over(tmp_path, "auto")
+    assert resumed.book["selection"] == selection
+    assert (new / "best_global_model.pt").read_bytes() == b"the round-0 model"
+    assert read_checkpoint(new)["book"]["selection"] == selection  # a second stop still has it
+
+
+def test_takeover_without_a_best_model_leaves_none(tmp_path):
+    _stopped_run(tmp_path, "job-a", completed=1)
+    new = tmp_path / "job-new"
+    new.mkdir()
+    Checkpointer(new, "fedkper_medmnist", "job-new", SETTINGS).take_over(tmp_path, "auto")
+    assert not (new / "best_global_model.pt").exists()

@@ -110,6 +110,17 @@ def test_fedkper_on_real_retinamnist_sites(retina_federation, tmp_path, capsys):
     assert sum(s["weight"] for s in round_one) == pytest.approx(1.0)
     # Artifacts the README points to.
     assert (metrics.parent / "global_model.pt").exists()
+    # Model selection on global_val.json (the federation has one): the best round's model is kept beside the
+    # latest, and best_val_round is the running argmax of val_acc (earliest on ties).
+    assert all(isinstance(line["val_acc"], float) for line in rounds)
+    best = [max(range(r + 1), key=lambda i: (rounds[i]["val_acc"], -i)) for r in range(len(rounds))]
+    assert [line["best_val_round"] for line in rounds] == best
+    assert (metrics.parent / "best_global_model.pt").exists()
+    if best[-1] == rounds[-1]["round"]:  # the last round's model was the best: the two files hold the same weights
+        import torch
+
+        latest, kept = (torch.load(metrics.parent / name, weights_only=True) for name in ("global_model.pt", "best_global_model.pt"))
+        assert all(torch.equal(latest[key], kept[key]) for key in latest)
     trained = {line["site"] for line in train_lines}
     checkpoints = {path.parts[-3] for path in workspace.glob("site-*/simulate_job/personalized_model.pt")}
     assert checkpoints == trained, "every site that trained keeps its personalized model"
