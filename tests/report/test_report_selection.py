@@ -152,3 +152,11 @@ def test_results_tables_differences_mark_a_gap_under_0_005_as_a_tie(tmp_path, wr
     row = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in lines[start:] if line.startswith("| ")}
     assert row["final_global_acc"] == "+0.003~"  # counted a win by the paired table, a tie here
     assert row["best_val_global_acc"] == "-"
+
+
+def test_the_reports_validation_field_is_the_schemas_round_field():
+    from fedkper_monai import metrics_schema
+    from fedkper_monai.report.metrics import VAL_ACC_FIELD
+
+    assert VAL_ACC_FIELD in metrics_schema.names(metrics_schema.ROUND_FIELDS)
+    assert "best_val_round" in metrics_schema.names(metrics_schema.ROUND_FIELDS)
