@@ -9,7 +9,7 @@ from typing import Any, Mapping
 from fedkper_monai.errors import DataError
 from fedkper_monai.job_fields import check_site_settings
 
-__all__ = ["SiteConfig"]
+__all__ = ["SiteConfig", "check_val_fraction"]
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,14 @@ class SiteConfig:
         if unknown:
             raise DataError(source, f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(valid)}")
         config = cls(**values)
-        from fedkper_monai.training.site_selection import check_val_fraction
-
         check_val_fraction(config.val_fraction, source)
         check_site_settings(values, algorithm=config.algorithm, task=config.task, transforms=config.transforms, source=source)
         return config
+
+
+def check_val_fraction(value: Any, source: str | os.PathLike) -> None:
+    """``val_fraction`` must be a number in [0, 1) (0: no carve); here, standard library only, so the launchers
+    check a job without loading torch."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+        raise DataError(source, f"must be a number in [0, 1) (the share of the training list kept to select the best "
+                                f"personalized model; 0: none), got {value!r}", field="val_fraction")

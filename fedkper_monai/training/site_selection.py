@@ -13,7 +13,6 @@ resumed site continues the same selection.
 from __future__ import annotations
 
 import dataclasses
-import os
 import zlib
 from typing import Any, Callable
 
@@ -22,16 +21,10 @@ import torch
 
 from fedkper_monai.errors import DataError
 from fedkper_monai.schedule import BestSelection
+from fedkper_monai.training.site_config import check_val_fraction
 from fedkper_monai.training.site_state import BEST_MODEL_FILE, SiteState
 
-__all__ = ["split_validation", "check_val_fraction", "SiteSelection"]
-
-
-def check_val_fraction(value: Any, source: str | os.PathLike) -> None:
-    """``val_fraction`` must be a number in [0, 1) (0: no carve)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
-        raise DataError(source, f"must be a number in [0, 1) (the share of the training list kept to select the best "
-                                f"personalized model; 0: none), got {value!r}", field="val_fraction")
+__all__ = ["split_validation", "SiteSelection"]
 
 
 def split_validation(data: Any, val_fraction: float, seed: int, site: str) -> tuple[Any, list[dict]]:
