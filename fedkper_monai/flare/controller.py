@@ -8,31 +8,35 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE, AnalyticsDataType, LogWriterName
 from nvflare.apis.fl_constant import ReturnCode
-from nvflare.apis.utils.analytix_utils import create_analytic_dxo, send_analytic_dxo
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedkper_monai.errors import FedKPerError
 from fedkper_monai.flare.aggregator import FedKPerAggregator
 from fedkper_monai.flare.failures import SiteFailures, build_failure_lines
-from fedkper_monai.flare.messages import GLOBAL_VERSION_KEY, RESUME_CHAIN_KEY, SITE_METRICS_KEY
+from fedkper_monai.flare.messages import (
+    GLOBAL_VERSION_KEY,
+    REFUSAL_HEADER,
+    RESUME_CHAIN_KEY,
+    SITE_METRICS_KEY,
+    VERSIONS_KEY,
+    software_versions,
+    version_mismatch,
+)
 from fedkper_monai.flare.metrics import MetricsFile, RunBook
 from fedkper_monai.flare.resume import ABORTED, FINISHED, Checkpointer, stopped_runs_root
+from fedkper_monai.flare.tracking import round_summary, send_round_scalars
 from fedkper_monai.flare.weights import payload_bytes
 from fedkper_monai.metrics_schema import METRICS_FILE
 from fedkper_monai.schedule import RoundRecord, RoundSchedule
 
 __all__ = ["FedKPerController"]
-
-_TENSORBOARD_KEYS = ("global_acc", "mean_personalized_acc", "worst_personalized_acc", "global_nfr", "bwt", "seconds")
 
 
 @dataclass
@@ -262,6 +266,8 @@ class FedKPerController(ModelController):
         def on_train(result: FLModel) -> bool:
             site = str(result.meta.get("client_name"))
             self.failures.answered()
+            if self._refused_versions(site, result):
+                return False
             train_metrics[site] = dict(result.meta.get(SITE_METRICS_KEY) or result.metrics or {})
             train_metrics[site]["bytes_received"] = payload_bytes(result.params or {})
             accepted = aggregator.accept_model(result)
@@ -278,6 +284,8 @@ class FedKPerController(ModelController):
 
             def on_validate(result: FLModel) -> bool:
                 self.failures.answered()
+                if self._refused_versions(str(result.meta.get("client_name")), result):
+                    return False
                 results[str(result.meta.get("client_name"))] = dict(result.metrics or {})
                 return True
 
@@ -285,11 +293,22 @@ class FedKPerController(ModelController):
         return results
 
     def _accept_train_result(self, client_name: str, result: Any, fl_ctx: Any, is_unknown_task: bool = False) -> bool:
-        """FLARE's check of a result's return code; a site's error is recorded as its failure reason."""
+        """FLARE's check of a result's return code; a site's error (or the reason it refused the task) is recorded
+        as its failure reason."""
         return_code = result.get_return_code()
         if return_code and return_code != ReturnCode.OK and not is_unknown_task:
-            self.failures.failed(client_name, f"the site's task ended with {return_code} (its own log has the error)")
+            refusal = result.get_header(REFUSAL_HEADER)
+            self.failures.failed(client_name, f"the site refused the task: {str(refusal)[:300]}" if refusal else
+                                 f"the site's task ended with {return_code} (its own log has the error)")
         return super()._accept_train_result(client_name, result, fl_ctx, is_unknown_task)
+
+    def _refused_versions(self, site: str, result: FLModel) -> bool:
+        """Refuse a result from a site of other versions (one that did not refuse the task itself); recorded as
+        its failure, both versions named."""
+        mismatch = version_mismatch((result.meta or {}).get(VERSIONS_KEY), site, "the server")
+        if mismatch:
+            self.failures.failed(site, f"refused by the server: {mismatch}")
+        return mismatch is not None
 
     def _enough_answers(self, round_index: int, sampled: list[str], train_metrics: dict, failed: dict) -> bool:
         """Whether enough sampled sites answered to go on; otherwise the run stops naming each failure."""
@@ -326,7 +345,8 @@ class FedKPerController(ModelController):
             params=params,
             current_round=round_index,
             total_rounds=self.num_rounds,
-            meta={GLOBAL_VERSION_KEY: version, **({RESUME_CHAIN_KEY: list(self._chain)} if self._chain else {})},
+            meta={GLOBAL_VERSION_KEY: version, VERSIONS_KEY: software_versions(),
+                  **({RESUME_CHAIN_KEY: list(self._chain)} if self._chain else {})},
         )
 
     def _job_name(self) -> str:
@@ -371,23 +391,6 @@ class FedKPerController(ModelController):
         }
 
     def _log_round(self, line: dict[str, Any]) -> None:
-        summary = ", ".join(
-            f"{key} {line[key]:.3f}"
-            for key in ("global_acc", "mean_personalized_acc", "worst_personalized_acc", "global_nfr", "bwt")
-            if isinstance(line.get(key), float)
-        )
-        self.info(f"round {line['round']}: {summary}; {line['seconds']:.1f} s")
-        if not self.tensorboard:
-            return
-        # FLARE's experiment tracking: a local analytics event that the server's TBAnalyticsReceiver records.
-        for key in _TENSORBOARD_KEYS:
-            value = line.get(key)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                dxo = create_analytic_dxo(
-                    tag=f"global/{key}",
-                    value=float(value),
-                    data_type=AnalyticsDataType.SCALAR,
-                    writer=LogWriterName.TORCH_TB,
-                    global_step=int(line["round"]),
-                )
-                send_analytic_dxo(self, dxo=dxo, fl_ctx=self.fl_ctx, event_type=ANALYTIC_EVENT_TYPE)
+        self.info(round_summary(line))
+        if self.tensorboard:  # FLARE's experiment tracking
+            send_round_scalars(self, self.fl_ctx, line)

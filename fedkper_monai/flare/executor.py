@@ -24,7 +24,17 @@ from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 from nvflare.security.logging import secure_format_exception
 
 from fedkper_monai.flare.local_choices import read_site_config
-from fedkper_monai.flare.messages import is_initial, received_version, report_to_flmodel, resume_chain, round_shared
+from fedkper_monai.flare.messages import (
+    REFUSAL_HEADER,
+    VERSIONS_KEY,
+    is_initial,
+    received_version,
+    report_to_flmodel,
+    resume_chain,
+    round_shared,
+    software_versions,
+    version_mismatch,
+)
 from fedkper_monai.flare.resume import job_folder, stopped_runs_root
 from fedkper_monai.flare.sitedata import site_datalist_path
 from fedkper_monai.flare.weights import to_torch
@@ -40,7 +50,9 @@ class FedKPerExecutor(Executor):
 
     ``train`` first evaluates the received model on the local test split (FLARE's pre-train validation:
     the figures also travel as the result's ``MetaKey.INITIAL_METRICS``), then runs the site round;
-    ``validate`` evaluates the received model only. An aborted task answers ``TASK_ABORTED``.
+    ``validate`` evaluates the received model only. An aborted task answers ``TASK_ABORTED``. A task from a
+    server of another fedkper-monai or FLARE version is refused before any work, the reply naming both
+    versions (:func:`~fedkper_monai.flare.messages.version_mismatch`); the server records it as the site's failure.
 
     Where the data is: the site's own ``local/fedkper_site.json`` (written by ``fedkper-monai site-config``)
     wins over the job's ``data_root``, which a simulation sets; else ``$FEDKPER_DATA_ROOT`` or
@@ -140,6 +152,13 @@ class FedKPerExecutor(Executor):
             return make_reply(ReturnCode.BAD_TASK_DATA)
         if not model.params:
             return make_reply(ReturnCode.BAD_TASK_DATA)
+        site = self.site_name or fl_ctx.get_identity_name() or "this site"
+        refusal = version_mismatch((model.meta or {}).get(VERSIONS_KEY), "the server", site)
+        if refusal:  # before any work: weights and messages of other versions may not mean the same
+            self.log_error(fl_ctx, f"{task_name} refused: {refusal}")
+            reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+            reply.set_header(REFUSAL_HEADER, refusal)
+            return reply
         try:
             if self.site is None:
                 if self._where is None:
@@ -147,7 +166,8 @@ class FedKPerExecutor(Executor):
                 self.setup(*self._where)
             self._adopt_stopped_state(resume_chain(model), fl_ctx)
             if task_name == self.validate_task:
-                return FLModelUtils.to_shareable(FLModel(metrics=self._shared(self._validate(model))))
+                return FLModelUtils.to_shareable(FLModel(metrics=self._shared(self._validate(model)),
+                                                         meta={VERSIONS_KEY: software_versions()}))
             return self._train(model, abort_signal, fl_ctx)
         except Exception as error:  # noqa: BLE001 - the server records the site's failure; the log has why
             self.log_exception(fl_ctx, f"{task_name} failed: {secure_format_exception(error)}")

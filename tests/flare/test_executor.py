@@ -23,7 +23,7 @@ from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 from fedkper_monai.errors import DataError, FedKPerError
 from fedkper_monai.flare.executor import FedKPerExecutor
 from fedkper_monai.flare.local_choices import write_site_config
-from fedkper_monai.flare.messages import GLOBAL_VERSION_KEY, SITE_METRICS_KEY
+from fedkper_monai.flare.messages import GLOBAL_VERSION_KEY, REFUSAL_HEADER, SITE_METRICS_KEY, VERSIONS_KEY, software_versions
 from fedkper_monai.flare.weights import to_numpy
 from fedkper_monai.training import build_network
 from fedkper_monai.training.site import CHECKPOINT_FILE, STATE_FILE
@@ -77,6 +77,23 @@ def test_bad_tasks_are_refused_by_code(retina_federation, tmp_path, retina_netwo
     assert _run(executor, "train", metrics_only) == ReturnCode.BAD_TASK_DATA
     assert _run(executor, "validate", metrics_only) == ReturnCode.BAD_TASK_DATA
     assert _run(executor, "submit_model", _global(retina_network, 0, 0)) == ReturnCode.TASK_UNKNOWN
+
+
+def test_a_task_from_a_server_of_other_versions_is_refused_naming_both(retina_federation, tmp_path, retina_network):
+    executor = _executor(retina_federation, tmp_path, retina_network)
+    ours = software_versions()
+    model = _global(retina_network, 0, 0)
+    model.meta[VERSIONS_KEY] = {**ours, "fedkper-monai": "0.0.9"}
+    for task in ("train", "validate"):
+        reply = executor.execute(task, FLModelUtils.to_shareable(model), FLContext(), Signal())
+        assert reply.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
+        refusal = reply.get_header(REFUSAL_HEADER)
+        assert f"site-1 runs fedkper-monai {ours['fedkper-monai']} and nvflare {ours['nvflare']}" in refusal, refusal
+        assert f"the server fedkper-monai 0.0.9 and nvflare {ours['nvflare']}" in refusal, refusal
+    assert not (tmp_path / CHECKPOINT_FILE).exists(), "a refused task trains nothing"
+    model.meta[VERSIONS_KEY] = ours  # the same versions: the task runs, and the result names them
+    result = _run(executor, "train", model)
+    assert result.meta[VERSIONS_KEY] == ours and _run(executor, "validate", model).meta[VERSIONS_KEY] == ours
 
 
 def test_missing_site_datalist_is_a_clear_error(tmp_path, retina_network):
