@@ -51,6 +51,9 @@ class LabRun:
     connect_timeout: float = 120.0
     restarts: int = 0  # a provisioned site that exits is its operator's to restart; the lab does not by default
     min_task_timeout: float | None = None
+    timeout_factor: float | None = None  # the controller's timeout in multiples of the slowest answer (None: the job's)
+    # Environment added to a participant's (e.g. a site's PYTHONPATH naming another install, or CUDA_VISIBLE_DEVICES).
+    site_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def lab_project_yaml(sites: list[str]) -> str:
@@ -113,6 +116,8 @@ def _helper_config(run: LabRun, kits: dict[str, Path], data: dict[str, Path], ne
     base.update({"PATH": path, "OMP_NUM_THREADS": threads, "HOME": str(run.workspace / "flare_home")})
     envs = {name: dict(base) for name in kits}
     envs["server"]["FEDKPER_DATA_ROOT"] = str(data["server"])  # the server's global test set (its own folder)
+    for name, extra in run.site_env.items():
+        envs[name].update(extra)
     prefixes = {name: network.exec_prefix(name) for name in kits}
     for name in data:  # the server and each site: their own kit and data only
         prefixes[name] += hiding_prefix([run.data_root, run.workspace / "logs", *(kit for other, kit in kits.items() if other != name),
@@ -137,10 +142,13 @@ def deploy_lab(run: LabRun, on_started: Callable[[Any], None] | None = None) -> 
     if run.workspace.resolve().is_relative_to(run.data_root.resolve()):
         raise FedKPerError(f"--workspace {run.workspace} is inside --data-root {run.data_root}, which every participant's "
                            "view hides: choose a workspace elsewhere")
+    sites = [f"site-{index}" for index in range(1, run.sites + 1)]
+    unknown = sorted(set(run.site_env) - {"server", *sites, ADMIN})
+    if unknown:
+        raise FedKPerError(f"site_env names {', '.join(unknown)}: not a participant of this lab (server, site-1..site-{run.sites}, {ADMIN})")
     run.workspace.mkdir(parents=True, exist_ok=True)
     for folder in ("logs", "lab"):
         (run.workspace / folder).mkdir(exist_ok=True)
-    sites = [f"site-{index}" for index in range(1, run.sites + 1)]
     kits = _provision(run, sites)
     data = _give_data(run, kits, sites)
     network = LabNetwork(["server", *sites, ADMIN], hosts={SERVER_HOST: "server"})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fedkper_monai.errors import FedKPerError
 from fedkper_monai.flare.jobspec import controller_args
-from fedkper_monai.launch.poc import Participants
+from fedkper_monai.launch.participants import Participants
 
 __all__ = ["NamespacedParticipants", "main"]
 
@@ -44,16 +44,15 @@ def _recipe(settings: dict) -> object:
                            network_from=settings["data_root"], num_rounds=overrides.get("rounds"),
                            sample_fraction=overrides.get("sample_fraction"), local_epochs=overrides.get("local_epochs"),
                            seed=overrides.get("seed"), validate_every=overrides.get("validate_every"))
-    if settings.get("min_task_timeout") is not None:
-        controller_args(recipe.configs[1])["min_task_timeout"] = float(settings["min_task_timeout"])
+    for name in ("min_task_timeout", "timeout_factor"):  # how long a site that does not answer is waited for
+        if settings.get(name) is not None:
+            controller_args(recipe.configs[1])[name] = float(settings[name])
     return recipe
 
 
 def run_admin(config: dict) -> int:
     """Steps 4 of :mod:`.lab`; returns 0 when the job completed."""
     from fedkper_monai.launch import poc
-    from fedkper_monai.launch.simulate import RoundProgress, read_failed_sites
-    from fedkper_monai.run_files import find_metrics_file
 
     settings = config["run"]
     kits = {name: Path(path) for name, path in config["kits"].items()}
@@ -68,18 +67,8 @@ def run_admin(config: dict) -> int:
         for name in ["server", *sorted(name for name in kits if name.startswith("site-"))]:
             participants.start(name, kits[name], config["envs"][name])
         session = poc._connect(run, kits, participants)
-        job_id = poc._submit(recipe, run, kits)
-        progress = RoundProgress(kits["server"].parent, recipe.num_rounds)
-        status = poc._wait_for_job(session, job_id, run, kits["server"], progress, participants)
-        if status is None:
-            raise FedKPerError(f"the server exited during job {job_id}; log: {run.workspace / 'logs' / 'server.log'}")
-        result = poc._collect(session, job_id, run, kits)
-        failed = read_failed_sites(find_metrics_file(result / "workspace"))
-        for line in failed:
-            print(f"failed: {line['site']} in round {line['round']} ({line.get('task')}): {line.get('reason')}", flush=True)
-        poc._print_site_errors(sorted({line["site"] for line in failed}), kits, job_id)
-        print(f"job {job_id}: {status}; result in {result}", flush=True)
-        return 0 if status == "FINISHED:COMPLETED" else 1
+        session, job_id, status = poc.follow_job(session, recipe, run, kits, participants)
+        return poc.report_job(session, job_id, status, run, kits)
     finally:
         if session is not None:
             poc._quietly_close(session)

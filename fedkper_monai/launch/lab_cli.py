@@ -21,7 +21,8 @@ def _deploy_lab(args: argparse.Namespace) -> int:
     # A plain mapping: the lab's admin process reads it back from the run's JSON settings.
     overrides = asdict(overrides_from_args(args))
     run = LabRun(job=args.job, sites=args.sites, data_root=data_root.resolve(), workspace=workspace.resolve(),
-                 overrides=overrides, device=args.device, timeout=args.timeout, min_task_timeout=args.min_task_timeout)
+                 overrides=overrides, device=args.device, timeout=args.timeout, min_task_timeout=args.min_task_timeout,
+                 restarts=args.restarts)
     return deploy_lab(run)
 
 
@@ -57,7 +58,7 @@ def add_lab_parsers(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_options(lab, data_help="folder made by `fedkper-monai prepare` (split among the sites)",
-                    workspace_help="folder for the kits, the sites' data copies, logs and result")
+                    workspace_help="folder for the kits, the sites' data copies, logs and result", restarts=0)
     lab.set_defaults(func=_deploy_lab)
     teardown = commands.add_parser(
         "teardown", help="remove what a killed `deploy lab` left (its namespaces, links, /etc/netns entries, processes)",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -33,8 +32,9 @@ from typing import Any
 from fedkper_monai.errors import FedKPerError
 from fedkper_monai.flare.jobspec import controller_args
 from fedkper_monai.io import atomic_write_json, atomic_write_text
+from fedkper_monai.launch.participants import Participants
 
-__all__ = ["PocRun", "free_port", "project_yaml", "poc_run"]
+__all__ = ["PocRun", "free_port", "project_yaml", "poc_run", "follow_job", "report_job"]
 
 ADMIN = "admin@nvidia.com"
 PROJECT = "fedkper_poc"
@@ -117,94 +117,6 @@ def prepare(run: PocRun) -> dict[str, Path]:
     return kits
 
 
-class Participants:
-    """The POC processes, each in its own process group; ``stop()`` ends them and everything they started."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.started: dict[str, tuple[Path, dict[str, str]]] = {}
-        self.restarted: dict[str, int] = {}
-
-    def start(self, name: str, kit: Path, env: dict[str, str]) -> None:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process in stop()
-        self.processes[name] = subprocess.Popen(
-            ["bash", str(kit / "startup" / "sub_start.sh"), "--once"], cwd=kit, env=env, stdout=log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        self.started[name] = (kit, env)
-        log.close()
-
-    def dead(self) -> list[str]:
-        """Participants whose process has exited."""
-        return [name for name, process in self.processes.items() if process.poll() is not None]
-
-    def restart(self, name: str) -> None:
-        """End what is left of ``name`` (its job processes outlive a killed parent) and start it again."""
-        _end(self._leftovers(name), grace=5.0)
-        self.restarted[name] = self.restarted.get(name, 0) + 1
-        self.start(name, *self.started[name])
-
-    def _leftovers(self, name: str) -> list[Any]:
-        """Every process running from ``name``'s kit (FLARE's job processes start in sessions of their own)."""
-        import psutil
-
-        kit = str(self.started[name][0])
-        found = []
-        for process in psutil.process_iter(["cmdline"]):
-            arguments = process.info.get("cmdline") or []
-            if any(arg == kit or arg.startswith(kit + os.sep) for arg in arguments):
-                found.append(process)
-        return found
-
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM to each process group and its descendants, then SIGKILL to what is left after ``grace`` s."""
-        import psutil
-
-        victims: list[psutil.Process] = []
-        for name, process in self.processes.items():
-            try:
-                parent = psutil.Process(process.pid)
-                victims += [parent, *parent.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
-            victims += self._leftovers(name)
-        for process in self.processes.values():
-            _signal_group(process.pid, signal.SIGTERM)
-        _end(victims, grace)
-        for process in self.processes.values():
-            _signal_group(process.pid, signal.SIGKILL)
-            process.wait(timeout=grace)
-
-
-def _end(victims: list[Any], grace: float) -> None:
-    """SIGTERM to ``victims`` (psutil processes), SIGKILL to those alive after ``grace`` s."""
-    import psutil
-
-    for victim in victims:
-        _quietly(victim.terminate)
-    _, alive = psutil.wait_procs(victims, timeout=grace)
-    for victim in alive:
-        _quietly(victim.kill)
-    psutil.wait_procs(alive, timeout=grace)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _quietly(action: Any) -> None:
-    import psutil
-
-    try:
-        action()
-    except psutil.NoSuchProcess:
-        pass
-
-
 def _session(admin_kit: Path, deadline: float) -> Any:
     """A FLARE admin session, retried until the server answers or ``deadline``."""
     from nvflare.fuel.flare_api.flare_api import new_secure_session
@@ -218,15 +130,21 @@ def _session(admin_kit: Path, deadline: float) -> Any:
             time.sleep(1.0)
 
 
-def _wait_for_sites(session: Any, sites: int, deadline: float, participants: Participants) -> None:
+def _wait_for_sites(session: Any, sites: int, deadline: float, participants: Participants, at_least: int | None = None) -> list[str]:
+    """The connected sites once all ``sites`` are; at the deadline, those connected when there are ``at_least``
+    (a server started again: a site that does not come back is not waited for forever), else an error."""
     while True:
         connected = sorted(client.name for client in session.get_connected_client_list())
         if len(connected) >= sites:
             print(f"{len(connected)} sites connected: {', '.join(connected)}", flush=True)
-            return
+            return connected
         if participants.dead():
             raise FedKPerError(f"POC process(es) exited: {', '.join(participants.dead())}; logs in {participants.logs}")
         if time.monotonic() > deadline:
+            if at_least is not None and len(connected) >= at_least:
+                print(f"{len(connected)} of {sites} sites connected again ({', '.join(connected)}); the job goes on "
+                      "without the others", flush=True)
+                return connected
             raise FedKPerError(f"{len(connected)} of {sites} sites connected in time ({', '.join(connected) or 'none'}); "
                                f"logs in {participants.logs}")
         time.sleep(1.0)
@@ -269,6 +187,14 @@ def _quietly_ask(call: Any, *args: Any) -> dict:
         return {}
 
 
+def _quietly_ask_list(call: Any) -> list:
+    """An admin query for a list that may fail (the server going down): an empty list then."""
+    try:
+        return list(call() or [])
+    except Exception:  # noqa: BLE001 - only printed
+        return []
+
+
 def _collect(session: Any, job_id: str, run: PocRun, kits: dict[str, Path]) -> Path:
     """Step 4's end: the server's job result in ``WS/result/`` and where each site's personalized model is."""
     result = run.workspace / "result"
@@ -285,8 +211,6 @@ def poc_run(run: PocRun) -> int:
     """Run ``run`` end to end (module docstring); returns 0 when the job completed every round."""
     from fedkper_monai.launch.overrides import JobOverrides
     from fedkper_monai.launch.recipe import FedKPerRecipe
-    from fedkper_monai.launch.simulate import RoundProgress, read_failed_sites
-    from fedkper_monai.run_files import find_metrics_file
 
     overrides = run.overrides or JobOverrides()
     run.workspace.mkdir(parents=True, exist_ok=True)
@@ -310,32 +234,59 @@ def poc_run(run: PocRun) -> int:
         for site in sorted(name for name in kits if name.startswith("site-")):
             participants.start(site, kits[site], env)
         session = _connect(run, kits, participants)
-        job_id = _submit(recipe, run, kits)
-        progress = RoundProgress(kits["server"].parent, recipe.num_rounds)
-        status = _wait_for_job(session, job_id, run, kits["server"], progress, participants)
-        while status is None:  # the server exited: FLARE abandons the job; a new one continues it
-            if participants.restarted.get("server", 0) >= run.restarts:
-                raise FedKPerError(f"the POC server exited during job {job_id} and was restarted {run.restarts} "
-                                   f"time(s); log: {participants.logs / 'server.log'}")
-            print(f"the POC server exited during job {job_id}; starting it again", flush=True)
-            _quietly_close(session)
-            participants.restart("server")
-            session = _connect(run, kits, participants)
-            job_id = _submit(recipe, run, kits)
-            print(f"job {job_id} continues the stopped job from its last completed round", flush=True)
-            status = _wait_for_job(session, job_id, run, kits["server"], progress, participants)
-        result = _collect(session, job_id, run, kits)
-        failed = read_failed_sites(find_metrics_file(result / "workspace"))
-        for line in failed:
-            print(f"failed: {line['site']} in round {line['round']} ({line.get('task')}): {line.get('reason')}")
-        _print_site_errors(sorted({line["site"] for line in failed}), kits, job_id)
-        print(f"job {job_id}: {status}; result in {result}", flush=True)
-        return 0 if status == "FINISHED:COMPLETED" else 1
+        session, job_id, status = follow_job(session, recipe, run, kits, participants)
+        return report_job(session, job_id, status, run, kits)
     finally:
         if session is not None:
             _quietly_close(session)
         print("stopping POC ...", flush=True)
         participants.stop()
+
+
+def follow_job(session: Any, recipe: Any, run: PocRun, kits: dict[str, Path], participants: Participants) -> tuple[Any, str, str]:
+    """Submit ``recipe`` and follow it to its end: ``(session, job id, FLARE's final status)``.
+
+    A server that exits is started again (``run.restarts`` times) and the job submitted anew: FLARE abandons
+    a job whose server restarted, and the new one continues from its last completed round. Sites that do not
+    connect again within ``run.connect_timeout`` are left out: the new job continues without them (the
+    controller records which, :mod:`fedkper_monai.flare.resume`). The session is closed here on an error.
+    """
+    from fedkper_monai.launch.simulate import RoundProgress
+
+    try:
+        job_id = _submit(recipe, run, kits)
+        progress = RoundProgress(kits["server"].parent, recipe.num_rounds)
+        status = _wait_for_job(session, job_id, run, kits["server"], progress, participants)
+        while status is None:
+            if participants.restarted.get("server", 0) >= run.restarts:
+                raise FedKPerError(f"the server exited during job {job_id} and was restarted {run.restarts} "
+                                   f"time(s); log: {participants.logs / 'server.log'}")
+            print(f"the server exited during job {job_id}; starting it again", flush=True)
+            _quietly_close(session)
+            participants.restart("server")
+            session = _connect(run, kits, participants, again=True)
+            job_id = _submit(recipe, run, kits)
+            print(f"job {job_id} continues the stopped job from its last completed round", flush=True)
+            status = _wait_for_job(session, job_id, run, kits["server"], progress, participants)
+    except BaseException:
+        _quietly_close(session)
+        raise
+    return session, job_id, status
+
+
+def report_job(session: Any, job_id: str, status: str, run: PocRun, kits: dict[str, Path]) -> int:
+    """Download the result, print each failed task and the failed sites' own first errors; 0 when completed."""
+    from fedkper_monai.launch.simulate import read_failed_sites
+    from fedkper_monai.run_files import find_metrics_file
+
+    result = _collect(session, job_id, run, kits)
+    failed = read_failed_sites(find_metrics_file(result / "workspace"))
+    for line in failed:
+        print(f"failed: {line['site']} in round {line['round']} ({line.get('task')}): {line.get('reason')}", flush=True)
+    _print_site_errors(sorted({line["site"] for line in failed}), kits, job_id)
+    connected = sorted(client.name for client in _quietly_ask_list(session.get_connected_client_list))
+    print(f"job {job_id}: {status}; result in {result}; sites connected now: {', '.join(connected) or 'none'}", flush=True)
+    return 0 if status == "FINISHED:COMPLETED" else 1
 
 
 def _print_site_errors(sites: list[str], kits: dict[str, Path], job_id: str) -> None:
@@ -350,12 +301,13 @@ def _print_site_errors(sites: list[str], kits: dict[str, Path], job_id: str) -> 
             print(f"{site}'s log ({log}): {error}", flush=True)
 
 
-def _connect(run: PocRun, kits: dict[str, Path], participants: Participants) -> Any:
-    """An admin session once the server answers and every site is connected."""
+def _connect(run: PocRun, kits: dict[str, Path], participants: Participants, again: bool = False) -> Any:
+    """An admin session once the server answers and every site is connected (``again``, after a restart of the
+    server: at least one, when the others do not connect again within ``run.connect_timeout``)."""
     deadline = time.monotonic() + run.connect_timeout
     session = _session(kits[ADMIN], deadline)
     try:
-        _wait_for_sites(session, run.sites, deadline, participants)
+        _wait_for_sites(session, run.sites, deadline, participants, at_least=1 if again else None)
     except BaseException:
         # Closed here: the caller never holds it, and an open session's connector threads keep retrying
         # the stopped server and keep this process from exiting.

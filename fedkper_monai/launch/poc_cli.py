@@ -37,6 +37,8 @@ def check_run_options(args: argparse.Namespace) -> tuple[Path, Path]:
     from fedkper_monai.launch.overrides import check_overrides
 
     check_overrides(args)
+    if args.restarts < 0:
+        raise SettingError("--restarts", f"must be >= 0, got {args.restarts}")
     if args.sites < 1:
         raise SettingError("--sites", f"must be >= 1, got {args.sites}")
     if args.min_task_timeout is not None and not args.min_task_timeout > 0:
@@ -61,10 +63,6 @@ def check_run_options(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def _poc_run(args: argparse.Namespace) -> int:
-    from fedkper_monai.launch.checks import SettingError
-
-    if args.restarts < 0:  # checked first: it is poc run's own option
-        raise SettingError("--restarts", f"must be >= 0, got {args.restarts}")
     data_root, workspace = check_run_options(args)
     from fedkper_monai.launch.overrides import overrides_from_args
     from fedkper_monai.launch.poc import PocRun, poc_run
@@ -110,16 +108,14 @@ def add_site_parsers(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_options(run, data_help="folder made by `fedkper-monai prepare` (every site's data)",
-                    workspace_help="folder for the POC kits, logs and result")
-    run.add_argument("--restarts", type=int, default=1,
-                     help="times a site or the server that exits during the job is started again (default 1); a "
-                     "restarted server gets the job again, which continues from its last completed round")
+                    workspace_help="folder for the POC kits, logs and result", restarts=1)
     run.set_defaults(func=_poc_run)
     poc.set_defaults(func=lambda args: poc.print_help() or 2)
 
 
-def add_run_options(parser: argparse.ArgumentParser, *, data_help: str, workspace_help: str) -> None:
-    """The options every command that runs a job on separate processes shares (``poc run``, ``deploy lab``)."""
+def add_run_options(parser: argparse.ArgumentParser, *, data_help: str, workspace_help: str, restarts: int) -> None:
+    """The options every command that runs a job on separate processes shares (``poc run``, ``deploy lab``);
+    ``restarts``: the default of ``--restarts``."""
     from fedkper_monai.launch.overrides import add_override_options
 
     parser.add_argument("job", metavar="JOB_OR_ALGORITHM", help="a job folder (jobs/fedkper_medmnist) or an algorithm name (fedkper, fedavg, ...)")
@@ -132,3 +128,6 @@ def add_run_options(parser: argparse.ArgumentParser, *, data_help: str, workspac
     parser.add_argument("--min-task-timeout", type=float, metavar="S",
                         help="least seconds the server waits for a site's answer (the job's default: 60)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty workspace")
+    parser.add_argument("--restarts", type=int, default=restarts,
+                        help=f"times a site or the server that exits during the job is started again (default {restarts}); "
+                        "a restarted server gets the job again, which continues from its last completed round")

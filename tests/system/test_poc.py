@@ -27,6 +27,10 @@ def test_poc_run_refuses_bad_settings_before_starting_anything(tmp_path, retina_
     assert "--sites: 2 sites" in capsys.readouterr().err, "3 site datalists for 2 sites"
     assert main(["poc", "run", "fedkper", "--sites", "3", "--data-root", str(retina_federation), "--workspace", str(tmp_path / "ws")]) == 2
     assert "--workspace" in capsys.readouterr().err and (tmp_path / "ws" / "old.txt").exists()
+    for command in (["poc", "run"], ["deploy", "lab"]):  # one option, one check, on both launchers
+        assert main([*command, "fedkper", "--sites", "3", "--data-root", str(retina_federation), "--workspace",
+                     str(tmp_path / "new"), "--restarts", "-1"]) == 2
+        assert "--restarts: must be >= 0, got -1" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 def test_site_config_command_writes_the_sites_choices(tmp_path, retina_federation, capsys):
@@ -166,7 +170,7 @@ def test_poc_run_survives_a_killed_site_and_a_killed_server(retina_federation, t
         log.close()
     printed = (tmp_path / "poc_run.log").read_text()
     assert "site-3 exited during the job; starting it again" in printed
-    assert "the POC server exited during job" in printed and "continues the stopped job from its last completed round" in printed
+    assert "the server exited during job" in printed and "continues the stopped job from its last completed round" in printed
     records = [json.loads(line) for line in (workspace / "result" / "workspace" / "metrics.jsonl").read_text().splitlines()]
     rounds_written = [r["round"] for r in records if "round" in r and "site" not in r]
     assert rounds_written == list(range(rounds)), "each round once, in order"
@@ -188,8 +192,10 @@ def test_a_site_that_never_connects_is_a_clear_error_in_bounded_time(retina_fede
     from fedkper_monai.errors import FedKPerError
     from fedkper_monai.launch import poc
 
-    real_start = poc.Participants.start
-    monkeypatch.setattr(poc.Participants, "start", lambda self, name, kit, env: None if name == "site-3" else real_start(self, name, kit, env))
+    from fedkper_monai.launch.participants import Participants
+
+    real_start = Participants.start
+    monkeypatch.setattr(Participants, "start", lambda self, name, kit, env: None if name == "site-3" else real_start(self, name, kit, env))
     workspace = tmp_path / "poc_ws"
     run = poc.PocRun(job="fedkper", sites=3, data_root=retina_federation, workspace=workspace, connect_timeout=25.0)
     started = time.monotonic()
