@@ -319,13 +319,7 @@ class Checkpointer:
             return None
         folder, state = found
         where = folder / CHECKPOINT_FILE
-        if state.get("model") not in (model_file(0), model_file(1)):  # a file name of ours, never a path
-            raise FedKPerError(f"resume: {where}: field 'model' is {state.get('model')!r}, not a checkpoint model file")
-        try:
-            with np.load(folder / state["model"], allow_pickle=False) as arrays:
-                params = {name: arrays[name] for name in arrays.files}
-        except (OSError, ValueError) as error:
-            raise FedKPerError(f"resume: {where}: field 'model' names an unreadable model ({error})") from error
+        params = _load_model(folder, state)
         try:
             next_round = int(state["completed_round"]) + 1
             _, missing = compare_settings(self.settings, state["settings"])
@@ -350,6 +344,18 @@ class Checkpointer:
         if folder.resolve() != self.run_dir.resolve():
             set_status(folder, CONTINUED, continued_by=self.job_id)
         return resumed
+
+
+def _load_model(folder: Path, state: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The global model a checkpoint names (a file name of ours, never a path)."""
+    where = folder / CHECKPOINT_FILE
+    if state.get("model") not in (model_file(0), model_file(1)):
+        raise FedKPerError(f"resume: {where}: field 'model' is {state.get('model')!r}, not a checkpoint model file")
+    try:
+        with np.load(folder / state["model"], allow_pickle=False) as arrays:
+            return {name: arrays[name] for name in arrays.files}
+    except (OSError, ValueError) as error:
+        raise FedKPerError(f"resume: {where}: field 'model' names an unreadable model ({error})") from error
 
 
 def stash_simulator_workspace(workspace: str | os.PathLike, stopped: str | os.PathLike) -> bool:
