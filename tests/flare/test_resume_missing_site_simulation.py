@@ -1,7 +1,8 @@
 """A run stopped with three sites continues on two in FLARE's real simulator (issue 24 item 3), on real
 RetinaMNIST sites: the server is killed once round 0 is checkpointed, then the job is resubmitted with
 site-3 not connected (``-n 2``) and continues from its last completed round, recording site-3 as missing.
-Slow: two short simulations (~90 s on 2 shared cores, most of it each simulated site's first task)."""
+Slow: two short simulations (95-150 s measured on 2 cores shared with other work, most of it each simulated
+site's first task)."""
 
 from __future__ import annotations
 
