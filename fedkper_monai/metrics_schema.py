@@ -87,8 +87,10 @@ HEADER_FIELDS: Mapping[str, str] = {
 OPTIONAL_HEADER_FIELDS: Mapping[str, str] = {
     "task": "the task when not classification: 'segmentation' (site lines then carry *_dice fields, and the round "
     "line's *_acc fields hold mean foreground Dice)",
-    "resumed": "present when the run was continued after a stop: [{round, job_id}], the first round each new "
-    "job ran and its FLARE id (flare/resume.py)",
+    "resumed": "present when the run was continued after a stop: [{round, job_id, missing_sites}], the first round "
+    "each new job ran, its FLARE id and, only when some were not connected, the run's sites it ran without (sorted; "
+    "omitted when none), who have no line from that round until the next entry (flare/resume.py); 'sites' stays the "
+    "run's full list",
 }
 
 # Sent by a site in a train result and written into its train line, in this order.
@@ -145,7 +147,8 @@ ROUND_FIELDS: tuple[MetricField, ...] = (
     MetricField("mean_unseen_site_acc", NUMBER, "their mean (null without held-out sites)"),
     MetricField("bwt", NUMBER, "backward transfer (docs/design.md, Forgetting: NFR and BwT); null on rounds that are not a full validation"),
     MetricField("bwt_sites", NUMBER, "sites BwT averages: those with an exact baseline from an earlier round (0 when null)"),
-    MetricField("mean_personalized_acc", NUMBER, "mean over every site trained so far of its latest personalized acc"),
+    MetricField("mean_personalized_acc", NUMBER, "mean over every site trained so far of its latest personalized acc "
+                "(a site not sampled, failed or missing from a continued job keeps its latest: its model is unchanged since)"),
     MetricField("worst_personalized_acc", NUMBER, "the lowest of those"),
     MetricField("balanced_personalized_acc", NUMBER, "mean of their class-balanced personalized accuracies"),
     MetricField("mean_nfr_personalized", NUMBER, "mean of their latest personalized NFR"),

@@ -78,7 +78,8 @@ class RoundSchedule:
     """The schedule of one run over ``sites``.
 
     Args:
-        sites: the site names (kept sorted).
+        sites: the site names (kept sorted): those connected. A run continued without a site of the stopped
+            run (flare/resume.py) samples among the sites present, with the same seed.
         num_rounds: FL rounds.
         sample_fraction: share of sites trained per round (at least ``min_sites_per_round``).
         seed: seed of the per-round site sampling.
@@ -120,10 +121,13 @@ class RoundSchedule:
 
     def asked(self, record: RoundRecord) -> list[str]:
         """The sites whose evaluation of ``record``'s model the server needs: all on a full validation, else
-        its sampled sites (their BwT baselines), none when validation is off (``validate_every`` 0)."""
+        its sampled sites (their BwT baselines), none when validation is off (``validate_every`` 0).
+
+        Only sites of this schedule: the record a continued run takes over from a stopped one may name a site
+        that is not connected now (flare/resume.py); it is never sent a task."""
         if record.validate:
             return list(self.sites)
-        return list(record.sampled) if self.validate_every else []
+        return [site for site in record.sampled if site in self.sites] if self.validate_every else []
 
     def evaluations(
         self,

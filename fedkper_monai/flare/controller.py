@@ -86,7 +86,8 @@ class FedKPerController(ModelController):
         min_task_timeout: the least timeout once sized from the run.
         timeout_factor: the sized timeout in multiples of the slowest answer so far.
         resume: continue a stopped run from its last completed round (:mod:`fedkper_monai.flare.resume`):
-            ``"auto"`` the newest run of this job that stopped without ending, with the same settings;
+            ``"auto"`` the newest run of this job that stopped without ending, with the same settings (a site
+            of it not connected now is left out, and the header's ``resumed`` entry names it);
             ``"never"``; or the id of the stopped job (an error when it cannot be continued).
     """
 
@@ -191,7 +192,8 @@ class FedKPerController(ModelController):
             evaluator.load_state_dict(resumed.evaluator)
         self.failures.slowest = resumed.slowest
         self._chain = list(resumed.chain)
-        self.info(f"continuing the stopped job {resumed.chain[0]} from round {resumed.next_round}")
+        # A site of the stopped run not connected now: the run goes on without it (flare/resume.py), said loudly.
+        (self.warning if resumed.missing_sites else self.info)(resumed.describe())
         return resumed.next_round, resumed.params, resumed.previous
 
     def _run_round(

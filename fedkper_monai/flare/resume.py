@@ -7,6 +7,14 @@ global model beside it); a new job of the same run finds the newest checkpoint o
 without ending, takes over its metrics file and continues with the next round. Each site takes over its own
 state from the stopped job's folder at its first task (:meth:`fedkper_monai.training.site.Site.adopt_state`).
 
+A resubmission with a site missing (a server restart while one hospital is still offline) continues with the
+sites present (:func:`compare_settings`): a hospital down for a day must not cost the federation its completed
+rounds. Each site's state is its own, so the missing site's history stays in the run (its folder of an older
+job of the chain), and the header's ``resumed`` entry names the missing sites, so a report can tell exactly
+which rounds ran without whom. The checkpoint keeps the run's full site list, so a later resubmission with
+the site back continues again with all of them. A connected site the stopped run never had is another
+federation: never continued.
+
 Where stopped runs are looked for: the job folders in the participant's FLARE workspace (a POC or
 provisioned server and its clients), or, when ``$FEDKPER_RESUME_ROOT`` is set, in
 ``$FEDKPER_RESUME_ROOT/<workspace folder name>/`` (the simulator wipes its workspace at start, so
@@ -49,6 +57,7 @@ __all__ = [
     "set_status",
     "find_resumable",
     "settings_difference",
+    "compare_settings",
     "record_to_dict",
     "record_from_dict",
     "Resumed",
@@ -119,6 +128,8 @@ def read_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any] | None:
             raise FedKPerError(f"{path}: field {name!r} is missing")
     if state["format"] != _FORMAT:
         raise FedKPerError(f"{path}: field 'format' is {state['format']!r}, this version reads {_FORMAT}")
+    if not isinstance(state["settings"], dict) or not isinstance(state["settings"].get("sites", []), list):
+        raise FedKPerError(f"{path}: field 'settings' is not an object with a list of 'sites'")
     return state
 
 
@@ -138,6 +149,25 @@ def settings_difference(expected: Mapping[str, Any], found: Mapping[str, Any]) -
     return None
 
 
+def compare_settings(expected: Mapping[str, Any], found: Mapping[str, Any]) -> tuple[str | None, list[str]]:
+    """Whether a stopped run with settings ``found`` can be continued with today's ``expected``: the first
+    difference (None when it can), and the stopped run's sites that are not connected now (sorted).
+
+    Every setting must be equal, except that today's ``sites`` may be a non-empty strict subset of the stopped
+    run's (a site missing is continued without; see the module docstring). A site that is not among the
+    stopped run's sites makes it another federation: the difference names it.
+    """
+    difference = settings_difference({**expected, "sites": None}, {**found, "sites": None})
+    if difference:
+        return difference, []
+    now, before = list(expected.get("sites") or []), list(found.get("sites") or [])
+    new = sorted(set(now) - set(before))
+    if new or (before and not now):
+        why = f"{', '.join(new)} not among the stopped run's sites" if new else "no site connected"
+        return f"sites: {before!r} in the stopped run, {now!r} now ({why})", []
+    return None, sorted(set(before) - set(now))
+
+
 def find_resumable(
     root: str | os.PathLike, job: str, settings: Mapping[str, Any], resume: str, current_job_id: str
 ) -> tuple[Path, dict[str, Any]] | None:
@@ -146,11 +176,12 @@ def find_resumable(
     Args:
         root: the folder of this server's job folders (:func:`stopped_runs_root`).
         job: the job's name; only runs of the same job are continued.
-        settings: what must not change (the run's seed, rounds, sites, algorithm, model, ...).
+        settings: what must not change (the run's seed, rounds, algorithm, model, ...; its sites but for a
+            missing one: :func:`compare_settings`).
         resume: ``"auto"`` (the newest run of this job that stopped without ending, with the same
             settings; a run that finished or was aborted on purpose is never continued), ``"never"``, or the
             id of the job to continue (one that stopped or was aborted; an error when it has no checkpoint,
-            finished or was continued already, or its settings differ).
+            finished or was continued already, or its settings differ, a new site included).
         current_job_id: this job's id (its own folder is never a stopped run).
 
     Raises:
@@ -165,7 +196,7 @@ def find_resumable(
             raise FedKPerError(f"resume: {folder} holds no {CHECKPOINT_FILE}")
         if state["status"] not in (RUNNING, ABORTED):
             raise FedKPerError(f"resume: {folder / CHECKPOINT_FILE}: field 'status' is {state['status']!r}, not {RUNNING!r} or {ABORTED!r}")
-        difference = settings_difference(settings, state["settings"])
+        difference, _ = compare_settings(settings, state["settings"])
         if difference:
             raise FedKPerError(f"resume: {folder / CHECKPOINT_FILE}: settings changed, {difference}")
         return folder, state
@@ -179,7 +210,7 @@ def find_resumable(
             continue  # a damaged folder of another run is not ours to continue
         if not state or state["status"] != RUNNING or state["job"] != job:
             continue
-        difference = settings_difference(settings, state["settings"])
+        difference, _ = compare_settings(settings, state["settings"])
         if difference:
             _LOG.warning("%s stopped without ending but is not continued: settings changed, %s", path.parent, difference)
             continue
@@ -201,6 +232,12 @@ class Resumed:
     evaluator: dict[str, Any] | None
     slowest: float | None
     chain: list[str] = field(default_factory=list)
+    missing_sites: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """The controller's log line: which stopped job is continued, from which round, without whom."""
+        without = f" without {', '.join(self.missing_sites)} (not connected)" if self.missing_sites else ""
+        return f"continuing the stopped job {self.chain[0]} from round {self.next_round}{without}"
 
 
 class Checkpointer:
@@ -209,7 +246,8 @@ class Checkpointer:
     Args:
         run_dir: this job's run folder (metrics.jsonl is there).
         job: the job's name; job_id: this job's FLARE id.
-        settings: what a continued run must share with the stopped one (see :func:`find_resumable`).
+        settings: what a continued run must share with the stopped one (see :func:`find_resumable`); its
+            ``sites`` are the connected ones (after a takeover: the run's full list, see :meth:`take_over`).
     """
 
     def __init__(self, run_dir: str | os.PathLike, job: str, job_id: str, settings: Mapping[str, Any]) -> None:
@@ -271,24 +309,24 @@ class Checkpointer:
         in the middle of is run again), its header noting where this job took over; its checkpoint (with the
         model selection's best round and score, in ``book``) and its best global model are copied here before
         the stopped one is marked ``CONTINUED``, so a stop in between loses nothing.
+
+        With a site of the stopped run missing, the header's new ``resumed`` entry names it
+        (``missing_sites``) and this run's checkpoints keep the stopped run's full site list as ``sites``, so a
+        later job with the site back continues this run with all of them.
         """
         found = find_resumable(root, self.job, self.settings, resume, self.job_id)
         if found is None:
             return None
         folder, state = found
         where = folder / CHECKPOINT_FILE
-        if state.get("model") not in (model_file(0), model_file(1)):  # a file name of ours, never a path
-            raise FedKPerError(f"resume: {where}: field 'model' is {state.get('model')!r}, not a checkpoint model file")
-        try:
-            with np.load(folder / state["model"], allow_pickle=False) as arrays:
-                params = {name: arrays[name] for name in arrays.files}
-        except (OSError, ValueError) as error:
-            raise FedKPerError(f"resume: {where}: field 'model' names an unreadable model ({error})") from error
+        params = _load_model(folder, state)
         try:
             next_round = int(state["completed_round"]) + 1
+            _, missing = compare_settings(self.settings, state["settings"])
+            entry = {"round": next_round, "job_id": self.job_id, **({"missing_sites": missing} if missing else {})}
             lines = (folder / METRICS_FILE).read_text().splitlines()[: int(state["metrics_lines"])]
             header = json.loads(lines[0])
-            header["run"]["resumed"] = [*header["run"].get("resumed", []), {"round": next_round, "job_id": self.job_id}]
+            header["run"]["resumed"] = [*header["run"].get("resumed", []), entry]
             chain = [str(job_id) for job_id in state["chain"]]
             previous = record_from_dict(state["previous"], started=time.perf_counter() - float(state.get("elapsed", 0.0)))
         except (OSError, ValueError, TypeError, KeyError, IndexError) as error:
@@ -297,13 +335,27 @@ class Checkpointer:
         if (folder / _BEST_MODEL_FILE).is_file() and folder.resolve() != self.run_dir.resolve():
             atomic_write_bytes(self.run_dir / _BEST_MODEL_FILE, (folder / _BEST_MODEL_FILE).read_bytes())
         self._counted = (0, 0)
+        if missing:  # the run's sites stay its full list: a site that comes back continues it
+            self.settings["sites"] = list(state["settings"]["sites"])
         self.chain = [folder.name, *[job_id for job_id in chain if job_id != folder.name]]
-        resumed = Resumed(next_round, params, previous, dict(state.get("book") or {}), state.get("evaluator"), state.get("slowest"), self.chain)
+        resumed = Resumed(next_round, params, previous, dict(state.get("book") or {}), state.get("evaluator"), state.get("slowest"), self.chain, missing)
         own = {key: state.get(key) for key in ("book", "evaluator", "slowest")}
         self.save(next_round - 1, params, previous, own)
         if folder.resolve() != self.run_dir.resolve():
             set_status(folder, CONTINUED, continued_by=self.job_id)
         return resumed
+
+
+def _load_model(folder: Path, state: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The global model a checkpoint names (a file name of ours, never a path)."""
+    where = folder / CHECKPOINT_FILE
+    if state.get("model") not in (model_file(0), model_file(1)):
+        raise FedKPerError(f"resume: {where}: field 'model' is {state.get('model')!r}, not a checkpoint model file")
+    try:
+        with np.load(folder / state["model"], allow_pickle=False) as arrays:
+            return {name: arrays[name] for name in arrays.files}
+    except (OSError, ValueError) as error:
+        raise FedKPerError(f"resume: {where}: field 'model' names an unreadable model ({error})") from error
 
 
 def stash_simulator_workspace(workspace: str | os.PathLike, stopped: str | os.PathLike) -> bool:
