@@ -69,16 +69,51 @@ def test_a_job_on_three_namespaced_sites_equals_the_simulator_and_leaves_nothing
     assert not problems, "\n".join(problems[:20])
 
 
-def test_ctrl_c_while_the_sites_run_tears_the_lab_down(retina_federation, tmp_path):
-    """SIGINT to ``deploy lab`` once its network is up: it exits 130 and leaves no namespace, link or process."""
+_STOPPABLE = """
+import sys
+from pathlib import Path
+
+from fedkper_monai.launch.lab import LabRun, deploy_lab
+
+data_root, workspace, other = sys.argv[1:4]
+run = LabRun(job="fedkper", sites=3, data_root=Path(data_root), workspace=Path(workspace),
+             overrides={"rounds": 2, "sample_fraction": 0.67, "local_epochs": 1}, site_env={"site-3": {"PYTHONPATH": other}})
+try:
+    sys.exit(deploy_lab(run))
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def _other_install(folder: Path, version: str) -> Path:
+    """A copy of this package whose version is ``version``: what a site that installed another release runs."""
+    import shutil
+
+    import fedkper_monai
+
+    shutil.copytree(Path(fedkper_monai.__file__).parent, folder / "fedkper_monai", ignore=shutil.ignore_patterns("__pycache__"))
+    init = folder / "fedkper_monai" / "__init__.py"
+    text = init.read_text()
+    assert f'__version__ = "{fedkper_monai.__version__}"' in text
+    init.write_text(text.replace(f'__version__ = "{fedkper_monai.__version__}"', f'__version__ = "{version}"'))
+    return folder
+
+
+def test_a_site_of_another_version_is_refused_naming_both_and_ctrl_c_tears_the_lab_down(retina_federation, tmp_path):
+    """site-3 runs another fedkper-monai release (a copy of this package at version 0.0.9 first on its PYTHONPATH):
+    its first task is refused at the site, before any work, and the server records why, both versions named.
+    Then SIGINT to the process running ``deploy_lab``: it exits 130 and leaves no namespace, link or process."""
+    import fedkper_monai
+    from fedkper_monai.flare.messages import software_versions
+
     workspace = tmp_path / "lab"
+    other = _other_install(tmp_path / "other_install", "0.0.9")
     log = open(tmp_path / "lab.log", "w")  # noqa: SIM115 - closed below
-    process = subprocess.Popen([sys.executable, "-m", "fedkper_monai.cli", "deploy", "lab", "fedkper", "--sites", "3",
-                                "--data-root", str(retina_federation), "--workspace", str(workspace), *_RUN],
+    process = subprocess.Popen([sys.executable, "-c", _STOPPABLE, str(retina_federation), str(workspace), str(other)],
                                stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while "sites connected" not in (tmp_path / "lab.log").read_text():
+        deadline = time.monotonic() + 240
+        while not [line for line in _server_lines(workspace) if line.get("status") == "failed" and line["site"] == "site-3"]:
             assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "lab.log").read_text()[-3000:]
             time.sleep(0.5)
         assert lab_leftovers(), "the lab is up"
@@ -91,37 +126,73 @@ def test_ctrl_c_while_the_sites_run_tears_the_lab_down(retina_federation, tmp_pa
     assert "lab torn down" in (tmp_path / "lab.log").read_text()
     assert not lab_leftovers(), "no namespace, link or /etc/netns entry is left"
     assert not processes_of(str(workspace)), "no participant process is left"
+    (refused,) = {line["reason"] for line in _server_lines(workspace) if line.get("status") == "failed"}
+    nvflare = software_versions()["nvflare"]
+    assert refused == (f"the site refused the task: site-3 runs fedkper-monai 0.0.9 and nvflare {nvflare}, the server "
+                       f"fedkper-monai {fedkper_monai.__version__} and nvflare {nvflare}: install the same versions on both")
+    (log_3,) = workspace.glob("provision/fedkper_lab/prod_*/site-3/*/log.txt")
+    assert "refused: site-3 runs fedkper-monai 0.0.9" in log_3.read_text(), "the site's own log says why"
+
+
+def _server_lines(workspace: Path) -> list[dict]:
+    """Every line of the lab server's job metrics files (read while the job runs; a half-written file reads as none)."""
+    found = list(workspace.glob("provision/fedkper_lab/prod_*/server/*/metrics.jsonl"))
+    try:
+        return [json.loads(line) for path in found for line in path.read_text().splitlines()]
+    except ValueError:
+        return []
 
 
 def _server_rounds(workspace: Path) -> list[dict]:
-    """Round lines of the running job's metrics.jsonl on the lab's server (read while the job runs)."""
-    found = list(workspace.glob("provision/fedkper_lab/prod_*/server/*/metrics.jsonl"))
-    try:
-        lines = [json.loads(line) for path in found for line in path.read_text().splitlines()]
-    except ValueError:
-        return []  # a line half-written
-    return [line for line in lines if "round" in line and "site" not in line]
+    """Round lines of the lab server's job metrics files."""
+    return [line for line in _server_lines(workspace) if "round" in line and "site" not in line]
 
 
-def test_a_site_whose_link_drops_mid_round_is_recorded_failed_and_the_rounds_go_on(retina_federation, tmp_path, capfd):
-    """Issue 24 item 3, first fault: site-3's link (its bridge port) set down as round 1 starts; its task times out,
-    the round goes on with site-1 and site-2 and site-3 is recorded failed; the link is set up again after round 2 and
-    site-3 is aggregated again in a later round. Before that, ``site check`` run inside site-1's namespace reaches the real FLARE server over TLS."""
+def _kill_server(workspace: Path) -> int:
+    """SIGKILL every process running from the server's kit (its parent and its job process), as a power cut would."""
+    import psutil
+
+    (kit,) = workspace.glob("provision/fedkper_lab/prod_*/server")
+    killed = 0
+    for process in psutil.process_iter(["cmdline"]):
+        if any(arg == str(kit) or arg.startswith(f"{kit}/") for arg in process.info.get("cmdline") or []):
+            try:
+                process.kill()
+                killed += 1
+            except psutil.NoSuchProcess:
+                pass
+    return killed
+
+
+def test_a_dropped_link_a_killed_server_and_a_site_missing_at_resubmission(retina_federation, tmp_path, capfd):
+    """Issue 24 item 3 on the lab federation, one job of 5 rounds (every site each round):
+
+    1. site-3's link (its bridge port) set down once round 0 is written: its task times out, the round goes on
+       with site-1 and site-2, site-3 is recorded failed;
+    2. the server killed (SIGKILL) once that failure is written, site-3's link still down: it is started again,
+       site-1 and site-2 connect again, site-3 cannot and is not waited for past the connect timeout; the job,
+       submitted again, continues from its last completed round without site-3, its header saying so;
+    3. site-3's link set up again once the continued job is under way: its FLARE client opens a connection to
+       the server again by itself (its log). Not asserted: that the server lists it again before the job ends
+       (it does at the site's next heartbeat; printed at the end: one run had it listed, one not yet).
+
+    Before the faults, ``site check`` inside site-1's namespace reaches the real FLARE server over TLS, and site-1
+    reads its own data only."""
     from fedkper_monai.launch.lab import LabRun, deploy_lab
 
     workspace = tmp_path / "lab"
     rounds = 5
     events: dict[str, object] = {}
 
-    def fault(network) -> None:
-        deadline = time.monotonic() + 400
+    def faults(network) -> None:
+        deadline = time.monotonic() + 500
 
-        def wait_for_round(index: int) -> None:
-            while not any(line["round"] >= index for line in _server_rounds(workspace)):
-                assert time.monotonic() < deadline, "the job did not reach round %d" % index
+        def wait_for(what: str, ready) -> None:
+            while not ready():
+                assert time.monotonic() < deadline, f"the job did not reach: {what}"
                 time.sleep(0.5)
 
-        wait_for_round(0)  # round 0's line is written as round 1 is sent out
+        wait_for("round 0", lambda: _server_rounds(workspace))  # round 0's line is written as round 1 is sent out
         network.set_link("site-3", up=False)
         (kit,) = workspace.glob("provision/fedkper_lab/prod_*/site-1")
         site_1 = json.loads((workspace / "lab" / "helper.json").read_text())["prefixes"]["site-1"]  # site-1's view
@@ -130,13 +201,23 @@ def test_a_site_whose_link_drops_mid_round_is_recorded_failed_and_the_rounds_go_
         events["reads"] = {path: subprocess.run([*site_1, "cat", str(path)], capture_output=True).returncode == 0
                            for path in (workspace / "data" / "site-1" / "site-1.json", workspace / "data" / "site-2" / "site-2.json",
                                         retina_federation / "site-2.json", kit.parent / "site-2" / "startup" / "client.key")}
-        wait_for_round(2)
+        wait_for("site-3's failure", lambda: any(line.get("status") == "failed" for line in _server_lines(workspace)))
+        events["killed_after"] = max(line["round"] for line in _server_rounds(workspace))
+        assert _kill_server(workspace) >= 1
+        jobs = lambda: len(list(workspace.glob("provision/fedkper_lab/prod_*/server/*/metrics.jsonl")))  # noqa: E731
+        wait_for("the continued job", lambda: jobs() >= 2)
+        log_3 = workspace / "logs" / "site-3.log"
+        seen = len(log_3.read_bytes())
         network.set_link("site-3", up=True)
-        events["up_after"] = max(line["round"] for line in _server_rounds(workspace))
+        up = time.monotonic()
+        while time.monotonic() - up < 90 and b"is created" not in log_3.read_bytes()[seen:]:
+            time.sleep(1.0)
+        events["reconnected"] = round(time.monotonic() - up) if b"is created" in log_3.read_bytes()[seen:] else None
 
-    run = LabRun(job="fedkper", sites=3, data_root=retina_federation, workspace=workspace, timeout=600,
-                 overrides={"rounds": rounds, "sample_fraction": 1.0, "local_epochs": 1}, min_task_timeout=20.0)
-    code = deploy_lab(run, on_started=fault)
+    run = LabRun(job="fedkper", sites=3, data_root=retina_federation, workspace=workspace, timeout=600, connect_timeout=40,
+                 restarts=1, overrides={"rounds": rounds, "sample_fraction": 1.0, "local_epochs": 1}, min_task_timeout=20.0,
+                 timeout_factor=1.5)
+    code = deploy_lab(run, on_started=faults)
     printed = capfd.readouterr().out
     assert code == 0, printed
     check = events["check"]
@@ -147,10 +228,14 @@ def test_a_site_whose_link_drops_mid_round_is_recorded_failed_and_the_rounds_go_
     assert [r["round"] for r in round_lines] == list(range(rounds)), "every round once, in order"
     failed = [r for r in records if r.get("status") == "failed" and r["site"] == "site-3"]
     assert failed and failed[0]["round"] in (1, 2), printed
-    assert f"failed: site-3 in round {failed[0]['round']}" in printed
     assert round_lines[failed[0]["round"]]["aggregated_sites"] == ["site-1", "site-2"], "the round went on without it"
+    assert "the server exited during job" in printed and "2 of 3 sites connected again (site-1, site-2)" in printed, printed
+    (resumed,) = records[0]["run"]["resumed"]
+    assert resumed["missing_sites"] == ["site-3"] and resumed["round"] - events["killed_after"] in (1, 2), resumed
+    assert all(r["aggregated_sites"] == ["site-1", "site-2"] for r in round_lines[resumed["round"]:]), "continued without it"
+    assert f"failed: site-3 in round {failed[0]['round']}" in printed
     assert not lab_leftovers() and not processes_of(str(workspace))
-    # Not asserted: whether site-3 is aggregated again once its link is up. One run had it back in round 4, another
-    # had it fail rounds 3 and 4 as well (FLARE's client reconnect after a dropped link takes an unbounded time here).
-    rejoined = [r["round"] for r in round_lines if "site-3" in r["aggregated_sites"] and r["round"] > events["up_after"]]
-    print(f"site-3's link up after round {events['up_after']}; aggregated again in rounds {rejoined}")
+    assert events["reconnected"] is not None, "site-3's client connected to the server again within 90 s of its link"
+    connected = printed.rsplit("sites connected now: ", 1)[-1].splitlines()[0]
+    print(f"site-3's link up again as the continued job started; its FLARE client connected again after "
+          f"{events['reconnected']} s; connected at the end: {connected}")
