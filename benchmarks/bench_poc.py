@@ -135,6 +135,8 @@ def measure(args: argparse.Namespace, rows: list[str], work: Path) -> dict[str, 
     from fedkper_monai.launch.overrides import JobOverrides
     from fedkper_monai.launch.simulate import prepare_job
 
+    if not rows:
+        return {}
     data = work / "data"
     if cli(["prepare", "medmnist", "--npz", args.npz, "--sites", str(args.sites), "--alpha", "0.1", "--seed", "0",
             "--out", str(data), "--no-progress"]) != 0:
@@ -205,8 +207,8 @@ def main() -> int:
     atomic_write_json(args.out, result)
     means = summary["mean_round_seconds_excluding_round_0"]
     ratios = "; ".join(f"{key.replace('_over_', ' over ')}: {value:.2f}x" for key, value in summary.items() if "_over_" in key)
-    print(f"{ratios or 'no ratio (one row)'} ({args.sites} sites, mean round after round 0: "
-          + ", ".join(f"{row} {mean:.2f} s" for row, mean in means.items())
+    print(f"{ratios or 'no ratio (fewer than two rows ran)'} ({args.sites} sites, mean round after round 0: "
+          + (", ".join(f"{row} {mean:.2f} s" for row, mean in means.items()) or "none")
           + (f"; skipped: {', '.join(f'{row} ({why})' for row, why in skipped.items())}" if skipped else "")
           + f"); wrote {args.out}")
     return 0
