@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+import provenance  # beside this file: commit, load average, CPU count and date of the run
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULT_PATH = REPO_ROOT / "benchmarks" / "results" / "bench_aggregation.json"
 SITE_COUNTS = (2, 50)
@@ -177,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fedkper_monai.io import atomic_write_json
 
+    record = provenance.start("bench_aggregation")
     parameter_count = 0
     for shape in LAYOUT.values():
         size = 1
@@ -218,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "machine": platform.machine(),
         },
+        "provenance": provenance.finish(record),
     }
     atomic_write_json(args.output, result)
 

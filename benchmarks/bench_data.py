@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import provenance  # beside this file: commit, load average, CPU count and date of the run
 import torch
 
 from fedkper_monai.data import build_transforms, import_medmnist, load_datalist, make_dataset, make_loader
@@ -46,6 +47,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=12)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_data.json"))
     args = parser.parse_args()
+    record = provenance.start("bench_data")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,6 +82,7 @@ def main() -> int:
         "target_cached_over_cold": 5.0,
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, python {sys.version.split()[0]}",
         "command": "python benchmarks/bench_data.py",
+        "provenance": provenance.finish(record),
     }
     atomic_write_json(args.out, result)
     print(json.dumps(result, indent=2))

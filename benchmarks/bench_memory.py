@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import provenance  # beside this file: commit, load average, CPU count and date of the run
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,7 +263,7 @@ def main() -> int:
 
     from fedkper_monai.io import atomic_write_json
 
-    load_start = [round(value, 2) for value in os.getloadavg()]
+    record = provenance.start("bench_memory")
     started = time.perf_counter()
     result = measure(Path(args.npz), args.sites, args.alpha, args.threads, args.rounds, args.interval)
     result = {
@@ -271,8 +272,9 @@ def main() -> int:
         "data": str(Path(args.npz).resolve().relative_to(ROOT.parent)) if Path(args.npz).resolve().is_relative_to(ROOT.parent) else args.npz,
         "partition": {"sites": args.sites, "alpha": args.alpha, "seed": 0},
         "versions": _versions(),
-        "load_average_start": load_start,
-        "load_average_end": [round(value, 2) for value in os.getloadavg()],
+        "load_average_start": record["load_average_start"],
+        "load_average_end": provenance.finish(record)["load_average_end"],
+        "provenance": record,
         "wall_seconds": round(time.perf_counter() - started, 1),
         **result,
     }

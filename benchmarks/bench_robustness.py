@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import provenance  # beside this file: commit, load average, CPU count and date of the run
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,17 +50,6 @@ ATTACKS = ("sign_flip", "noise", "label_flip")
 ATTACKERS = ("site-1", "site-2")
 GOAL = 0.05
 SENT_FRACTION_OF_BOUND = 0.99
-
-
-def _load() -> list[float]:
-    return [round(value, 2) for value in os.getloadavg()]
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _subsampled_npz(npz: Path, out: Path, train_images: int) -> Path:
@@ -157,7 +145,7 @@ def _summarize(result: dict[str, Any], started: float) -> None:
     result["gap_to_honest"] = {name: round(honest - run["final_global_acc"], 4) for name, run in result["runs"].items()}
     one = [result["gap_to_honest"][f"{attack}_1"] for attack in ATTACKS if f"{attack}_1" in result["runs"]]
     result["goal_met"] = bool(one) and all(gap <= GOAL for gap in one)
-    result["load_average_end"] = _load()
+    result["load_average_end"] = provenance.finish(result["provenance"])["load_average_end"]
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
 
 
@@ -171,6 +159,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--out", default=str(RESULT_PATH))
     args = parser.parse_args()
+    record = provenance.start("bench_robustness")
     torch.set_num_threads(args.threads)
     from fedkper_monai.data import import_medmnist
     from fedkper_monai.io import atomic_write_json
@@ -178,13 +167,14 @@ def main() -> int:
     result: dict[str, Any] = {
         "benchmark": "global accuracy with 0, 1 and 2 attacking sites of 10 (in-process, real Site and FedKPerAggregator)",
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-        "commit": _commit(),
+        "commit": record["commit"],
         "data": str(Path(args.npz).name),
         "settings": {"sites": NUM_SITES, "alpha": ALPHA, "partition_seed": 0, "rounds": args.rounds,
                      "local_epochs": args.local_epochs, "lr": args.lr, "train_images": args.train_images, "sample_fraction": 1.0, "attackers": list(ATTACKERS),
                      "torch_threads": args.threads},
         "goal": f"within {GOAL} of the honest run's final global accuracy with one attacker",
-        "load_average_start": _load(),
+        "load_average_start": record["load_average_start"],
+        "provenance": record,
         "runs": {},
     }
     started = time.perf_counter()

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import provenance  # beside this file: commit, load average, CPU count and date of the run
 import torch
 
 from fedkper_monai.data import (
@@ -83,10 +84,6 @@ TARGETS = {"fedkper_over_fedavg_local": 1.15, "flare_over_inprocess": 1.25}
 LOCAL_CONFIGS = (("fedavg", "fedavg", None), ("fedkper", "fedkper", None), ("fedkper_uncached", "fedkper", False))
 
 
-def _load() -> list[float]:
-    return [round(value, 2) for value in os.getloadavg()]
-
-
 def _relative(path: Path) -> str:
     path = Path(path).resolve()
     return str(path.relative_to(ROOT.parent)) if path.is_relative_to(ROOT.parent) else str(path)
@@ -108,7 +105,7 @@ def _pick_site(data_dir: Path) -> str:
 
 def bench_local(data_dir: Path, site: str, reps: int, epochs: int, batch_size: int, threads: int) -> dict[str, Any]:
     """Part 1: interleaved ``train_local`` timings of FedAvg, FedKPer (cached teacher) and FedKPer (uncached)."""
-    load_start = _load()
+    load_start = provenance.load_average()
     datalist = load_datalist(data_dir / f"{site}.json")
     transform = build_transforms("classification_2d", image_size=datalist.image_size, augment=False)
     deterministic = is_deterministic(transform)
@@ -156,7 +153,7 @@ def bench_local(data_dir: Path, site: str, reps: int, epochs: int, batch_size: i
                 teacher_passes[label] = result.teacher_forward_passes
                 steps = result.steps
             print(f"  rep {rep + 1}/{reps} (cpu s): " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in cpu.items())
-                  + f"; load {_load()[0]}", flush=True)
+                  + f"; load {provenance.load_average()[0]}", flush=True)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -194,7 +191,7 @@ def bench_local(data_dir: Path, site: str, reps: int, epochs: int, batch_size: i
         "cpu_ratios": ratios(cpu),
         "wall_ratios": ratios(wall),
         "load_average_start": load_start,
-        "load_average_end": _load(),
+        "load_average_end": provenance.load_average(),
     }
 
 
@@ -358,16 +355,16 @@ def bench_flare(data_dir: Path, work: Path, rounds: int, threads: int, t1_rounds
     from fedkper_monai.launch.overrides import JobOverrides
     from fedkper_monai.launch.simulate import prepare_job
 
-    load_start = _load()
+    load_start = provenance.load_average()
     # The in-process loop reads the very job configs the simulator gets (data root and network from the data).
     overrides = JobOverrides(rounds=rounds, data_root=str(data_dir), validate_every=validate_every)
     inprocess_job = prepare_job(JOB, work / "unused_workspace", overrides,
                                 work / "job_inprocess")
     # Two in-process passes bracket the simulator run in time, so a change of the machine's load shows.
     passes = [run_inprocess(inprocess_job, work / "inprocess_before", rounds)]
-    load_before = _load()
+    load_before = provenance.load_average()
     flare = {threads: run_flare(JOB, overrides, work, threads)}
-    load_after = _load()
+    load_after = provenance.load_average()
     passes.append(run_inprocess(inprocess_job, work / "inprocess_after", rounds))
     if t1_rounds > 0 and threads != 1:
         flare[1] = run_flare(JOB, dataclasses.replace(overrides, rounds=t1_rounds), work, 1)
@@ -415,7 +412,7 @@ def bench_flare(data_dir: Path, work: Path, rounds: int, threads: int, t1_rounds
         "load_average_start": load_start,
         "load_average_before_simulator": load_before,
         "load_average_after_simulator": load_after,
-        "load_average_end": _load(),
+        "load_average_end": provenance.load_average(),
     }
 
 
@@ -459,6 +456,7 @@ def main() -> int:
 
     if args.site_threads is not None:  # run_simulator keeps an OMP_NUM_THREADS that is already set
         os.environ["OMP_NUM_THREADS"] = str(args.site_threads)
+    record = provenance.start("bench_round")
     result: dict[str, Any] = {
         "benchmark": "round cost: FedKPer vs FedAvg local training; FLARE simulator vs in-process loop",
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
@@ -466,7 +464,8 @@ def main() -> int:
         "partition": {"sites": NUM_SITES, "alpha": ALPHA, "seed": 0},
         "targets": TARGETS,
         "versions": _versions(),
-        "load_average_start": _load(),
+        "load_average_start": record["load_average_start"],
+        "provenance": record,
         "simulated_site_omp_threads": os.environ.get("OMP_NUM_THREADS", "cores // min(-t, sites)"),
     }
     started = time.perf_counter()
@@ -493,7 +492,7 @@ def main() -> int:
 
         print(f"part 3: peak memory, one site process and {bench_memory.SITES} sites", flush=True)
         result["memory"] = bench_memory.measure(Path(args.npz), bench_memory.SITES, bench_memory.ALPHA, None, bench_memory.ROUNDS)
-    result["load_average_end"] = _load()
+    result["load_average_end"] = provenance.finish(record)["load_average_end"]
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     result["met"] = {key: result[key] <= target for key, target in TARGETS.items() if key in result}
     atomic_write_json(args.out, result)

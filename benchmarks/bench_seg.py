@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import provenance  # beside this file: commit, load average, CPU count and date of the run
 import torch
 
 from fedkper_monai.data import build_transforms, is_deterministic, load_datalist, make_dataset, make_loader
@@ -55,10 +56,6 @@ TARGETS = {"fedkper_over_fedavg_local": 1.4}
 ALGORITHMS = ("fedavg", "fedkper")
 
 
-def _load() -> list[float]:
-    return [round(value, 2) for value in os.getloadavg()]
-
-
 def job_settings() -> dict[str, Any]:
     """The demo job's site settings (its site executor's args), without the data location."""
     from fedkper_monai.flare.jobspec import load_job, site_args
@@ -72,7 +69,7 @@ def job_settings() -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- part 1
 def bench_local(datalist_path: Path, settings: dict[str, Any], reps: int, epochs: int, threads: int) -> dict[str, Any]:
     """Interleaved ``train_local`` timings of FedAvg and FedKPer with the job's random-patch transforms."""
-    load_start = _load()
+    load_start = provenance.load_average()
     datalist = load_datalist(datalist_path)
     network = dict(settings["network"])
     transform = build_transforms(settings["transforms"], image_size=network["image_size"], augment=True)
@@ -113,7 +110,7 @@ def bench_local(datalist_path: Path, settings: dict[str, Any], reps: int, epochs
                 cpu[algorithm].append(round(cpu_seconds, 4))
                 passes[algorithm] = result.teacher_forward_passes
                 steps = result.steps
-            print(f"  rep {rep + 1}/{reps} (cpu s): " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in cpu.items()) + f"; load {_load()[0]}", flush=True)
+            print(f"  rep {rep + 1}/{reps} (cpu s): " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in cpu.items()) + f"; load {provenance.load_average()[0]}", flush=True)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -146,7 +143,7 @@ def bench_local(datalist_path: Path, settings: dict[str, Any], reps: int, epochs
         "cpu_ratios": ratios(cpu),
         "wall_ratios": ratios(wall),
         "load_average_start": load_start,
-        "load_average_end": _load(),
+        "load_average_end": provenance.load_average(),
     }
 
 
@@ -245,6 +242,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(RESULT_PATH))
     args = parser.parse_args()
 
+    record = provenance.start("bench_seg")
     settings = job_settings()
     epochs = args.epochs or int(settings["local_epochs"])
     result: dict[str, Any] = {
@@ -255,7 +253,8 @@ def main() -> int:
         "site_settings": settings,
         "targets": TARGETS,
         "versions": _versions(),
-        "load_average_start": _load(),
+        "load_average_start": record["load_average_start"],
+        "provenance": record,
     }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_seg_") as tmp:
@@ -274,7 +273,7 @@ def main() -> int:
             key = next(k for k in memory["rounds"]["fedkper"] if k.startswith("peak_rss"))
             result["peak_memory_site_round_mib"] = {a: memory["rounds"][a][key] for a in ALGORITHMS}
             result["fedkper_over_fedavg_peak_memory"] = memory["peak_over_fedavg"]
-    result["load_average_end"] = _load()
+    result["load_average_end"] = provenance.finish(record)["load_average_end"]
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     result["met"] = {key: result[key] <= target for key, target in TARGETS.items() if key in result}
     atomic_write_json(args.out, result)

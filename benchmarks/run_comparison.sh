@@ -3,6 +3,8 @@
 #   bash benchmarks/run_comparison.sh brain_tumor_mri/brain_tumor_mri_28.npz brain28
 #   bash benchmarks/run_comparison.sh medmnist/retinamnist.npz retina
 #   SITES=9 ALGORITHMS=fedkper,fedavg bash benchmarks/run_comparison.sh bccd_wbc/bccd_wbc_64.npz bccd
+#   SITES=9 ALGORITHMS=fedkper,fedavg BASE_JOB=benchmarks/jobs/fedkper_densenet121 bash benchmarks/run_comparison.sh \
+#     bccd_wbc/bccd_wbc_64.npz bccd_densenet121      # the same with MONAI's DenseNet121 (batch normalization)
 # (BCCD's 245 training images: 10 + 2 sites leave a site under the 10-sample minimum at Dirichlet(0.1), 9 + 2 do not.)
 # Settings (issue 10's budget): SITES training sites (default 20) plus HOLDOUT held-out sites (default 2: never
 # trained; the server scores the global model on them every round), Dirichlet(0.1) label skew (seed 0), 10% of
@@ -22,6 +24,7 @@ sites="${SITES:-20}"
 holdout="${HOLDOUT:-2}"
 seeds="${SEEDS:-0,1,2}"
 algorithms="${ALGORITHMS:-fedkper,fedavg,fedntd,ditto,local,centralized}"
+base_job="${BASE_JOB:-jobs/fedkper_medmnist}"   # the job every algorithm derives from (its network, transforms)
 runs="${RUNS_DIR:-benchmarks/runs}/$name"
 # The partition is deterministic: a later session rebuilds the same one (git keeps only its summary.json).
 if [ ! -f "$runs/data/site-1.json" ]; then
@@ -35,10 +38,10 @@ federated=$(tr ',' '\n' <<<"$algorithms" | { grep -vx centralized || true; } | p
 central_rounds="${CENTRAL_ROUNDS:-$(( rounds >= 10 ? rounds / 10 : 1 ))}"
 if [ -n "$federated" ]; then
   fedkper-monai compare --data-root "$runs/data" --algorithms "$federated" \
-    -n "$sites" -t "$sites" --rounds "$rounds" --validate-every 1 --seeds "$seeds" --out "$runs/compare"
+    -n "$sites" -t "$sites" --rounds "$rounds" --validate-every 1 --seeds "$seeds" --base-job "$base_job" --out "$runs/compare"
 fi
 if [ "$federated" != "$algorithms" ]; then
   fedkper-monai compare --data-root "$runs/data" --algorithms centralized \
-    -n "$sites" -t "$sites" --rounds "$central_rounds" --validate-every 1 --seeds "$seeds" --out "$runs/compare"
+    -n "$sites" -t "$sites" --rounds "$central_rounds" --validate-every 1 --seeds "$seeds" --base-job "$base_job" --out "$runs/compare"
 fi
 fedkper-monai report "$runs"/compare/*/seed* --out "benchmarks/results/$name" --overwrite
