@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,9 @@ import pytest
 from fedkper_monai.cli import main
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
+# The 3-site RetinaMNIST run every golden fixture (tests/system/fixtures/golden_*.jsonl) was recorded with.
+GOLDEN_RUN = ("-n", "3", "-t", "3", "--rounds", "2", "--sample-fraction", "0.67", "--local-epochs", "1")
 
 
 def shared_file(relative: str) -> Path:
@@ -47,3 +53,31 @@ def retina_federation(tmp_path_factory, retinamnist_npz) -> Path:
 def retina_network() -> dict:
     """The network spec that fits the RetinaMNIST federation (RGB 28x28, 5 classes)."""
     return {"name": "reference_cnn", "spatial_dims": 2, "in_channels": 3, "num_classes": 5, "image_size": [28, 28]}
+
+
+@pytest.fixture(scope="session")
+def golden_run_args() -> list[str]:
+    """The simulate options of the golden runs (``-n 3 -t 3 --rounds 2 --sample-fraction 0.67 --local-epochs 1``)."""
+    return list(GOLDEN_RUN)
+
+
+@dataclass(frozen=True)
+class SimulatedRun:
+    """A finished ``fedkper-monai simulate`` run: its workspace and what the command printed."""
+
+    workspace: Path
+    printed: str
+
+
+@pytest.fixture(scope="session")
+def golden_fedkper_run(tmp_path_factory, retina_federation) -> SimulatedRun:
+    """``fedkper-monai simulate jobs/fedkper_medmnist`` with the golden options on the RetinaMNIST federation,
+    run once per session (slow: FLARE's simulator) and shared by every test that reads a real FedKPer run:
+    tests/system/test_simulation.py checks it against golden_fedkper_retina_3sites.jsonl, tests/bundle
+    evaluates and exports its models. Read it, never write into it (copy what a test must change)."""
+    workspace = tmp_path_factory.mktemp("golden_fedkper") / "ws"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["simulate", str(JOBS / "fedkper_medmnist"), "-w", str(workspace), "--data-root", str(retina_federation), *GOLDEN_RUN])
+    assert code == 0, printed.getvalue()[-3000:]
+    return SimulatedRun(workspace, printed.getvalue())

@@ -1,4 +1,4 @@
-"""Run folders for the bundle tests: a laid-out run (fast, no FLARE) and a real 2-round simulation (slow)."""
+"""Run folders for the bundle tests: a laid-out run (fast, no FLARE) and the session's real 2-round simulation (slow)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,8 @@ import torch
 
 from bundle_helpers import RETINA_NETWORK
 
-from fedkper_monai.cli import main
 from fedkper_monai.data import load_datalist
 from fedkper_monai.training.networks import build_network
-
-JOBS = Path(__file__).resolve().parents[2] / "jobs"
 
 
 def _write_json(path: Path, obj) -> None:
@@ -52,16 +49,11 @@ def laid_out_run(tmp_path_factory, retina_federation) -> Path:
     return lay_out_run(tmp_path_factory.mktemp("run") / "ws", retina_federation, RETINA_NETWORK)
 
 
-@pytest.fixture(scope="module")
-def simulated_run(tmp_path_factory, retina_federation) -> Path:
-    """A real 2-round FedKPer simulation on 3 RetinaMNIST sites, every site trained every round (slow)."""
-    workspace = tmp_path_factory.mktemp("sim") / "ws"
-    code = main([
-        "simulate", str(JOBS / "fedkper_medmnist"), "-w", str(workspace), "--data-root", str(retina_federation),
-        "-n", "3", "-t", "3", "--rounds", "2", "--sample-fraction", "1.0", "--local-epochs", "1",
-    ])
-    assert code == 0
-    return workspace
+@pytest.fixture
+def simulated_run(golden_fedkper_run) -> Path:
+    """The workspace of the real 2-round FedKPer simulation on 3 RetinaMNIST sites that tests/conftest.py runs
+    once per session with the golden options (slow); site-2 and site-3 trained in both rounds, site-1 in none."""
+    return golden_fedkper_run.workspace
 
 
 @pytest.fixture

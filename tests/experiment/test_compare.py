@@ -1,10 +1,9 @@
-"""``fedkper-monai compare``: the algorithm registry, centralized pooling, resuming, and (slow) a real
-comparison whose runs share partition and site sampling."""
+"""``fedkper-monai compare``: the algorithm registry, centralized pooling and resuming, planned without the
+simulator (a real comparison is tests/system/test_compare_resume.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
@@ -237,62 +236,9 @@ def test_cli_errors_name_the_problem(federation, tmp_path, capsys):
 
 
 # --- real runs ------------------------------------------------------------------------------------------
-
-
-def _metrics_lines(run_dir: Path) -> list[dict]:
-    (path,) = run_dir.glob("workspace/server/**/metrics.jsonl")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-@pytest.mark.slow
-def test_compare_runs_every_algorithm_on_the_same_partition_and_site_sampling(federation, tmp_path, capsys):
-    out = tmp_path / "runs"
-    argv = ["compare", "--data-root", str(federation), "--algorithms", "fedkper,fedavg", "-n", "3", "-t", "3",
-            "--rounds", "2", "--local-epochs", "1", "--sample-fraction", "0.67", "--out", str(out)]
-    assert main(argv) == 0
-    printed = capsys.readouterr().out
-
-    lines = {name: _metrics_lines(out / name) for name in ("fedkper", "fedavg")}
-    headers = {name: rows[0]["run"] for name, rows in lines.items()}
-    assert headers["fedkper"]["algorithm"] == "fedkper" and headers["fedavg"]["algorithm"] == "fedavg"
-    assert headers["fedkper"]["seed"] == headers["fedavg"]["seed"]
-    assert headers["fedkper"]["sites"] == headers["fedavg"]["sites"] == ["site-1", "site-2", "site-3"]
-    sampled = {name: [row["sampled_sites"] for row in rows if "round" in row and "site" not in row]
-               for name, rows in lines.items()}
-    assert len(sampled["fedkper"]) == 2 and all(len(sites) == 2 for sites in sampled["fedkper"])
-    assert sampled["fedkper"] == sampled["fedavg"]
-
-    # The same datalists: both jobs read the one data root, whose files are those recorded in done.json,
-    # and each site trained on as many samples in both runs.
-    fingerprint = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-                   for p in sorted(federation.glob("*.json")) if p.name != "summary.json"}
-    for name in ("fedkper", "fedavg"):
-        (client,) = (out / name / "job").glob("*/app/config/config_fed_client.json")
-        learner = site_args(json.loads(client.read_text()))
-        assert (learner["data_root"], learner["local_epochs"]) == (str(federation.resolve()), 1)
-        assert (learner["algorithm"], learner["algorithm_args"]) == (ALGORITHMS[name].strategy, dict(ALGORITHMS[name].params))
-        done = json.loads((out / name / DONE_FILE).read_text())
-        assert done["settings"]["data"] == fingerprint and done["rounds"] == 2
-    samples = {name: {(r["round"], r["site"]): r["num_samples"] for r in rows if r.get("task") == "train"}
-               for name, rows in lines.items()}
-    assert samples["fedkper"] == samples["fedavg"] and len(samples["fedkper"]) == 4
-    for (_, site), count in samples["fedavg"].items():
-        assert count == len(load_datalist(federation / f"{site}.json").training)
-
-    # The table and the report command.
-    assert "fedkper" in printed and "fedavg" in printed and "pers.mean" in printed
-    (next_line,) = [line for line in printed.splitlines() if line.startswith("next: fedkper-monai report ")]
-    report_argv = next_line.split()[2:]  # report RUN_DIR RUN_DIR --out R
-    assert [Path(d).resolve() for d in report_argv[1:3]] == [out / "fedkper", out / "fedavg"]
-
-    # Rerun: both runs are finished, so nothing runs again and nothing changes.
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    assert main(argv) == 0
-    assert capsys.readouterr().out.count("finished earlier, skipped") == 2
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
-
-    assert main(report_argv[:-1] + [str(tmp_path / "report")]) == 0
-    assert "fedkper" in (tmp_path / "report" / "summary.csv").read_text()
+# A real comparison (fedkper beside ditto on the same partition and site sampling, the rerun that skips both,
+# the report of both) is tests/system/test_compare_resume.py: its uninterrupted runs are the reference of the
+# stopped one, which saves CI two FLARE simulations.
 
 
 def test_run_settings_leave_out_the_machines_data_path_wherever_the_job_names_it():

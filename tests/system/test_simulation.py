@@ -21,8 +21,6 @@ pytestmark = pytest.mark.slow
 FIXTURES = Path(__file__).parent / "fixtures"
 # Wall-clock fields; everything else in metrics.jsonl is deterministic under the seed.
 _TIMING_FIELDS = {"started", "seconds", "train_seconds"}
-# The 3-site RetinaMNIST run every golden fixture was recorded with (before the site-round restructure).
-_GOLDEN_RUN = ["-n", "3", "-t", "3", "--rounds", "2", "--sample-fraction", "0.67", "--local-epochs", "1"]
 
 
 def _differences(expected, actual, where: str = "") -> list[str]:
@@ -60,11 +58,10 @@ def _lines(metrics: Path) -> tuple[dict, list[dict], list[dict]]:
     return header, sites, rounds
 
 
-def test_fedkper_on_real_retinamnist_sites(retina_federation, tmp_path, capsys):
-    workspace = tmp_path / "ws"
-    code = main(["simulate", "jobs/fedkper_medmnist", "-w", str(workspace), "--data-root", str(retina_federation), *_GOLDEN_RUN])
-    assert code == 0
-    printed = capsys.readouterr().out
+def test_fedkper_on_real_retinamnist_sites(golden_fedkper_run):
+    # `fedkper-monai simulate jobs/fedkper_medmnist` with the golden options (tests/conftest.py: one run per
+    # session, which tests/bundle reads as well).
+    workspace, printed = golden_fedkper_run.workspace, golden_fedkper_run.printed
     assert "metrics:" in printed and "tensorboard --logdir" in printed
     metrics = find_metrics(workspace)
     assert_matches_golden(metrics, "golden_fedkper_retina_3sites.jsonl")
@@ -137,10 +134,10 @@ def test_fedkper_on_real_retinamnist_sites(retina_federation, tmp_path, capsys):
     assert [entry for entry in allow_list if entry.startswith("fedkper_monai")] == allowed_classes()
 
 
-@pytest.mark.parametrize(
-    ("algorithm", "algorithm_args"), [("ditto", {"mu": 1.0}), ("local", {})], ids=["ditto", "local"]
-)
-def test_personal_model_algorithms_reproduce_their_recorded_metrics(algorithm, algorithm_args, retina_federation, tmp_path):
+# Ditto's recorded run is reproduced by the comparison of tests/system/test_compare_resume.py (one process per
+# site, as here) and by tests/system/test_threads.py (the simulate command, -t 2): one FLARE start fewer.
+@pytest.mark.parametrize(("algorithm", "algorithm_args"), [("local", {})], ids=["local"])
+def test_personal_model_algorithms_reproduce_their_recorded_metrics(algorithm, algorithm_args, retina_federation, golden_run_args, tmp_path):
     # The sites that keep their own model across rounds (Ditto's personal model, Local-only's) take the
     # other branch of the site round; their metrics were recorded with the same partition and settings.
     meta, server, client = load_job("jobs/fedavg_medmnist")
@@ -148,5 +145,5 @@ def test_personal_model_algorithms_reproduce_their_recorded_metrics(algorithm, a
     controller_args(server)["algorithm"] = algorithm
     job = save_job_configs(tmp_path / "job" / algorithm, meta, server, client)
     workspace = tmp_path / "ws"
-    assert main(["simulate", str(job), "-w", str(workspace), "--data-root", str(retina_federation), *_GOLDEN_RUN]) == 0
+    assert main(["simulate", str(job), "-w", str(workspace), "--data-root", str(retina_federation), *golden_run_args]) == 0
     assert_matches_golden(find_metrics(workspace), f"golden_{algorithm}_retina_3sites.jsonl")

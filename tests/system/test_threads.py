@@ -50,15 +50,15 @@ def test_a_recipe_in_simenv_runs_few_processes_when_one_per_site_would_not_fit(m
 # here keeps CI's time: each pair takes about 5 minutes on two cores).
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["ditto"])
-def test_two_threads_for_three_sites_give_the_recorded_metrics_of_one_process_per_site(algorithm, retina_federation, tmp_path, monkeypatch):
+def test_two_threads_for_three_sites_give_the_recorded_metrics_of_one_process_per_site(algorithm, retina_federation, golden_run_args, tmp_path, monkeypatch):
     """The golden run (3 sites, one process each) again with -t 2: FLARE then starts a process per site task."""
-    from test_simulation import _GOLDEN_RUN, assert_matches_golden
+    from test_simulation import assert_matches_golden
 
     job = _job(algorithm, tmp_path / "job")
     # The OpenMP team size of the recorded run (simulate sizes it from -t otherwise: 2 cores // 3 threads -> 1):
     # torch's CPU kernels may sum in another order with another thread count.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    run = [*_GOLDEN_RUN]
+    run = [*golden_run_args]
     run[run.index("-t") + 1] = "2"
     workspace = tmp_path / "t2"
     assert main(["simulate", str(job), "-w", str(workspace), "--data-root", str(retina_federation), *run]) == 0
