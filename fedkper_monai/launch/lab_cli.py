@@ -22,7 +22,7 @@ def _deploy_lab(args: argparse.Namespace) -> int:
     overrides = asdict(overrides_from_args(args))
     run = LabRun(job=args.job, sites=args.sites, data_root=data_root.resolve(), workspace=workspace.resolve(),
                  overrides=overrides, device=args.device, timeout=args.timeout, min_task_timeout=args.min_task_timeout,
-                 restarts=args.restarts)
+                 timeout_factor=args.timeout_factor, restarts=args.restarts)
     return deploy_lab(run)
 
 

@@ -55,6 +55,7 @@ class PocRun:
     connect_timeout: float = 120.0
     restarts: int = 1  # times each participant is started again when it exits during the job
     min_task_timeout: float | None = None  # the controller's least task timeout (how long a dead site is waited for)
+    timeout_factor: float | None = None  # the controller's timeout in multiples of the slowest answer (None: the job's)
     privacy: Any = None  # SitePrivacy every site's site-config gets (flare/siteprivacy.py); None: none
 
 
@@ -226,8 +227,9 @@ def poc_run(run: PocRun) -> int:
     # sub_start.sh runs `python3`: this interpreter's, also when its environment is not activated.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, "PATH": path, "OMP_NUM_THREADS": threads, "FEDKPER_DATA_ROOT": str(run.data_root)}
-    if run.min_task_timeout is not None:
-        controller_args(recipe.configs[1])["min_task_timeout"] = float(run.min_task_timeout)
+    for name in ("min_task_timeout", "timeout_factor"):  # how long a site that does not answer is waited for
+        if getattr(run, name) is not None:
+            controller_args(recipe.configs[1])[name] = float(getattr(run, name))
     session = None
     try:
         participants.start("server", kits["server"], env)

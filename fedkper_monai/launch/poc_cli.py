@@ -43,6 +43,8 @@ def check_run_options(args: argparse.Namespace) -> tuple[Path, Path]:
         raise SettingError("--sites", f"must be >= 1, got {args.sites}")
     if args.min_task_timeout is not None and not args.min_task_timeout > 0:
         raise SettingError("--min-task-timeout", f"must be > 0, got {args.min_task_timeout}")
+    if args.timeout_factor is not None and not args.timeout_factor > 0:
+        raise SettingError("--timeout-factor", f"must be > 0, got {args.timeout_factor}")
     _check_job(args.job)
     data_root = Path(args.data_root)
     if not data_root.is_dir():
@@ -70,7 +72,7 @@ def _poc_run(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args)
     run = PocRun(job=args.job, sites=args.sites, data_root=data_root.resolve(), workspace=workspace.resolve(),
                  overrides=overrides, device=args.device, timeout=args.timeout, restarts=args.restarts,
-                 min_task_timeout=args.min_task_timeout)
+                 min_task_timeout=args.min_task_timeout, timeout_factor=args.timeout_factor)
     return poc_run(run)
 
 
@@ -127,6 +129,8 @@ def add_run_options(parser: argparse.ArgumentParser, *, data_help: str, workspac
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds the job may run before it is aborted")
     parser.add_argument("--min-task-timeout", type=float, metavar="S",
                         help="least seconds the server waits for a site's answer (the job's default: 60)")
+    parser.add_argument("--timeout-factor", type=float, metavar="X",
+                        help="the server waits X times the slowest answer so far, at least --min-task-timeout (the job's default: 5)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty workspace")
     parser.add_argument("--restarts", type=int, default=restarts,
                         help=f"times a site or the server that exits during the job is started again (default {restarts}); "

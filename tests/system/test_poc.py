@@ -31,6 +31,9 @@ def test_poc_run_refuses_bad_settings_before_starting_anything(tmp_path, retina_
         assert main([*command, "fedkper", "--sites", "3", "--data-root", str(retina_federation), "--workspace",
                      str(tmp_path / "new"), "--restarts", "-1"]) == 2
         assert "--restarts: must be >= 0, got -1" in capsys.readouterr().err and not (tmp_path / "new").exists()
+        assert main([*command, "fedkper", "--sites", "3", "--data-root", str(retina_federation), "--workspace",
+                     str(tmp_path / "new"), "--timeout-factor", "0"]) == 2
+        assert "--timeout-factor: must be > 0, got 0.0" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 def test_site_config_command_writes_the_sites_choices(tmp_path, retina_federation, capsys):
@@ -145,7 +148,7 @@ def test_poc_run_survives_a_killed_site_and_a_killed_server(retina_federation, t
     rounds = 4
     command = [sys.executable, "-m", "fedkper_monai.cli", "poc", "run", "fedkper", "--sites", "3", "--data-root",
                str(retina_federation), "--workspace", str(workspace), "--rounds", str(rounds), "--sample-fraction", "0.67",
-               "--local-epochs", "3", "--min-task-timeout", "20", "--timeout", "900"]
+               "--local-epochs", "3", "--min-task-timeout", "20", "--timeout-factor", "1.5", "--timeout", "900"]
     log = open(tmp_path / "poc_run.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
