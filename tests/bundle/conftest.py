@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from bundle_helpers import RETINA_NETWORK
 
 from fedkper_monai.data import load_datalist

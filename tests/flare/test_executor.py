@@ -23,7 +23,13 @@ from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 from fedkper_monai.errors import DataError, FedKPerError
 from fedkper_monai.flare.executor import FedKPerExecutor
 from fedkper_monai.flare.local_choices import write_site_config
-from fedkper_monai.flare.messages import GLOBAL_VERSION_KEY, REFUSAL_HEADER, SITE_METRICS_KEY, VERSIONS_KEY, software_versions
+from fedkper_monai.flare.messages import (
+    GLOBAL_VERSION_KEY,
+    REFUSAL_HEADER,
+    SITE_METRICS_KEY,
+    VERSIONS_KEY,
+    software_versions,
+)
 from fedkper_monai.flare.weights import to_numpy
 from fedkper_monai.training import build_network
 from fedkper_monai.training.site import CHECKPOINT_FILE, STATE_FILE

@@ -194,7 +194,6 @@ def test_a_site_that_never_connects_is_a_clear_error_in_bounded_time(retina_fede
 
     from fedkper_monai.errors import FedKPerError
     from fedkper_monai.launch import poc
-
     from fedkper_monai.launch.participants import Participants
 
     real_start = Participants.start
