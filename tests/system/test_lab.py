@@ -21,9 +21,9 @@ from fedkper_monai.launch.lab_net import lab_leftovers, namespaces_available
 pytestmark = pytest.mark.slow
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flare"))
-from test_simulation import _GOLDEN_RUN, _differences  # noqa: E402 - the golden comparison, shared
+from test_simulation import _differences  # noqa: E402 - the golden comparison, shared
 
-_RUN = ["--rounds", "2", "--sample-fraction", "0.67", "--local-epochs", "1"]  # the settings of _GOLDEN_RUN
+_RUN = ["--rounds", "2", "--sample-fraction", "0.67", "--local-epochs", "1"]  # the settings of the golden runs (tests/conftest.py GOLDEN_RUN)
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +40,7 @@ def _records(path: Path) -> list[dict]:
     return records
 
 
-def test_a_job_on_three_namespaced_sites_equals_the_simulator_and_leaves_nothing(retina_federation, tmp_path, capfd):
+def test_a_job_on_three_namespaced_sites_equals_the_simulator_and_leaves_nothing(retina_federation, golden_fedkper_run, tmp_path, capfd):
     workspace = tmp_path / "lab"
     code = main(["deploy", "lab", "fedkper", "--sites", "3", "--data-root", str(retina_federation), "--workspace",
                  str(workspace), *_RUN, "--timeout", "300"])
@@ -56,11 +56,9 @@ def test_a_job_on_three_namespaced_sites_equals_the_simulator_and_leaves_nothing
         assert sorted(path.name for path in folder.glob("*.json")) == [f"{site}.json"]
         (kit,) = workspace.glob(f"provision/fedkper_lab/prod_*/{site}")
         assert json.loads((kit / "local" / "fedkper_site.json").read_text())["data_root"] == str(folder)
-    # The same job and seed in FLARE's simulator: every line equal (figures to 1e-6, timings aside).
-    assert main(["simulate", "jobs/fedkper_medmnist", "-w", str(tmp_path / "sim"), "--data-root", str(retina_federation),
-                 *_GOLDEN_RUN]) == 0
-    capfd.readouterr()
-    expected = _records(tmp_path / "sim" / "server" / "simulate_job" / "metrics.jsonl")
+    # The same job and seed in FLARE's simulator (the session's golden run): every line equal (figures to 1e-6,
+    # timings aside).
+    expected = _records(golden_fedkper_run.workspace / "server" / "simulate_job" / "metrics.jsonl")
     actual = _records(workspace / "result" / "workspace" / "metrics.jsonl")
     assert len(actual) == len(expected)
     sampled = [(r["round"], r["site"]) for r in actual if r.get("task") == "train"]
