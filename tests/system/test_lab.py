@@ -67,6 +67,7 @@ def test_a_job_on_three_namespaced_sites_equals_the_simulator_and_leaves_nothing
     assert not problems, "\n".join(problems[:20])
 
 
+# 10 rounds of 2 epochs: with site-3 refusing at once, a round takes seconds, and 2 rounds ended before the SIGINT.
 _STOPPABLE = """
 import sys
 from pathlib import Path
@@ -75,7 +76,7 @@ from fedkper_monai.launch.lab import LabRun, deploy_lab
 
 data_root, workspace, other = sys.argv[1:4]
 run = LabRun(job="fedkper", sites=3, data_root=Path(data_root), workspace=Path(workspace),
-             overrides={"rounds": 2, "sample_fraction": 0.67, "local_epochs": 1}, site_env={"site-3": {"PYTHONPATH": other}})
+             overrides={"rounds": 10, "sample_fraction": 0.67, "local_epochs": 2}, site_env={"site-3": {"PYTHONPATH": other}})
 try:
     sys.exit(deploy_lab(run))
 except KeyboardInterrupt:
