@@ -1,4 +1,4 @@
-"""What the end-to-end tests share: finding the processes a run left behind."""
+"""What the end-to-end tests share: finding the processes a run left behind, killing a participant."""
 
 from __future__ import annotations
 
@@ -13,3 +13,19 @@ def processes_of(marker: str) -> list[str]:
         if marker in cmdline:
             found.append(f"{process.info['pid']}: {cmdline[:120]}")
     return found
+
+
+def kill_processes_of(kit: str) -> int:
+    """SIGKILL every process running from the startup-kit folder ``kit`` (a participant's parent and the job
+    processes it started), as a power cut would; returns how many."""
+    import psutil
+
+    killed = 0
+    for process in psutil.process_iter(["cmdline"]):
+        if any(arg == kit or arg.startswith(kit + "/") for arg in process.info.get("cmdline") or []):
+            try:
+                process.kill()
+                killed += 1
+            except psutil.NoSuchProcess:
+                pass
+    return killed

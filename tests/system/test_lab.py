@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from system_helpers import processes_of
+from system_helpers import kill_processes_of, processes_of
 
 from fedkper_monai.cli import main
 from fedkper_monai.launch.lab_net import lab_leftovers, namespaces_available
@@ -148,19 +148,9 @@ def _server_rounds(workspace: Path) -> list[dict]:
 
 
 def _kill_server(workspace: Path) -> int:
-    """SIGKILL every process running from the server's kit (its parent and its job process), as a power cut would."""
-    import psutil
-
+    """SIGKILL every process running from the server's kit."""
     (kit,) = workspace.glob("provision/fedkper_lab/prod_*/server")
-    killed = 0
-    for process in psutil.process_iter(["cmdline"]):
-        if any(arg == str(kit) or arg.startswith(f"{kit}/") for arg in process.info.get("cmdline") or []):
-            try:
-                process.kill()
-                killed += 1
-            except psutil.NoSuchProcess:
-                pass
-    return killed
+    return kill_processes_of(str(kit))
 
 
 def test_a_dropped_link_a_killed_server_and_a_site_missing_at_resubmission(retina_federation, tmp_path, capfd):

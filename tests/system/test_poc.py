@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from system_helpers import processes_of
+from system_helpers import kill_processes_of, processes_of
 
 from fedkper_monai.cli import main
 from fedkper_monai.launch.poc import free_port, project_yaml
@@ -107,20 +107,9 @@ def test_the_real_sites_page_project_provisions_a_server_and_three_hospitals_tha
 
 def _kill_participant(workspace, name: str) -> int:
     """SIGKILL every process running from ``name``'s POC kit (its parent and the job processes it started)."""
-    import psutil
-
     kits = list(workspace.glob(f"poc/*/prod_*/{name}"))
     assert len(kits) == 1, kits
-    kit = str(kits[0])
-    killed = 0
-    for process in psutil.process_iter(["cmdline"]):
-        if any(arg == kit or arg.startswith(kit + "/") for arg in process.info.get("cmdline") or []):
-            try:
-                process.kill()
-                killed += 1
-            except psutil.NoSuchProcess:
-                pass
-    return killed
+    return kill_processes_of(str(kits[0]))
 
 
 def _server_round_lines(workspace) -> list[dict]:
