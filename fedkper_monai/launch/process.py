@@ -6,6 +6,11 @@ taken between FLARE choosing it and the site binding it: ``Address already in us
 output line by line, ends the whole process tree as soon as such a line appears, and
 :func:`run_with_retries` starts it again (FLARE picks fresh ports each start). It also keeps the first
 site error of the output, so a failed run can end with the cause rather than FLARE's wrapper.
+
+FLARE's simulator also fails to exit, now and then, after a job has ended when it runs fewer site processes
+than there are sites (seen in CI: the job finished, the server stopped, and a worker of site-1 went on asking it
+for tasks for over ten minutes). Our controller's last line says the job is over; a simulator still running
+:data:`EXIT_GRACE_SECONDS` after it is ended, and the run counts as finished (``lingered``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = ["WatchedRun", "run_watched", "run_with_retries", "first_error", "PORT_CLASH_LINES", "HIDDEN_LINES"]
+__all__ = ["WatchedRun", "run_watched", "run_with_retries", "first_error", "PORT_CLASH_LINES", "HIDDEN_LINES",
+           "EXIT_GRACE_SECONDS"]
 
 # A simulated site that could not start: the run cannot go on, a fresh start (fresh ports) can.
 PORT_CLASH_LINES = ("Address already in use", "Failed to create connection to the child process")
@@ -37,6 +43,11 @@ HIDDEN_LINES = ("WARNING: 'nvflare simulator' is deprecated", "DeprecationWarnin
 _OWN_ERROR = re.compile(r"\b(?:FedKPerError|DataError|OutputExistsError): (?P<message>.+)$")
 _ANY_ERROR = re.compile(r" - ERROR - (?P<message>.+)$|^(?P<exception>[A-Za-z_.]*(?:Error|Exception): .+)$")
 _STOP_GRACE_SECONDS = 5.0
+# The controller's last line (flare/controller.py): the workflow has ended and every metric is written.
+_JOB_FINISHED = re.compile(r"finished \d+ rounds; metrics in ")
+# How long the simulator may take to exit after that line: it exits within seconds when it does, also with
+# 50 sites on 5 processes, so this only ends a simulator that hangs.
+EXIT_GRACE_SECONDS = 120.0
 
 
 @dataclass
@@ -47,11 +58,14 @@ class WatchedRun:
         code: its exit code (-1 when it was ended because a site could not start).
         port_clash: a simulated site could not start (the line that said so is ``cause``).
         cause: the first site error of the output (None when there was none).
+        lingered: the job had finished but the simulator had not exited ``exit_grace_seconds`` later, so it was
+            ended (``code`` is then 0: the job's outputs were complete).
     """
 
     code: int
     port_clash: bool = False
     cause: str | None = None
+    lingered: bool = False
 
 
 def first_error(lines: Sequence[str]) -> str | None:
@@ -77,6 +91,7 @@ class _Reader(threading.Thread):
         self.errors: list[str] = []
         self.clash: str | None = None
         self.progressed = False  # a site has finished a task
+        self.finished_at: float | None = None  # time.monotonic() of the controller's last line
 
     def run(self) -> None:
         for raw in iter(self.stream.readline, b""):
@@ -91,6 +106,8 @@ class _Reader(threading.Thread):
     def _note(self, line: str) -> None:
         """Keep what a line says: a site that finished a task, a site that could not start, an error."""
         self.progressed = self.progressed or _TASK_DONE_LINE in line
+        if self.finished_at is None and _JOB_FINISHED.search(line):
+            self.finished_at = time.monotonic()
         started_badly = not self.progressed and any(marker in line for marker in SITE_DIED_LINES)
         if self.clash is None and (started_badly or any(marker in line for marker in PORT_CLASH_LINES)):
             self.clash = line.strip()
@@ -128,23 +145,36 @@ def run_watched(
     echo: bool = False,
     on_poll: Callable[[], None] | None = None,
     poll_seconds: float = 0.5,
+    exit_grace_seconds: float = EXIT_GRACE_SECONDS,
 ) -> WatchedRun:
-    """Run ``command``, its output appended to ``log_path``; end it at once when a site cannot start."""
+    """Run ``command``, its output appended to ``log_path``; end it at once when a site cannot start, and
+    ``exit_grace_seconds`` after the job finished when it has not exited by then."""
+
+    def lingering() -> bool:
+        return reader.finished_at is not None and time.monotonic() - reader.finished_at > exit_grace_seconds
+
     with open(log_path, "a", encoding="utf-8") as log:
         process = subprocess.Popen(list(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         reader = _Reader(process.stdout, log, echo)
         reader.start()
+        lingered = False
         try:
-            while process.poll() is None and reader.clash is None:
+            while process.poll() is None and reader.clash is None and not lingered:
                 time.sleep(poll_seconds)
                 if on_poll is not None:
                     on_poll()
+                lingered = lingering() and process.poll() is None
         finally:
             if process.poll() is None:
                 _end_tree(process)
         reader.join(timeout=_STOP_GRACE_SECONDS)
+        if lingered:
+            log.write(f"fedkper-monai: the simulator had not exited {exit_grace_seconds:.0f} s after the job finished; "
+                      "it was ended\n")
     if reader.clash is not None:
         return WatchedRun(code=-1, port_clash=True, cause=reader.clash)
+    if lingered:
+        return WatchedRun(code=0, cause=first_error(reader.errors), lingered=True)
     return WatchedRun(code=process.returncode, cause=first_error(reader.errors))
 
 

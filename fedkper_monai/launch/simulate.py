@@ -16,7 +16,7 @@ from fedkper_monai.errors import DataError, FedKPerError
 from fedkper_monai.flare.jobspec import controller_args, load_job, save_job_configs, site_args
 from fedkper_monai.flare.workspace import allow_components
 from fedkper_monai.launch.overrides import JobOverrides, configure_job
-from fedkper_monai.launch.process import WatchedRun, run_with_retries
+from fedkper_monai.launch.process import EXIT_GRACE_SECONDS, WatchedRun, run_with_retries
 from fedkper_monai.run_files import find_metrics_file
 
 __all__ = ["RoundProgress", "default_threads", "simulator_command", "prepare_job", "run_simulator", "simulate", "find_metrics", "read_round_lines", "read_failed_sites", "format_summary"]
@@ -102,7 +102,8 @@ def run_simulator(
 
     Its console output is appended to ``log_path`` (None: a temporary file) and shown on this console
     when ``echo`` (default: when there is no ``log_path``).
-    A start in which a simulated site could not start is ended at once and redone, up to ``attempts`` starts.
+    A start in which a simulated site could not start is ended at once and redone, up to ``attempts`` starts;
+    a simulator that has not exited ``EXIT_GRACE_SECONDS`` after the job finished is ended (said on this console).
     ``extra_environment`` is added to the simulator's environment (e.g. ``$FEDKPER_RESUME_ROOT``).
     """
     command, environment = simulator_command(job_folder, workspace, n_clients, threads, log_config)
@@ -114,7 +115,11 @@ def run_simulator(
 
     with tempfile.TemporaryDirectory(prefix="fedkper_simlog_") as scratch:
         log = Path(log_path) if log_path is not None else Path(scratch) / "simulator.log"
-        return run_with_retries(command, environment, log, attempts=attempts, echo=echo, on_poll=on_poll, on_retry=retry)
+        result = run_with_retries(command, environment, log, attempts=attempts, echo=echo, on_poll=on_poll, on_retry=retry)
+    if result.lingered:
+        print(f"FLARE's simulator had not exited {EXIT_GRACE_SECONDS:.0f} s after the job finished (it hangs now and then "
+              "with fewer site processes than sites); it was ended, the job's outputs are complete", flush=True)
+    return result
 
 
 def find_metrics(workspace: str | Path) -> Path:

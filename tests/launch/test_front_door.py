@@ -227,3 +227,22 @@ def test_a_site_that_dies_at_start_ends_the_run_but_one_that_dies_later_does_not
     later = f"print('2026 - INFO - Finished one task run for client: site-2 interval: 0.25', flush=True)\nprint({died!r}, flush=True)\n"
     result = run_watched([sys.executable, "-c", later], {}, tmp_path / "later.log", poll_seconds=0.1)
     assert not result.port_clash and result.code == 0
+
+
+def test_a_simulator_that_does_not_exit_after_the_job_finished_is_ended(tmp_path):
+    """FLARE's simulator with fewer site processes than sites now and then keeps a site worker polling a stopped
+    server after the job has ended (seen in CI, over ten minutes): the watcher ends it once the controller's
+    last line is older than the grace, and the run counts as finished; a simulator that exits is left alone."""
+    finished = "print('2026 - FedKPerController - INFO - finished 2 rounds; metrics in /w/metrics.jsonl', flush=True)\n"
+    hanging = finished + "import time\ntime.sleep(120)\n"
+    started = time.perf_counter()
+    result = run_watched([sys.executable, "-c", hanging], {}, tmp_path / "hang.log", poll_seconds=0.1, exit_grace_seconds=1.0)
+    assert (result.code, result.lingered, result.port_clash) == (0, True, False)
+    assert time.perf_counter() - started < 20, "ended after the grace, not after the sleep"
+    assert "had not exited 1 s after the job finished; it was ended" in (tmp_path / "hang.log").read_text()
+    exiting = finished + "import time\ntime.sleep(2)\n"
+    result = run_watched([sys.executable, "-c", exiting], {}, tmp_path / "exit.log", poll_seconds=0.1, exit_grace_seconds=10.0)
+    assert (result.code, result.lingered) == (0, False)
+    unfinished = "import time\ntime.sleep(3)\nraise SystemExit(3)\n"  # no finished line: never ended early
+    result = run_watched([sys.executable, "-c", unfinished], {}, tmp_path / "unfinished.log", poll_seconds=0.1, exit_grace_seconds=0.5)
+    assert (result.code, result.lingered) == (3, False)
