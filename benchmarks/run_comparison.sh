@@ -5,12 +5,17 @@
 #   SITES=9 ALGORITHMS=fedkper,fedavg bash benchmarks/run_comparison.sh bccd_wbc/bccd_wbc_64.npz bccd
 #   SITES=9 ALGORITHMS=fedkper,fedavg BASE_JOB=benchmarks/jobs/fedkper_densenet121 bash benchmarks/run_comparison.sh \
 #     bccd_wbc/bccd_wbc_64.npz bccd_densenet121      # the same with MONAI's DenseNet121 (batch normalization)
+#   SITES=10 SAMPLE_FRACTION=0.2 ALGORITHMS=fedkper,fedavg,fedkper_blend bash benchmarks/run_comparison.sh \
+#     medmnist/breastmnist.npz breast                  # two classes: at most ~18 sites hold 10 samples at
+#   SITES=16 SAMPLE_FRACTION=0.125 ALGORITHMS=fedkper,fedavg,fedkper_blend bash benchmarks/run_comparison.sh \
+#     medmnist/pneumoniamnist.npz pneumonia            # Dirichlet(0.1), so 2 sites a round take 12.5-20%
 # (BCCD's 245 training images: 10 + 2 sites leave a site under the 10-sample minimum at Dirichlet(0.1), 9 + 2 do not.)
 # Settings (issue 10's budget): SITES training sites (default 20) plus HOLDOUT held-out sites (default 2: never
 # trained; the server scores the global model on them every round), Dirichlet(0.1) label skew (seed 0), 10% of
-# the training sites per round, reference CNN, 5 local epochs, batch 12, SGD 0.01; ROUNDS rounds (default 100),
-# every site validated every round (BwT), seeds SEEDS (default 0,1,2: sampling, init, shuffling); Centralized
-# ROUNDS/10 rounds (see below).
+# the training sites per round (SAMPLE_FRACTION; 10% of 20 sites is 2, of 9-16 sites is 1, and with one site a
+# round the aggregation weights are always 1: FedKPer's score then does nothing), reference CNN, 5 local epochs,
+# batch 12, SGD 0.01; ROUNDS rounds (default 100), every site validated every round (BwT), seeds SEEDS (default
+# 0,1,2: sampling, init, shuffling); Centralized ROUNDS/10 rounds (see below).
 # A 100-round run takes 4-5 (RetinaMNIST), 8-13 (brain MRI) or 12-14 (BCCD: at 64x64 the CNN is a 34 MB model)
 # minutes here: the comparison is resumable (finished runs are skipped, a stopped run continues from its last
 # round), so it can be stopped and continued across sessions. Outputs: RUNS_DIR/<name>/ (default benchmarks/runs; its
@@ -24,6 +29,7 @@ sites="${SITES:-20}"
 holdout="${HOLDOUT:-2}"
 seeds="${SEEDS:-0,1,2}"
 algorithms="${ALGORITHMS:-fedkper,fedavg,fedntd,ditto,local,centralized}"
+sample_fraction="${SAMPLE_FRACTION:-0.1}"
 base_job="${BASE_JOB:-jobs/fedkper_medmnist}"   # the job every algorithm derives from (its network, transforms)
 runs="${RUNS_DIR:-benchmarks/runs}/$name"
 # The partition is deterministic: a later session rebuilds the same one (git keeps only its summary.json).
@@ -38,7 +44,8 @@ federated=$(tr ',' '\n' <<<"$algorithms" | { grep -vx centralized || true; } | p
 central_rounds="${CENTRAL_ROUNDS:-$(( rounds >= 10 ? rounds / 10 : 1 ))}"
 if [ -n "$federated" ]; then
   fedkper-monai compare --data-root "$runs/data" --algorithms "$federated" \
-    -n "$sites" -t "$sites" --rounds "$rounds" --validate-every 1 --seeds "$seeds" --base-job "$base_job" --out "$runs/compare"
+    -n "$sites" -t "$sites" --rounds "$rounds" --sample-fraction "$sample_fraction" --validate-every 1 --seeds "$seeds" \
+    --base-job "$base_job" --out "$runs/compare"
 fi
 if [ "$federated" != "$algorithms" ]; then
   fedkper-monai compare --data-root "$runs/data" --algorithms centralized \

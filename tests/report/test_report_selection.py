@@ -44,7 +44,7 @@ def selected_run(tmp_path, write_jsonl):
 
 @pytest.fixture
 def old_run(tmp_path, write_jsonl):
-    # A run written before model selection: no val_acc, no best_val_round (every run in benchmarks/runs/).
+    # A run written before model selection: no val_acc, no best_val_round (most runs in benchmarks/runs/).
     write_jsonl(tmp_path / "fedavg" / "metrics.jsonl",
                 [{"run": {**HEADER["run"], "algorithm": "fedavg"}}, *_rounds(with_validation=False)])
     return tmp_path / "fedavg"
