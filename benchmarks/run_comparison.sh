@@ -6,9 +6,9 @@
 #   SITES=9 ALGORITHMS=fedkper,fedavg BASE_JOB=benchmarks/jobs/fedkper_densenet121 bash benchmarks/run_comparison.sh \
 #     bccd_wbc/bccd_wbc_64.npz bccd_densenet121      # the same with MONAI's DenseNet121 (batch normalization)
 #   SITES=10 SAMPLE_FRACTION=0.2 ALGORITHMS=fedkper,fedavg,fedkper_blend bash benchmarks/run_comparison.sh \
-#     medmnist/breastmnist.npz breast                  # two classes: at most ~18 sites hold 10 samples at
+#     medmnist/breastmnist.npz breast                  # two classes: few sites reach 10 samples at Dirichlet(0.1)
 #   SITES=16 SAMPLE_FRACTION=0.125 ALGORITHMS=fedkper,fedavg,fedkper_blend bash benchmarks/run_comparison.sh \
-#     medmnist/pneumoniamnist.npz pneumonia            # Dirichlet(0.1), so 2 sites a round take 12.5-20%
+#     medmnist/pneumoniamnist.npz pneumonia            # (10 + 2, 16 + 2), so 2 sites a round are 20% / 12.5%
 # (BCCD's 245 training images: 10 + 2 sites leave a site under the 10-sample minimum at Dirichlet(0.1), 9 + 2 do not.)
 # Settings (issue 10's budget): SITES training sites (default 20) plus HOLDOUT held-out sites (default 2: never
 # trained; the server scores the global model on them every round), Dirichlet(0.1) label skew (seed 0), 10% of
