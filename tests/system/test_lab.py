@@ -67,7 +67,8 @@ def test_a_job_on_three_namespaced_sites_equals_the_simulator_and_leaves_nothing
     assert not problems, "\n".join(problems[:20])
 
 
-# 10 rounds of 2 epochs: with site-3 refusing at once, a round takes seconds, and 2 rounds ended before the SIGINT.
+# Every site every round, so site-3 refuses in round 0 and 9 rounds of 2 epochs are still to run when the SIGINT
+# comes (with 2 of 3 sites a round, site-3 could be drawn first in the last round, and the job ended before it).
 _STOPPABLE = """
 import sys
 from pathlib import Path
@@ -76,7 +77,7 @@ from fedkper_monai.launch.lab import LabRun, deploy_lab
 
 data_root, workspace, other = sys.argv[1:4]
 run = LabRun(job="fedkper", sites=3, data_root=Path(data_root), workspace=Path(workspace),
-             overrides={"rounds": 10, "sample_fraction": 0.67, "local_epochs": 2}, site_env={"site-3": {"PYTHONPATH": other}})
+             overrides={"rounds": 10, "sample_fraction": 1.0, "local_epochs": 2}, site_env={"site-3": {"PYTHONPATH": other}})
 try:
     sys.exit(deploy_lab(run))
 except KeyboardInterrupt:
@@ -91,6 +92,8 @@ def _other_install(folder: Path, version: str) -> Path:
     import fedkper_monai
 
     shutil.copytree(Path(fedkper_monai.__file__).parent, folder / "fedkper_monai", ignore=shutil.ignore_patterns("__pycache__"))
+    # The transform configs beside the package, where an installed release has them, so the site starts as one would.
+    shutil.copytree(Path(fedkper_monai.__file__).parents[1] / "transforms", folder / "transforms")
     init = folder / "fedkper_monai" / "__init__.py"
     text = init.read_text()
     assert f'__version__ = "{fedkper_monai.__version__}"' in text
