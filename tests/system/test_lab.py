@@ -70,10 +70,15 @@ def test_a_job_on_three_namespaced_sites_equals_the_simulator_and_leaves_nothing
 # Every site every round, so site-3 refuses in round 0 and 9 rounds of 2 epochs are still to run when the SIGINT
 # comes (with 2 of 3 sites a round, site-3 could be drawn first in the last round, and the job ended before it).
 _STOPPABLE = """
+import signal
 import sys
 from pathlib import Path
 
 from fedkper_monai.launch.lab import LabRun, deploy_lab
+
+# Ctrl-C as a terminal gives it: a test run started in the background (nohup, '&' without job control) hands its
+# children SIGINT ignored, and Python then installs no KeyboardInterrupt, so the job ran to its end and exited 0.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 data_root, workspace, other = sys.argv[1:4]
 run = LabRun(job="fedkper", sites=3, data_root=Path(data_root), workspace=Path(workspace),
