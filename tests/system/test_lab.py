@@ -76,8 +76,9 @@ from pathlib import Path
 
 from fedkper_monai.launch.lab import LabRun, deploy_lab
 
-# Ctrl-C as a terminal gives it: a test run started in the background (nohup, '&' without job control) hands its
-# children SIGINT ignored, and Python then installs no KeyboardInterrupt, so the job ran to its end and exited 0.
+# Ctrl-C as a terminal gives it, whatever this process inherited: a process started with SIGINT ignored (a background
+# job without job control hands that to its children) gets no KeyboardInterrupt from Python. A suspected cause of CI
+# runs where the SIGINT did nothing and the job ran to its end (exit 0); not proven.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
 data_root, workspace, other = sys.argv[1:4]
