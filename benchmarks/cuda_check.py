@@ -24,7 +24,7 @@ made into a 3-site Dirichlet(0.5) federation (seed 0) in a temporary folder by t
 
 Writes ``benchmarks/results/cuda_check.json`` (``--output``) atomically and prints a summary. Run from the
 repository root: ``python benchmarks/cuda_check.py [--npz PATH] [--rounds 2] [--commit SHA]`` (``--commit`` names
-the commit of a copied tree that has no ``.git``).
+the commit of a copied tree, such as a GPU machine's copy of the checkout).
 """
 
 from __future__ import annotations
@@ -97,16 +97,18 @@ def _site_rounds(datalist: Path, settings: dict[str, Any], device: str, amp: boo
             break
         if set(report.upload) != set(weights):
             failures.append(f"{label}: the upload's keys differ from the received model's")
-        moved = max(float((report.upload[k].double() - weights[k].double()).abs().max())
+        # What FLARE's message layer sends: the upload copied to the CPU.
+        upload = {key: value.detach().cpu().clone() for key, value in report.upload.items()}
+        moved = max(float((upload[k].double() - weights[k].double()).abs().max())
                     for k in weights if weights[k].is_floating_point())
         if not moved > 0:
             failures.append(f"{label}: round {round_index} left the weights unchanged")
-        for key, tensor in report.upload.items():
+        for key, tensor in upload.items():
             if tensor.dtype != weights[key].dtype:
                 failures.append(f"{label}: upload {key} is {tensor.dtype}, the model's is {weights[key].dtype}")
                 break
         failures += [f"{label}: metric {key} is not finite" for key in _finite_metrics(report.metrics)]
-        weights = {key: value.clone() for key, value in report.upload.items()}
+        weights = upload
     wrong = sorted({str(p.dtype) for p in site.model.parameters()} - {"torch.float32"})
     if wrong:
         failures.append(f"{label}: the site model's parameters are {wrong}, not float32")
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configurations", default=",".join(CONFIGURATIONS),
                         help=f"comma-separated, of {', '.join(CONFIGURATIONS)} (default all; cpu_fp32 alone: "
                         "a dry run on a machine without CUDA)")
-    parser.add_argument("--commit", default=None, help="the commit measured, when the tree has no .git")
+    parser.add_argument("--commit", default=None, help="the commit measured (a copied tree)")
     parser.add_argument("--output", type=Path, default=RESULT_PATH, help="where to write the JSON result")
     args = parser.parse_args(argv)
 
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedkper_monai.io import atomic_write_json
 
     record = provenance.start("cuda_check")
-    if args.commit and record["commit"] == "unknown":
+    if args.commit:  # a copied tree's .git, if any, need not be the commit that was copied
         record["commit"] = args.commit
     settings = _job_settings()
     networks = {"reference_cnn": {**settings["network"], "name": "reference_cnn"}, "densenet121": settings["network"]}
