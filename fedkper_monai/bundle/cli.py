@@ -92,7 +92,8 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_model_options(parser)
-    parser.add_argument("--images", required=True, help="a folder of images or a datalist JSON")
+    parser.add_argument("--images", required=True,
+                        help="a folder of images or a datalist JSON (a plain MONAI one too: ids and labels optional)")
     parser.add_argument("--out", required=True, help="the CSV to write")
     parser.set_defaults(func=_predict)
 
@@ -122,8 +123,9 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_and_inputs(args: argparse.Namespace, inputs: str):
-    """The model, then the inputs read against the class count it declares (a plain MONAI datalist names none)."""
+def _model_and_inputs(args: argparse.Namespace, inputs: str, labels: bool = False):
+    """The model, then the inputs read against the class count it declares (a plain MONAI datalist names none);
+    ``labels``: every input must have one (``evaluate``)."""
     from fedkper_monai.bundle.inference import load_inputs, load_model, parse_network_spec
     from fedkper_monai.bundle.runs import locate_model
     from fedkper_monai.errors import FedKPerError
@@ -138,7 +140,7 @@ def _model_and_inputs(args: argparse.Namespace, inputs: str):
         raise FedKPerError("--site goes with --best (a state dict's site is found from its run folder)")
     network = parse_network_spec(args.network) if args.network else None
     model = load_model(args.model, run_dir=args.run, network=network, transforms=args.transforms, trust_bundle=args.trust_bundle)
-    entries, names = load_inputs(inputs, split=args.split, num_classes=model.num_classes)
+    entries, names = load_inputs(inputs, split=args.split, num_classes=model.num_classes, labels=labels)
     if names and not model.class_names:
         model.class_names = list(names)  # a model that names no classes takes the datalist's names
     return model, entries
@@ -159,7 +161,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from fedkper_monai.bundle.inference import predict, write_predictions_csv
     from fedkper_monai.io import atomic_directory
 
-    model, entries = _model_and_inputs(args, args.datalist)
+    model, entries = _model_and_inputs(args, args.datalist, labels=True)
     probabilities = predict(model, entries, batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
     labels = [int(entry["label"]) for entry in entries]
     metrics = classification_metrics(labels, probabilities.argmax(axis=1), model.class_names)

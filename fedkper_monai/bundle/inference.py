@@ -179,15 +179,20 @@ def load_model(
 
 
 def load_inputs(
-    images: str | os.PathLike, split: str = "test", *, num_classes: int | None = None
+    images: str | os.PathLike, split: str = "test", *, num_classes: int | None = None, labels: bool = False
 ) -> tuple[list[dict], list[str] | None]:
     """Entries ``{"image", "id"[, "label"]}`` from a folder of images or a datalist JSON (its ``split`` list).
+
+    A datalist may be a plain MONAI one: entries without an ``id`` are named by their image path as written,
+    and (unless ``labels``) entries without a ``label``, or bare image paths as in MONAI's Decathlon ``test``
+    lists, are read too.
 
     Args:
         images: the folder or the datalist.
         split: the datalist's list to read.
         num_classes: the model's class count (:attr:`LoadedModel.num_classes`): a datalist without
             ``num_classes`` (a plain MONAI datalist) takes it; one whose ``num_classes`` differs is refused.
+        labels: every entry must have a label (``evaluate``); a folder of images has none and is refused.
 
     Returns:
         the entries and the datalist's class names (None for a folder).
@@ -198,12 +203,14 @@ def load_inputs(
     from fedkper_monai.data import load_datalist
 
     path = Path(images)
+    if path.is_dir() and labels:
+        raise DataError(path, "a folder of images has no labels: give a datalist with a label per image")
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(tuple(IMAGE_SUFFIXES)))
         if not files:
             raise DataError(path, f"no image files ({', '.join(IMAGE_SUFFIXES)})")
         return [{"image": str(p), "id": str(p.relative_to(path))} for p in files], None
-    datalist = load_datalist(path, num_classes=num_classes)
+    datalist = load_datalist(path, num_classes=num_classes, ids_required=False, labels_required=labels)
     entries = datalist.entries(split)
     if not entries:
         raise DataError(path, f"the {split!r} list is empty", field=split)

@@ -90,7 +90,14 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def load_datalist(path: str | os.PathLike, *, check_files: bool = True, num_classes: int | None = None) -> Datalist:
+def load_datalist(
+    path: str | os.PathLike,
+    *,
+    check_files: bool = True,
+    num_classes: int | None = None,
+    ids_required: bool = True,
+    labels_required: bool = True,
+) -> Datalist:
     """Read and validate a datalist JSON.
 
     Checks the schema (``num_classes``, ``class_names`` of that length, list types, required keys),
@@ -104,6 +111,11 @@ def load_datalist(path: str | os.PathLike, *, check_files: bool = True, num_clas
         num_classes: the class count of the model the list is for (``predict``, ``evaluate`` with a bundle
             that knows its classes): taken when the file has no ``num_classes`` (a plain MONAI datalist);
             a file's ``num_classes`` that differs is an error.
+        ids_required: False for a plain MONAI datalist read by ``predict`` or ``evaluate``: an entry without
+            an ``id`` is named by its image path as written (two entries of one image are then a duplicate id).
+            Training keeps ids required: the teacher-logit cache and the flips are keyed by them.
+        labels_required: False for ``predict``: an entry may have no ``label`` (a label it has is checked) and
+            may be a bare image path, as in MONAI's Decathlon ``test`` lists; implies ids not required.
 
     Raises:
         DataError: naming the file and the field, e.g. ``site-1.json: training[3].label: ...``.
@@ -154,8 +166,10 @@ def load_datalist(path: str | os.PathLike, *, check_files: bool = True, num_clas
         items = raw.get(key, [])
         if not isinstance(items, list):
             raise DataError(json_path, f"must be a list, got {type(items).__name__}", field=key)
+        required = ("image", "label", "id")[: 3 if ids_required and labels_required else 2 if labels_required else 1]
         lists[key] = [
-            _validate_entry(json_path, f"{key}[{i}]", item, num_classes, seen_ids, check_files, seen_entries, task)
+            _validate_entry(json_path, f"{key}[{i}]", item, num_classes, seen_ids, check_files, seen_entries, task,
+                            required=required)
             for i, item in enumerate(items)
         ]
     if not any(lists.values()):
@@ -187,7 +201,7 @@ def _same_in_val_and_test(first: str, where: str, item: dict, seen_entries: dict
     """global_val.json repeats its "validation" list under "test": the one allowed repeat of an id."""
     lists = {first.split("[")[0], where.split("[")[0]}
     earlier = seen_entries[item["id"]]
-    return lists == {"test", "validation"} and (earlier["image"], earlier["label"]) == (item["image"], item["label"])
+    return lists == {"test", "validation"} and (earlier["image"], earlier.get("label")) == (item["image"], item.get("label"))
 
 
 def _validate_entry(
@@ -199,27 +213,28 @@ def _validate_entry(
     check_files: bool,
     seen_entries: dict[str, dict],
     task: str = "classification",
+    required: tuple[str, ...] = ("image", "label", "id"),
 ) -> dict:
-    """Validate one entry and return it with its image (and label map) path made absolute."""
+    """Validate one entry and return it with its image (and label map) path made absolute.
+
+    ``required``: the keys an entry must have (see :func:`load_datalist`); without ``"label"`` a bare path string
+    is an entry too, and without ``"id"`` the image path as written is its id.
+    """
+    if isinstance(item, str) and "label" not in required:
+        item = {"image": item}
     if not isinstance(item, dict):
         raise DataError(json_path, f"must be an object, got {type(item).__name__}", field=where)
-    for key in ("image", "label", "id"):
+    for key in required:
         if key not in item:
             raise DataError(json_path, f"missing required key {key!r}", field=where)
     image = item["image"]
     if not isinstance(image, str) or not image:
         raise DataError(json_path, f"must be a non-empty path string, got {image!r}", field=f"{where}.image")
-    label = item["label"]
-    if task == "segmentation":
-        if not isinstance(label, str) or not label:
-            raise DataError(json_path, f"must be a label-map path (task segmentation), got {label!r}", field=f"{where}.label")
-        voxels = item.get("class_voxels")
-        if voxels is not None and (not isinstance(voxels, list) or len(voxels) != num_classes or not all(_is_int(v) and v >= 0 for v in voxels)):
-            raise DataError(json_path, f"must be {num_classes} non-negative voxel counts, got {voxels!r}", field=f"{where}.class_voxels")
-    elif not _is_int(label):
-        raise DataError(json_path, f"must be an integer, got {label!r}", field=f"{where}.label")
-    elif not 0 <= label < num_classes:
-        raise DataError(json_path, f"label {label} is out of range [0, {num_classes})", field=f"{where}.label")
+    if "id" not in item:
+        item = {**item, "id": image}
+    label = item.get("label")
+    if label is not None or "label" in required:  # else an unlabelled image for predict
+        _check_label(json_path, where, item, label, num_classes, task)
     sample_id = item["id"]
     if not isinstance(sample_id, str) or not sample_id:
         raise DataError(json_path, f"must be a non-empty string, got {sample_id!r}", field=f"{where}.id")
@@ -230,9 +245,25 @@ def _validate_entry(
     seen_entries.setdefault(sample_id, item)
     entry = dict(item)
     entry["image"] = _resolve(json_path, where, "image", image, check_files)
-    if task == "segmentation":
+    if label is None:
+        entry.pop("label", None)
+    elif task == "segmentation":
         entry["label"] = _resolve(json_path, where, "label", label, check_files)
     return entry
+
+
+def _check_label(json_path: Path, where: str, item: dict, label: Any, num_classes: int, task: str) -> None:
+    """An entry's label: a class index in ``[0, num_classes)``, or a label-map path for segmentation."""
+    if task == "segmentation":
+        if not isinstance(label, str) or not label:
+            raise DataError(json_path, f"must be a label-map path (task segmentation), got {label!r}", field=f"{where}.label")
+        voxels = item.get("class_voxels")
+        if voxels is not None and (not isinstance(voxels, list) or len(voxels) != num_classes or not all(_is_int(v) and v >= 0 for v in voxels)):
+            raise DataError(json_path, f"must be {num_classes} non-negative voxel counts, got {voxels!r}", field=f"{where}.class_voxels")
+    elif not _is_int(label):
+        raise DataError(json_path, f"must be an integer, got {label!r}", field=f"{where}.label")
+    elif not 0 <= label < num_classes:
+        raise DataError(json_path, f"label {label} is out of range [0, {num_classes})", field=f"{where}.label")
 
 
 def _resolve(json_path: Path, where: str, key: str, value: str, check_files: bool) -> str:

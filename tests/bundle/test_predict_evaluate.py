@@ -133,6 +133,43 @@ def test_predict_and_evaluate_take_the_class_count_from_the_bundle(bundle, retin
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["num_samples"] == len(rows)
 
 
+def test_predict_reads_a_monai_test_list_without_ids_or_labels(bundle, retina_federation, tmp_path):
+    # As MONAI users write one: relative paths, no ids; Decathlon's test lists hold bare paths.
+    test = load_datalist(retina_federation / "site-1.json").test
+    folder = tmp_path / "imagesTs"
+    folder.mkdir()
+    for entry in test:
+        shutil.copy(entry["image"], folder / f"{entry['id']}.png")
+    written = [f"imagesTs/{entry['id']}.png" for entry in test]
+    items = [{"image": path} if index % 2 else path for index, path in enumerate(written)]
+    datalist = tmp_path / "dataset.json"
+    datalist.write_text(json.dumps({"test": items}))
+    assert main(["predict", "--model", str(bundle), "--images", str(datalist), "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 0
+    rows = read_csv(tmp_path / "p.csv")
+    assert [row["id"] for row in rows] == written and "label" not in rows[0]
+    # The same images as the site's list give the same probabilities.
+    assert main(["predict", "--model", str(bundle), "--images", str(retina_federation / "site-1.json"), "--out", str(tmp_path / "s.csv"), "--no-progress"]) == 0
+    assert [row["prob_0"] for row in rows] == [row["prob_0"] for row in read_csv(tmp_path / "s.csv")]
+
+
+def test_evaluate_names_the_entry_without_a_label_and_takes_ids_from_paths(bundle, retina_federation, tmp_path, capsys):
+    test = [{"image": e["image"], "label": e["label"]} for e in load_datalist(retina_federation / "site-1.json").test]
+    datalist = tmp_path / "plain.json"
+    datalist.write_text(json.dumps({"test": test}))  # no ids: each image's path names it
+    assert main(["evaluate", "--model", str(bundle), "--datalist", str(datalist), "--out", str(tmp_path / "e"), "--no-progress"]) == 0
+    assert [row["id"] for row in read_csv(tmp_path / "e" / "predictions.csv")] == [e["image"] for e in test]
+    del test[1]["label"]
+    datalist.write_text(json.dumps({"test": test}))
+    assert main(["evaluate", "--model", str(bundle), "--datalist", str(datalist), "--out", str(tmp_path / "f"), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert f"{datalist}: test[1]: missing required key 'label'" in error and not (tmp_path / "f").exists()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(test[0]["image"], folder / "a.png")
+    assert main(["evaluate", "--model", str(bundle), "--datalist", str(folder), "--out", str(tmp_path / "g"), "--no-progress"]) == 2
+    assert "a folder of images has no labels" in capsys.readouterr().err and not (tmp_path / "g").exists()
+
+
 def test_a_bundle_without_class_names_counts_its_outputs_from_metadata(bundle, retina_federation, tmp_path):
     config = json.loads((bundle / "configs" / "inference.json").read_text())
     del config["class_names"]

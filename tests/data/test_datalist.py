@@ -105,6 +105,32 @@ def test_wrong_schema_names_the_field(tmp_path, images, change, field, words):
     assert caught.value.field == field and words in str(caught.value) and str(path) in str(caught.value)
 
 
+def test_a_plain_monai_list_for_predict_is_checked_all_the_same(tmp_path, images):
+    doc = _doc(images)
+    for entry in doc["training"]:
+        del entry["id"]
+    with pytest.raises(DataError, match="missing required key 'id'"):
+        load_datalist(_write(tmp_path, doc))  # training needs ids: the teacher cache and flips are keyed by them
+    read = load_datalist(_write(tmp_path, doc), ids_required=False)
+    assert [e["id"] for e in read.training] == [e["image"] for e in doc["training"]]
+    del doc["training"][0]["label"]
+    with pytest.raises(DataError, match="missing required key 'label'") as caught:
+        load_datalist(_write(tmp_path, doc), ids_required=False)
+    assert caught.value.field == "training[0]"
+    doc["training"][1] = doc["training"][1]["image"]  # a bare path, as in MONAI's Decathlon test lists
+    unlabelled = load_datalist(_write(tmp_path, doc), labels_required=False)
+    assert "label" not in unlabelled.training[0] and "label" not in unlabelled.training[1]
+    assert unlabelled.training[2]["label"] == doc["training"][2]["label"]
+    doc["training"][2]["label"] = 3  # a label it has is still checked
+    with pytest.raises(DataError, match=r"label 3 is out of range") as caught:
+        load_datalist(_write(tmp_path, doc), labels_required=False)
+    assert caught.value.field == "training[2].label"
+    doc["training"][2] = {"image": doc["training"][0]["image"]}  # one image twice: its path is its id, a duplicate
+    with pytest.raises(DataError, match="duplicate id") as caught:
+        load_datalist(_write(tmp_path, doc), labels_required=False)
+    assert caught.value.field == "training[2].id"
+
+
 def test_missing_key_label_out_of_range_duplicate_id_missing_file(tmp_path, images):
     doc = _doc(images)
     del doc["training"][1]["id"]
