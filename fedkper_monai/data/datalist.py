@@ -162,11 +162,14 @@ def load_datalist(
     lists: dict[str, list[dict]] = {}
     seen_ids: dict[str, str] = {}
     seen_entries: dict[str, dict] = {}
+    if not labels_required:
+        required: tuple[str, ...] = ("image",)
+    else:
+        required = ("image", "label", "id") if ids_required else ("image", "label")
     for key in LIST_KEYS:
         items = raw.get(key, [])
         if not isinstance(items, list):
             raise DataError(json_path, f"must be a list, got {type(items).__name__}", field=key)
-        required = ("image", "label", "id")[: 3 if ids_required and labels_required else 2 if labels_required else 1]
         lists[key] = [
             _validate_entry(json_path, f"{key}[{i}]", item, num_classes, seen_ids, check_files, seen_entries, task,
                             required=required)
