@@ -43,7 +43,7 @@ import provenance  # beside this file: commit, load average, CPU count and date 
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NPZ = ROOT.parent / "shared" / "data" / "bccd_wbc" / "bccd_wbc_64.npz"
-DENSENET_JOB = ROOT / "benchmarks" / "jobs" / "fedkper_densenet121" / "app" / "config" / "config_fed_client.json"
+DENSENET_JOB = ROOT / "benchmarks" / "jobs" / "fedkper_densenet121"
 RESULT_PATH = ROOT / "benchmarks" / "results" / "cuda_check.json"
 CLIP_TOLERANCE = 0.02  # relative: float16 gradients still clip to the same norm within this
 CONFIGURATIONS = {"cpu_fp32": ("cpu", False), "cuda_fp32": ("cuda", False), "cuda_amp": ("cuda", True)}  # (device, amp)
@@ -52,9 +52,10 @@ CLIP_TRIES = 3  # GradScaler skips a step whose float16 gradients overflow (then
 
 def _job_settings() -> dict[str, Any]:
     """The executor arguments of the DenseNet121 benchmark job that are site settings (network, epochs, ...)."""
+    from fedkper_monai.flare.jobspec import load_job, site_args  # no FLARE import: plain JSON helpers
     from fedkper_monai.training.site_config import SiteConfig
 
-    args = json.loads(DENSENET_JOB.read_text())["executors"][0]["executor"]["args"]
+    args = site_args(load_job(DENSENET_JOB)[2])
     fields = set(SiteConfig.__dataclass_fields__)
     return {key: value for key, value in args.items() if key in fields}
 
@@ -113,7 +114,7 @@ def _site_rounds(datalist: Path, settings: dict[str, Any], device: str, amp: boo
     if wrong:
         failures.append(f"{label}: the site model's parameters are {wrong}, not float32")
     metrics = report.metrics if report is not None else {}
-    keep = {"score", "global_on_local_acc", "personalized_acc", "num_samples", "local_test_size"}
+    keep = {"score", "global_on_local_acc", "personalized_acc", "num_samples"}
     kept = {k: v for k, v in metrics.items() if k in keep or k.startswith(("train_", "strategy_"))}
     return {"last_round_seconds": round(seconds, 3), "initial_global_on_local_acc": initial_accuracy,
             "local_test_size": site.local_test_size, **kept}, failures
